@@ -1,0 +1,190 @@
+"""From an `ml_collections.ConfigDict` to a schedule, a plan and an optimizer.
+
+Configs are Python files in `configs/` with `get_config()`. This module is
+the one place that reads their planning and optimizer fields, and it turns
+every mistake into a `ConfigError` whose one-line message names the field
+and what is allowed, before any long work starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import pathlib
+from types import ModuleType
+from typing import Any
+
+import ml_collections
+import optax
+
+from bigbatch import optim
+from bigbatch.planner import Plan, PlanError, plan_phases
+from bigbatch.schedules import SCHEDULES, Schedule, make_schedule
+
+# Planner arguments and the config fields they come from, for error messages.
+_PLAN_FIELDS = {
+    "dataset_size": "dataset.num_train_examples",
+    "epochs": "num_epochs",
+    "learning_rate": "optimizer.learning_rate",
+    "batch_size": "batch_size",
+    "weight_decay": "optimizer.weight_decay",
+    "strategy": "plan.strategy",
+    "max_batch_size": "plan.max_batch_size",
+    "batch_multiple": "plan.batch_multiple",
+    "noise_rule": "plan.noise_rule",
+    "min_phase_epochs": "plan.min_phase_epochs",
+}
+_OPTIMIZER_FIELDS = {
+    "sgd_momentum": ("learning_rate", "momentum", "nesterov", "weight_decay"),
+    "adam": ("learning_rate", "b1", "b2", "eps"),
+    "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
+    "amsgrad": ("learning_rate", "b1", "b2", "eps", "bias_correction"),
+}
+
+
+class ConfigError(ValueError):
+  """A config field with a value bigbatch cannot use; the message names it."""
+
+
+def load_sibling(config_file: str, name: str) -> ModuleType:
+  """Imports the config file `name` that sits beside `config_file`.
+
+  Config files are loaded by path, not as a package, so a variant finds its
+  base with `load_sibling(__file__, "cifar10_base")`.
+  """
+  path = pathlib.Path(config_file).with_name(f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"bigbatch_configs.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def default_schedule_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
+  """A `schedule` block holding every field of `make_schedule`, `fields` set.
+
+  All fields are present (at their defaults) so that any schedule can be
+  chosen on the command line, e.g. `--config.schedule.name=cosine`.
+  """
+  block = ml_collections.ConfigDict({"name": name})
+  for key, parameter in inspect.signature(make_schedule).parameters.items():
+    if key in ("name", "epochs"):
+      continue
+    default = fields.pop(key, parameter.default)
+    block[key] = ml_collections.config_dict.placeholder(tuple) if default is None else default
+  if fields:
+    raise ConfigError(f"schedule.{next(iter(fields))}: unknown field")
+  return block
+
+
+def default_plan_config(batch_multiple: int = 1) -> ml_collections.ConfigDict:
+  """The `plan` block of a config, as a baseline (`decay_lr`) by default.
+
+  Fields: `strategy` (decay_lr | increase_batch | hybrid), `max_batch_size`
+  (the cap; needed by hybrid), `batch_multiple` (devices x ghost batch),
+  `noise_rule` (approx: batch x decay factor, as the paper; exact: N/B - 1)
+  and `min_phase_epochs` (shortest phase cut from a continuous schedule).
+  """
+  return ml_collections.ConfigDict({
+      "strategy": "decay_lr",
+      "max_batch_size": ml_collections.config_dict.placeholder(int),
+      "batch_multiple": batch_multiple,
+      "noise_rule": "approx",
+      "min_phase_epochs": ml_collections.config_dict.placeholder(float),
+  })
+
+
+def _require(config: ml_collections.ConfigDict, path: str) -> Any:
+  node = config
+  for part in path.split("."):
+    if part not in node:
+      raise ConfigError(f"{path}: missing from the config")
+    node = node[part]
+  return node
+
+
+def momentum_of(config: ml_collections.ConfigDict) -> float:
+  """The optimizer's momentum: `momentum` for SGD, `b1` for the Adam family."""
+  opt = config.optimizer
+  return float(opt.get("momentum", 0.0) if opt.name == "sgd_momentum" else opt.get("b1", 0.9))
+
+
+def schedule_from_config(config: ml_collections.ConfigDict) -> Schedule:
+  """The baseline learning-rate schedule of `config.schedule`."""
+  fields = dict(_require(config, "schedule"))
+  name = fields.pop("name", None)
+  if name not in SCHEDULES:
+    raise ConfigError(f"schedule.name: {name!r} is not one of {', '.join(SCHEDULES)}")
+  allowed = set(inspect.signature(make_schedule).parameters) - {"name", "epochs"}
+  for key in fields:
+    if key not in allowed:
+      raise ConfigError(
+          f"schedule.{key}: unknown field; allowed: {', '.join(sorted(allowed))}")
+  try:
+    return make_schedule(name, float(_require(config, "num_epochs")), **fields)
+  except (TypeError, ValueError) as error:
+    raise ConfigError(str(error)) from None
+
+
+def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+  opt = _require(config, "optimizer")
+  if opt.get("name") not in _OPTIMIZER_FIELDS:
+    raise ConfigError(
+        f"optimizer.name: {opt.get('name')!r} is not one of {', '.join(_OPTIMIZER_FIELDS)}")
+  allowed = _OPTIMIZER_FIELDS[opt.name]
+  for key in opt:
+    if key != "name" and key not in allowed:
+      raise ConfigError(
+          f"optimizer.{key}: not a field of {opt.name}; allowed: {', '.join(allowed)}")
+  if "learning_rate" not in opt:
+    raise ConfigError("optimizer.learning_rate: missing from the config")
+  field = "momentum" if opt.name == "sgd_momentum" else "b1"
+  if not 0.0 <= momentum_of(config) < 1.0:
+    raise ConfigError(f"optimizer.{field}: must be in [0, 1), got {momentum_of(config)}")
+
+
+def plan_from_config(config: ml_collections.ConfigDict) -> Plan:
+  """The phase plan of a config (`dataset`, `num_epochs`, `batch_size`,
+  `optimizer`, `schedule` and `plan` fields).
+
+  Raises:
+    ConfigError: naming the config field, for any value the planner refuses.
+  """
+  _check_optimizer(config)
+  schedule = schedule_from_config(config)
+  plan_cfg = _require(config, "plan")
+  try:
+    return plan_phases(
+        dataset_size=_require(config, "dataset.num_train_examples"),
+        epochs=config.num_epochs,
+        learning_rate=config.optimizer.learning_rate,
+        batch_size=_require(config, "batch_size"),
+        momentum=momentum_of(config),
+        schedule=schedule,
+        weight_decay=config.optimizer.get("weight_decay", 0.0),
+        strategy=plan_cfg.get("strategy", "increase_batch"),
+        max_batch_size=plan_cfg.get("max_batch_size"),
+        batch_multiple=plan_cfg.get("batch_multiple", 1),
+        noise_rule=plan_cfg.get("noise_rule", "approx"),
+        min_phase_epochs=plan_cfg.get("min_phase_epochs"),
+    )
+  except PlanError as error:
+    field, _, message = str(error).partition(": ")
+    raise ConfigError(f"{_PLAN_FIELDS.get(field, field)}: {message}") from None
+
+
+def optimizer_from_config(config: ml_collections.ConfigDict,
+                          plan: Plan) -> optax.GradientTransformationExtraArgs:
+  """The config's optimizer, its learning rate, momentum and decay following `plan`."""
+  _check_optimizer(config)
+  opt = config.optimizer
+  if opt.name == "sgd_momentum":
+    return optim.sgd_momentum(
+        plan, momentum=plan, nesterov=bool(opt.get("nesterov", False)),
+        weight_decay=plan if opt.get("weight_decay", 0.0) else 0.0)
+  common = {"b2": opt.get("b2", 0.999), "eps": opt.get("eps", 1e-8)}
+  if opt.name == "adam":
+    return optim.adam(plan, b1=plan, **common)
+  if opt.name == "adamw":
+    return optim.adamw(plan, b1=plan, weight_decay=plan, **common)
+  return optim.amsgrad(plan, b1=plan, bias_correction=bool(opt.get("bias_correction", True)),
+                       **common)

@@ -1,0 +1,138 @@
+"""The SGD noise scale and the two rules that keep it constant.
+
+Smith et al. 2018 ("Don't Decay the Learning Rate, Increase the Batch Size")
+model the noise of SGD with momentum `m` on a training set of `N` examples at
+batch size `B` by the noise scale
+
+    g = lr * (N / B - 1) / (1 - m)          (exact)
+    g ~ lr * N / (B * (1 - m))              (approx, for B << N)
+
+Two rules keep `g` unchanged when the batch size changes: scale the learning
+rate with the batch (`B ∝ lr`) or scale `1 / (1 - m)` with it
+(`B ∝ 1 / (1 - m)`). The functions here are plain Python floats: they run in
+the planner and in configs, never inside a compiled step.
+"""
+
+from __future__ import annotations
+
+
+def _check_batch(batch_size: float, dataset_size: int, name: str = "batch_size") -> None:
+  if dataset_size <= 0:
+    raise ValueError(f"dataset_size must be positive, got {dataset_size}")
+  if not 0 < batch_size <= dataset_size:
+    raise ValueError(
+        f"{name} must be in (0, dataset_size={dataset_size}], got {batch_size}")
+
+
+def _check_momentum(momentum: float, name: str = "momentum") -> None:
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f"{name} must be in [0, 1), got {momentum}")
+
+
+def batch_noise_factor(dataset_size: int, batch_size: float, exact: bool = True) -> float:
+  """The batch-size part of the noise scale: `N/B - 1` (exact) or `N/B`."""
+  _check_batch(batch_size, dataset_size)
+  ratio = dataset_size / batch_size
+  return ratio - 1.0 if exact else ratio
+
+
+def batch_size_for_noise_factor(dataset_size: int, factor: float, exact: bool = True) -> float:
+  """Inverse of `batch_noise_factor`: the (real-valued) batch size giving `factor`."""
+  if factor < 0 or (not exact and factor == 0):
+    raise ValueError(f"noise factor must be positive, got {factor}")
+  return dataset_size / (factor + 1.0) if exact else dataset_size / factor
+
+
+def noise_scale(
+    learning_rate: float,
+    dataset_size: int,
+    batch_size: float,
+    momentum: float = 0.0,
+    exact: bool = True,
+) -> float:
+  """The SGD noise scale `g = lr * (N/B - 1) / (1 - m)`.
+
+  Args:
+    learning_rate: the learning rate `lr` of the accumulation-form momentum
+      update `A <- m*A + grad; w <- w - lr*A`.
+    dataset_size: number of training examples `N`.
+    batch_size: batch size `B`, at most `N`.
+    momentum: momentum coefficient `m` in [0, 1).
+    exact: if False, use the approximation `lr * N / (B * (1 - m))`.
+
+  Returns:
+    The noise scale `g`.
+
+  Raises:
+    ValueError: for a batch outside (0, N] or momentum outside [0, 1).
+  """
+  _check_momentum(momentum)
+  return learning_rate * batch_noise_factor(dataset_size, batch_size, exact) / (1.0 - momentum)
+
+
+def batch_size_for_noise_scale(
+    target: float,
+    learning_rate: float,
+    dataset_size: int,
+    momentum: float = 0.0,
+    exact: bool = True,
+) -> float:
+  """The batch size at which `noise_scale(...)` equals `target` (real-valued).
+
+  Raises:
+    ValueError: if no batch size in (0, N] reaches `target` (e.g. a target
+      above what a batch of one gives, or a non-positive target).
+  """
+  _check_momentum(momentum)
+  if target <= 0 or learning_rate <= 0:
+    raise ValueError(
+        f"target and learning_rate must be positive, got {target}, {learning_rate}")
+  factor = target * (1.0 - momentum) / learning_rate
+  batch = batch_size_for_noise_factor(dataset_size, factor, exact)
+  if batch < 1.0:
+    raise ValueError(
+        f"noise scale {target} needs batch {batch:.3g} < 1 at learning rate {learning_rate}")
+  return batch
+
+
+def scale_learning_rate(
+    learning_rate: float,
+    batch_size: float,
+    new_batch_size: float,
+    dataset_size: int,
+    exact: bool = True,
+) -> float:
+  """The `B ∝ lr` rule: the learning rate that keeps `g` when B changes.
+
+  With `exact=False` this is the linear scaling rule `lr * B_new / B`.
+  """
+  return learning_rate * (
+      batch_noise_factor(dataset_size, batch_size, exact)
+      / batch_noise_factor(dataset_size, new_batch_size, exact))
+
+
+def scale_momentum(
+    momentum: float,
+    batch_size: float,
+    new_batch_size: float,
+    dataset_size: int,
+    exact: bool = True,
+) -> float:
+  """The `B ∝ 1/(1-m)` rule: the momentum that keeps `g` when B changes.
+
+  Smith et al. warn that this rule costs accuracy (the accumulator needs about
+  `B / (N (1 - m))` epochs to settle after each change); prefer
+  `scale_learning_rate` up to the largest stable learning rate.
+
+  Raises:
+    ValueError: if no momentum in [0, 1) keeps `g` (the batch shrank too much).
+  """
+  _check_momentum(momentum)
+  one_minus = (1.0 - momentum) * (
+      batch_noise_factor(dataset_size, new_batch_size, exact)
+      / batch_noise_factor(dataset_size, batch_size, exact))
+  if not 0.0 < one_minus <= 1.0:
+    raise ValueError(
+        f"no momentum in [0, 1) keeps the noise scale going from batch {batch_size} "
+        f"to {new_batch_size} at momentum {momentum}")
+  return 1.0 - one_minus

@@ -1,0 +1,380 @@
+"""The phase planner: from a learning-rate schedule to batch-size phases.
+
+Smith et al. 2018 replace each drop of the learning rate by a rise of the
+batch size that leaves the SGD noise scale `g = lr (N/B - 1) / (1 - m)` on the
+same path. `plan_phases` turns a baseline (a schedule over epochs at a fixed
+batch) into phases of constant batch size; within a phase the learning rate
+and momentum may still follow a schedule. Durations are epochs throughout and
+become steps here and nowhere else: a phase boundary is a count of examples,
+so it falls where the baseline's does whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bigbatch import noise
+from bigbatch.schedules import Schedule
+
+STRATEGIES = ("decay_lr", "increase_batch", "hybrid")
+NOISE_RULES = ("approx", "exact")
+SCHEDULED_FIELDS = ("learning_rate", "momentum", "weight_decay", "batch_size")
+
+
+class PlanError(ValueError):
+  """Input the planner cannot turn into a plan; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """A stretch of training at one batch size.
+
+  Epochs are the nominal boundaries (where the baseline's fall); the phase's
+  first example is the first one at or after `start_epoch * N`. Learning rate
+  and momentum are given at the phase's first and last step; inside the phase
+  they follow `learning_rate_fn` / `momentum_fn` of the step within the phase.
+  The noise scale is the exact `lr (N/B - 1) / (1 - m)` at the first step, and
+  `noise_deviation` its relative difference from the baseline's there.
+  """
+
+  index: int
+  start_epoch: float
+  end_epoch: float
+  first_step: int
+  steps: int
+  first_example: int
+  batch_size: int
+  learning_rate: float
+  final_learning_rate: float
+  momentum: float
+  final_momentum: float
+  weight_decay: float
+  noise_scale: float
+  noise_deviation: float
+  baseline_learning_rate: float
+  baseline_noise_scale: float
+  baseline_steps: int
+  learning_rate_fn: Callable[[Any], Any] = dataclasses.field(repr=False, compare=False)
+  momentum_fn: Callable[[Any], Any] = dataclasses.field(repr=False, compare=False)
+
+  @property
+  def end_step(self) -> int:
+    """The first step after this phase."""
+    return self.first_step + self.steps
+
+  @property
+  def constant_learning_rate(self) -> bool:
+    return self.learning_rate == self.final_learning_rate
+
+  def to_dict(self) -> dict[str, Any]:
+    return {
+        f.name: getattr(self, f.name)
+        for f in dataclasses.fields(self)
+        if not f.name.endswith("_fn")
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Phases of training, with the baseline (fixed batch) they were derived from."""
+
+  phases: tuple[Phase, ...]
+  dataset_size: int
+  epochs: float
+  strategy: str
+  noise_rule: str
+  max_batch_size: int | None
+  baseline_total_steps: int
+  baseline_batch_size: int
+  baseline_learning_rate: float
+  baseline_momentum: float
+  baseline_schedule: Schedule = dataclasses.field(repr=False)
+
+  @property
+  def total_steps(self) -> int:
+    return sum(p.steps for p in self.phases)
+
+  @property
+  def saving(self) -> float:
+    """How many times fewer parameter updates than the baseline."""
+    return self.baseline_total_steps / self.total_steps
+
+  @property
+  def noise_deviations(self) -> tuple[float, ...]:
+    return tuple(p.noise_deviation for p in self.phases)
+
+  @property
+  def batch_sizes(self) -> tuple[int, ...]:
+    """The distinct batch sizes, in order of first use."""
+    return tuple(dict.fromkeys(p.batch_size for p in self.phases))
+
+  def baseline_at(self, epoch) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline's learning rate and momentum at `epoch` (array-like)."""
+    epoch = np.asarray(epoch, np.float64)
+    return (self.baseline_learning_rate * self.baseline_schedule.multiplier(epoch),
+            self.baseline_schedule.momentum(epoch, self.baseline_momentum))
+
+  def phase_at(self, step: int) -> Phase:
+    """The phase containing `step` (the last phase for steps past the end)."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0, got {step}")
+    starts = [p.first_step for p in self.phases]
+    return self.phases[int(np.searchsorted(starts, step, side="right")) - 1]
+
+  def schedule(self, name: str) -> optax.Schedule:
+    """An optax schedule (step -> value) of one field, across all phases.
+
+    Args:
+      name: one of `learning_rate`, `momentum`, `weight_decay`, `batch_size`.
+
+    Returns:
+      A function of the global step that is jit-compatible: the value of the
+      phase containing the step, from that phase's within-phase schedule.
+    """
+    if name not in SCHEDULED_FIELDS:
+      raise ValueError(f"plan field {name!r} is not one of {', '.join(SCHEDULED_FIELDS)}")
+    if name == "learning_rate":
+      parts = [p.learning_rate_fn for p in self.phases]
+    elif name == "momentum":
+      parts = [p.momentum_fn for p in self.phases]
+    else:
+      parts = [optax.constant_schedule(getattr(p, name)) for p in self.phases]
+    return optax.join_schedules(parts, [p.first_step for p in self.phases[1:]])
+
+  def to_dict(self) -> dict[str, Any]:
+    return {
+        "phases": [p.to_dict() for p in self.phases],
+        "total_steps": self.total_steps,
+        "baseline_total_steps": self.baseline_total_steps,
+        "saving": self.saving,
+        "dataset_size": self.dataset_size,
+        "epochs": self.epochs,
+        "strategy": self.strategy,
+        "noise_rule": self.noise_rule,
+        "max_batch_size": self.max_batch_size,
+        "baseline_batch_size": self.baseline_batch_size,
+    }
+
+
+def _check(condition: bool, field: str, message: str) -> None:
+  if not condition:
+    raise PlanError(f"{field}: {message}")
+
+
+def _validate(dataset_size, epochs, learning_rate, batch_size, momentum, weight_decay,
+              strategy, max_batch_size, batch_multiple, noise_rule, min_phase_epochs):
+  _check(isinstance(dataset_size, (int, np.integer)) and dataset_size > 0, "dataset_size",
+         f"must be a positive integer, got {dataset_size!r}")
+  _check(epochs > 0, "epochs", f"must be positive, got {epochs}")
+  _check(learning_rate > 0, "learning_rate", f"must be > 0, got {learning_rate}")
+  _check(0.0 <= momentum < 1.0, "momentum", f"must be in [0, 1), got {momentum}")
+  _check(weight_decay >= 0.0, "weight_decay", f"must be >= 0, got {weight_decay}")
+  _check(isinstance(batch_multiple, (int, np.integer)) and batch_multiple >= 1,
+         "batch_multiple", f"must be a positive integer, got {batch_multiple!r}")
+  _check(isinstance(batch_size, (int, np.integer)) and batch_size >= 1, "batch_size",
+         f"must be a positive integer, got {batch_size!r}")
+  _check(batch_size <= dataset_size, "batch_size",
+         f"{batch_size} is larger than the dataset ({dataset_size:,} examples)")
+  _check(batch_size % batch_multiple == 0, "batch_size",
+         f"{batch_size} is not a multiple of batch_multiple={batch_multiple}")
+  _check(strategy in STRATEGIES, "strategy",
+         f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
+  _check(noise_rule in NOISE_RULES, "noise_rule",
+         f"{noise_rule!r} is not one of {', '.join(NOISE_RULES)}")
+  if max_batch_size is not None:
+    _check(isinstance(max_batch_size, (int, np.integer)), "max_batch_size",
+           f"must be an integer, got {max_batch_size!r}")
+    _check(max_batch_size >= batch_size, "max_batch_size",
+           f"{max_batch_size} is below the initial batch_size {batch_size}")
+    _check(max_batch_size % batch_multiple == 0, "max_batch_size",
+           f"{max_batch_size} is not a multiple of batch_multiple={batch_multiple}")
+  _check(strategy != "hybrid" or max_batch_size is not None, "max_batch_size",
+         "strategy 'hybrid' needs a cap (the largest batch the devices hold)")
+  _check(min_phase_epochs is None or 0 < min_phase_epochs <= epochs, "min_phase_epochs",
+         f"must be in (0, epochs={epochs}], got {min_phase_epochs}")
+
+
+def _cut_points(schedule: Schedule, epochs: float, strategy: str,
+                min_phase_epochs: float) -> list[tuple[float, bool]]:
+  """Candidate phase starts: (epoch, forced). Forced ones are the schedule's jumps."""
+  forced = sorted({0.0, *(b for b in schedule.breakpoints() if 0.0 < b < epochs)})
+  cuts = []
+  for start, end in zip(forced, forced[1:] + [epochs]):
+    cuts.append((start, True))
+    if strategy == "decay_lr" or schedule.constant_between(start, end):
+      continue
+    epoch = start + min_phase_epochs
+    while epoch <= end - min_phase_epochs * (1 - 1e-9):
+      cuts.append((epoch, False))
+      epoch += min_phase_epochs
+  return cuts
+
+
+def _running_peak(schedule: Schedule, epochs: float, at: list[float]) -> np.ndarray:
+  """max over [0, t] of the baseline's learning-rate multiplier, for each t in `at`."""
+  grid = np.unique(np.concatenate([
+      np.linspace(0.0, epochs, 20_001), np.asarray(at, float),
+      [k for k in schedule.knots() if 0.0 <= k <= epochs]]))
+  peak = np.maximum.accumulate(np.asarray(schedule.multiplier(grid), np.float64))
+  return peak[np.searchsorted(grid, at)]
+
+
+def _phase_fn(values: Callable, start_epoch: float, epochs_per_step: float, scale: float):
+  """A within-phase optax schedule: step in phase -> scale * values(epoch)."""
+
+  def fn(step):
+    epoch = start_epoch + jnp.asarray(step, jnp.float32) * epochs_per_step
+    return scale * values(epoch, jnp)
+
+  return fn
+
+
+def plan_phases(
+    *,
+    dataset_size: int,
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    momentum: float = 0.0,
+    schedule: Schedule | None = None,
+    weight_decay: float = 0.0,
+    strategy: str = "increase_batch",
+    max_batch_size: int | None = None,
+    batch_multiple: int = 1,
+    noise_rule: str = "approx",
+    min_phase_epochs: float | None = None,
+) -> Plan:
+  """Derives batch-size phases that keep the noise scale on the baseline's path.
+
+  The baseline trains at `batch_size` with the learning rate
+  `learning_rate * schedule.multiplier(epoch)`. The strategies:
+
+  * `decay_lr`: the baseline itself (batch fixed).
+  * `increase_batch`: each drop of the noise scale below the running peak is
+    taken by the batch, the learning rate held at its peak; refuses to pass
+    `max_batch_size` or the dataset size.
+  * `hybrid`: as `increase_batch` up to `max_batch_size`; past it the batch
+    stays at the cap and the learning rate takes the rest of each drop.
+
+  Rises of the noise scale (warm-up, restarts) are always taken by the
+  learning rate. Batch sizes are rounded down to multiples of
+  `batch_multiple` and the learning rate takes what rounding leaves, so it
+  never exceeds the baseline's running peak. Under `noise_rule="exact"` the
+  plan therefore follows the baseline's noise scale exactly; under `approx`
+  it drifts where B is not small against N, and `noise_deviation` says by
+  how much. Continuous schedules are cut into phases at least
+  `min_phase_epochs` long, a cut kept only where the batch grows; within a
+  phase the learning rate follows the schedule.
+
+  Args:
+    dataset_size: training examples `N`.
+    epochs: training length.
+    learning_rate: the baseline's peak learning rate.
+    batch_size: the baseline's (and the first phase's) batch size.
+    momentum: momentum (or Adam's b1), unless the schedule drives it.
+    schedule: the baseline's schedule (`bigbatch.schedules`); constant if None.
+    weight_decay: carried into every phase (optax-style decay is multiplied
+      by the learning rate, so per epoch it follows the noise scale).
+    strategy: `decay_lr`, `increase_batch` or `hybrid`.
+    max_batch_size: the largest batch the devices hold (needed by `hybrid`).
+    batch_multiple: batch sizes are multiples of this (devices x ghost batch).
+    noise_rule: `approx` multiplies the batch by each decay factor, as the
+      paper does (`g ∝ lr N / B`); `exact` solves `lr (N/B - 1) = const`.
+    min_phase_epochs: shortest phase cut from a continuous schedule; default
+      a tenth of training.
+
+  Returns:
+    The `Plan`.
+
+  Raises:
+    PlanError: naming the argument, for input no plan can satisfy.
+  """
+  schedule = schedule or Schedule()
+  _validate(dataset_size, epochs, learning_rate, batch_size, momentum, weight_decay,
+            strategy, max_batch_size, batch_multiple, noise_rule, min_phase_epochs)
+  n, b0 = int(dataset_size), int(batch_size)
+  exact = noise_rule == "exact"
+  min_phase_epochs = min_phase_epochs or epochs / 10
+
+  def nu(batch):  # the batch's part of the noise scale, under the planning rule
+    return noise.batch_noise_factor(n, batch, exact)
+
+  def lr_values(epoch, xp):
+    return learning_rate * schedule.multiplier(epoch, xp)
+
+  def momentum_values(epoch, xp):
+    return schedule.momentum(epoch, momentum, xp)
+
+  cuts = _cut_points(schedule, float(epochs), strategy, min_phase_epochs)
+  peaks = _running_peak(schedule, float(epochs), [t for t, _ in cuts])
+  largest = n if max_batch_size is None else min(max_batch_size, n)
+  largest -= largest % batch_multiple
+
+  # Choose each phase's batch. The batch is rounded down to a multiple, so the
+  # learning rate that matches the noise scale never exceeds its running peak.
+  phases: list[tuple[float, int]] = []
+  batch = b0
+  for (epoch, forced), peak in zip(cuts, peaks):
+    current = float(schedule.multiplier(epoch))
+    ratio = current / peak if peak > 0 else 1.0
+    new_batch = batch
+    if strategy != "decay_lr":
+      ideal = noise.batch_size_for_noise_factor(n, nu(b0) * ratio, exact) if ratio > 0 else math.inf
+      floor = math.floor(ideal / batch_multiple * (1 + 1e-9)) * batch_multiple if math.isfinite(ideal) else math.inf
+      new_batch = max(batch, floor)
+      if new_batch > largest:
+        _check(strategy == "hybrid", "strategy",
+               f"increase_batch needs batch {ideal:,.0f} at epoch {epoch:g}, above "
+               + (f"max_batch_size={max_batch_size}" if max_batch_size is not None and
+                  max_batch_size <= n else f"the dataset size {n:,}")
+               + "; use strategy 'hybrid' (then the learning rate takes the rest)")
+        new_batch = largest
+    if forced or new_batch != batch or not phases:
+      phases.append((epoch, new_batch))
+    batch = new_batch
+
+  # Turn epochs into examples and steps; boundaries fall where the baseline's do.
+  result, consumed, step = [], 0, 0
+  ends = [p[0] for p in phases[1:]] + [float(epochs)]
+  for (start, batch), end in zip(phases, ends):
+    # Whatever part of a change of the noise scale the batch did not take
+    # (rises, the cap, rounding), the learning rate takes.
+    scale = nu(b0) / nu(batch)
+    start_example, end_example = round(start * n), round(end * n)
+    steps = -(-(end_example - consumed) // batch)
+    if steps <= 0:  # shorter than one batch: the previous phase already covered it
+      continue
+    first_epoch, per_step = consumed / n, batch / n
+    lr_fn = _phase_fn(lr_values, first_epoch, per_step, scale)
+    m_fn = _phase_fn(momentum_values, first_epoch, per_step, 1.0)
+    last_epoch = first_epoch + (steps - 1) * per_step
+    lr, lr_end = (scale * float(lr_values(e, np)) for e in (first_epoch, last_epoch))
+    mom, mom_end = (float(momentum_values(e, np)) for e in (first_epoch, last_epoch))
+    if schedule.constant_between(first_epoch, last_epoch + per_step):
+      lr_fn, m_fn = optax.constant_schedule(lr), optax.constant_schedule(mom)
+    base_lr = float(lr_values(first_epoch, np))  # the baseline's, at the same example
+    g = lr * noise.batch_noise_factor(n, batch) / (1.0 - mom)
+    g_base = base_lr * noise.batch_noise_factor(n, b0) / (1.0 - mom)
+    result.append(Phase(
+        index=len(result), start_epoch=start, end_epoch=end, first_step=step, steps=steps,
+        first_example=consumed, batch_size=batch, learning_rate=lr,
+        final_learning_rate=lr_end, momentum=mom, final_momentum=mom_end,
+        weight_decay=float(weight_decay), noise_scale=g,
+        noise_deviation=g / g_base - 1.0 if g_base > 0 else 0.0,
+        baseline_learning_rate=base_lr, baseline_noise_scale=g_base,
+        baseline_steps=-(-end_example // b0) - (-(-start_example // b0)),
+        learning_rate_fn=lr_fn, momentum_fn=m_fn))
+    consumed += steps * batch
+    step += steps
+  return Plan(
+      phases=tuple(result), dataset_size=n, epochs=float(epochs), strategy=strategy,
+      noise_rule=noise_rule, max_batch_size=max_batch_size,
+      baseline_total_steps=-(-round(epochs * n) // b0), baseline_batch_size=b0,
+      baseline_learning_rate=float(learning_rate), baseline_momentum=float(momentum),
+      baseline_schedule=schedule)

@@ -1,0 +1,107 @@
+"""A plan for people: the phase table beside the baseline's, and a picture."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bigbatch import noise
+from bigbatch.planner import Phase, Plan
+
+
+def _number(value: float) -> str:
+  return f"{value:.4g}"
+
+
+def _changing(start: float, end: float) -> str:
+  if np.isclose(start, end, rtol=1e-6, atol=0.0):
+    return _number(start)
+  return f"{_number(start)}→{_number(end)}"
+
+
+def _epochs(phase: Phase) -> str:
+  return f"{phase.start_epoch:g}–{phase.end_epoch:g}"
+
+
+def format_plan(plan: Plan) -> str:
+  """The phase table with the baseline's batch, lr, noise and steps beside it."""
+  header = ("phase", "epochs", "batch", "lr", "momentum", "noise", "Δnoise", "steps",
+            "│", "base batch", "base lr", "base noise", "base steps")
+  rows = [header]
+  for p in plan.phases:
+    rows.append((
+        str(p.index), _epochs(p), f"{p.batch_size:,}",
+        _changing(p.learning_rate, p.final_learning_rate),
+        _changing(p.momentum, p.final_momentum), _number(p.noise_scale),
+        f"{p.noise_deviation:+.1%}", f"{p.steps:,}", "│", f"{plan.baseline_batch_size:,}",
+        _number(p.baseline_learning_rate), _number(p.baseline_noise_scale),
+        f"{p.baseline_steps:,}"))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+  left = {1, 3, 4, 8}
+  lines = [
+      "  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+      for row in rows]
+  lines.insert(1, "─" * len(lines[0]))
+  cap = f", cap {plan.max_batch_size:,}" if plan.max_batch_size is not None else ""
+  title = (f"plan: {plan.strategy} (noise rule {plan.noise_rule}{cap}), "
+           f"N = {plan.dataset_size:,}, {plan.epochs:g} epochs")
+  total = (f"updates: {plan.total_steps:,} vs {plan.baseline_total_steps:,} for the baseline "
+           f"({plan.saving:.2f}x fewer); batch sizes: "
+           + ", ".join(f"{b:,}" for b in plan.batch_sizes))
+  note = "noise = lr (N/B - 1) / (1 - m) at each phase's first step; Δnoise vs the baseline"
+  return "\n".join([title, "", *lines, "", total, note])
+
+
+def _plan_curves(plan: Plan, points: int = 64):
+  """Epochs, learning rate, batch size and noise scale along the plan's steps."""
+  epochs, lrs, batches, noises = [], [], [], []
+  n = plan.dataset_size
+  for p in plan.phases:
+    steps = np.unique(np.linspace(0, p.steps - 1, min(points, p.steps)).round().astype(int))
+    lr = np.broadcast_to(np.asarray(p.learning_rate_fn(steps), np.float64), steps.shape)
+    mom = np.broadcast_to(np.asarray(p.momentum_fn(steps), np.float64), steps.shape)
+    epochs.append((p.first_example + steps * p.batch_size) / n)
+    lrs.append(lr)
+    batches.append(np.full(steps.shape, p.batch_size))
+    noises.append(lr * noise.batch_noise_factor(n, p.batch_size) / (1.0 - mom))
+  return [np.concatenate(c) for c in (epochs, lrs, batches, noises)]
+
+
+def _baseline_curves(plan: Plan, points: int = 2000):
+  epochs = np.linspace(0.0, plan.epochs, points, endpoint=False)
+  lr, mom = plan.baseline_at(epochs)
+  batch = plan.baseline_batch_size
+  g = lr * noise.batch_noise_factor(plan.dataset_size, batch) / (1.0 - mom)
+  return epochs, lr, np.full(epochs.shape, batch), g
+
+
+def plot_plan(plan: Plan, path: str) -> None:
+  """Draws learning rate, batch size and noise scale against epochs to a PNG."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+  plan_curves, base_curves = _plan_curves(plan), _baseline_curves(plan)
+  titles = ("learning rate", "batch size", "noise scale  lr (N/B - 1) / (1 - m)")
+  for axis, title, ours, theirs in zip(axes, titles, plan_curves[1:], base_curves[1:]):
+    axis.plot(base_curves[0], theirs, "--", color="0.5", label="baseline (decay_lr)")
+    axis.plot(plan_curves[0], ours, drawstyle="steps-post", color="C0", label=plan.strategy)
+    if np.all(ours > 0) and np.all(theirs > 0):
+      axis.set_yscale("log")
+    axis.set_ylabel(title)
+    axis.grid(True, which="both", alpha=0.3)
+  batches = sorted({plan.baseline_batch_size, *plan.batch_sizes})
+  axes[1].set_yticks(batches, [f"{b:,}" for b in batches])
+  axes[1].minorticks_off()
+  for phase in plan.phases[1:]:
+    for axis in axes:
+      axis.axvline(phase.start_epoch, color="0.85", linewidth=0.8, zorder=0)
+  axes[0].legend(loc="best")
+  axes[-1].set_xlabel("epoch")
+  fig.suptitle(f"{plan.strategy}: {plan.total_steps:,} updates vs "
+               f"{plan.baseline_total_steps:,} ({plan.saving:.2f}x fewer)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,50 @@
+"""CIFAR-10, Wide ResNet 16-4: the baseline of Smith et al. 2018, section 5.
+
+Batch arithmetic: N = 50,000 training images; batch 128 -> 390.6 steps per
+epoch; 200 epochs -> 78,125 updates. Noise scale at the start:
+g = lr (N/B - 1) / (1 - m) = 0.1 * (50000/128 - 1) / 0.1 = 389.6.
+The schedule divides it by 5 at epochs 60, 120 and 160.
+Weight decay and augmentation are not in the paper: Wide-ResNet defaults.
+"""
+
+from ml_collections import config_dict
+
+from bigbatch.config import default_plan_config, default_schedule_config
+
+# Optimizer variants of section 5.1, selected with `--config=FILE:VARIANT`.
+VARIANTS = ("momentum", "nesterov", "sgd", "adam")
+
+
+def get_config():
+  config = config_dict.ConfigDict()
+  config.seed = 0
+  config.dataset = config_dict.ConfigDict({"name": "cifar10", "num_train_examples": 50_000})
+  config.model = config_dict.ConfigDict({"name": "wrn16_4"})
+  config.ghost_batch_size = 128  # the paper's ghost batch on CIFAR
+  config.num_epochs = 200
+  config.batch_size = 128
+  config.optimizer = config_dict.ConfigDict({
+      "name": "sgd_momentum", "learning_rate": 0.1, "momentum": 0.9,
+      "nesterov": False, "weight_decay": 5e-4})
+  config.schedule = default_schedule_config(
+      "step", boundaries=(60.0, 120.0, 160.0), factor=5.0)
+  config.plan = default_plan_config(batch_multiple=128)  # whole ghost batches of 128
+  return config
+
+
+def with_variant(config, variant=None):
+  """Applies a section 5.1 optimizer variant (default: momentum)."""
+  variant = variant or "momentum"
+  if variant not in VARIANTS:
+    raise ValueError(f"config variant: {variant!r} is not one of {', '.join(VARIANTS)}")
+  if variant == "nesterov":
+    config.optimizer.nesterov = True
+  elif variant == "sgd":
+    # Plain SGD at the effective learning rate lr / (1 - m) = 0.1 / 0.1 of the
+    # momentum runs, so the noise scale g is the same.
+    config.optimizer.momentum = 0.0
+    config.optimizer.learning_rate = 1.0
+  elif variant == "adam":
+    config.optimizer = config_dict.ConfigDict({
+        "name": "adam", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8})
+  return config

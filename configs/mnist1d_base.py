@@ -1,0 +1,27 @@
+"""MNIST-1D at CIFAR-10 size, for CPU: the embedded default dataset.
+
+50,000 training examples (the `mnist1d` generator, offline); the CIFAR
+schedule shrunk 5x in time: 40 epochs, noise scale /5 at epochs 12, 24, 32.
+Batch 128 -> 390.6 steps per epoch -> 15,625 updates for the baseline.
+"""
+
+from ml_collections import config_dict
+
+from bigbatch.config import default_plan_config, default_schedule_config
+
+
+def get_config():
+  config = config_dict.ConfigDict()
+  config.seed = 0
+  config.dataset = config_dict.ConfigDict({"name": "mnist1d", "num_train_examples": 50_000})
+  config.model = config_dict.ConfigDict({"name": "cnn1d"})
+  config.ghost_batch_size = 16
+  config.num_epochs = 40
+  config.batch_size = 128
+  config.optimizer = config_dict.ConfigDict({
+      "name": "sgd_momentum", "learning_rate": 0.1, "momentum": 0.9,
+      "nesterov": False, "weight_decay": 5e-4})
+  config.schedule = default_schedule_config(
+      "step", boundaries=(12.0, 24.0, 32.0), factor=5.0)
+  config.plan = default_plan_config(batch_multiple=128)  # 8 devices x ghost batch 16
+  return config
