@@ -1,7 +1,7 @@
 """The `bigbatch` command line.
 
-    bigbatch plan --config configs/<recipe>.py[:variant] [--config.FIELD=VALUE ...]
-                  [--json] [--plot out.png]
+bigbatch plan --config configs/<recipe>.py[:variant] [--config.FIELD=VALUE ...]
+              [--json] [--plot out.png]
 """
 
 from __future__ import annotations
@@ -63,15 +63,21 @@ def _parse(command: str, args: list[str], define) -> flags.FlagValues:
   """
   path = _config_path(args)
   if path is None:
-    raise SystemExit(_fail(command, "--config is required, e.g. "
-                                    "--config configs/cifar10_5_2_increase_batch.py"))
+    raise SystemExit(
+      _fail(command, "--config is required, e.g. --config configs/cifar10_5_2_increase_batch.py")
+    )
   if not os.path.isfile(path):
     raise SystemExit(_fail(command, f"--config: no such file: {path}"))
   values = flags.FlagValues()
   argv = [f"bigbatch {command}", *args]
   config_flags.DEFINE_config_file(
-      "config", None, "config file (configs/*.py), optionally FILE:VARIANT",
-      flag_values=values, lock_config=True, sys_argv=argv)
+    "config",
+    None,
+    "config file (configs/*.py), optionally FILE:VARIANT",
+    flag_values=values,
+    lock_config=True,
+    sys_argv=argv,
+  )
   define(values)
   try:
     values(argv)
@@ -83,8 +89,13 @@ def _parse(command: str, args: list[str], define) -> flags.FlagValues:
     if cause is not None:  # ConfigDict's KeyError: an override of a field it lacks
       name, *hint = str(cause.args[0]).splitlines()
       hint = f"; {' '.join(hint)}" if hint else ""
-      raise SystemExit(_fail(command, f"--config.…: no such field '{name.strip(chr(39))}' "
-                                      f"(a config accepts only its file's fields{hint})")) from None
+      raise SystemExit(
+        _fail(
+          command,
+          f"--config.…: no such field '{name.strip(chr(39))}' "
+          f"(a config accepts only its file's fields{hint})",
+        )
+      ) from None
     raise SystemExit(_fail(command, _one_line(error))) from None
   return values
 
@@ -95,8 +106,9 @@ def _plan(args: list[str]) -> int:
 
   def define(values):
     flags.DEFINE_bool("json", False, "print the plan as JSON", flag_values=values)
-    flags.DEFINE_string("plot", None, "write a PNG of lr, batch, noise vs epochs",
-                        flag_values=values)
+    flags.DEFINE_string(
+      "plot", None, "write a PNG of lr, batch, noise vs epochs", flag_values=values
+    )
 
   values = _parse("plan", args, define)
   try:

@@ -23,22 +23,22 @@ from bigbatch.schedules import SCHEDULES, Schedule, make_schedule
 
 # Planner arguments and the config fields they come from, for error messages.
 _PLAN_FIELDS = {
-    "dataset_size": "dataset.num_train_examples",
-    "epochs": "num_epochs",
-    "learning_rate": "optimizer.learning_rate",
-    "batch_size": "batch_size",
-    "weight_decay": "optimizer.weight_decay",
-    "strategy": "plan.strategy",
-    "max_batch_size": "plan.max_batch_size",
-    "batch_multiple": "plan.batch_multiple",
-    "noise_rule": "plan.noise_rule",
-    "min_phase_epochs": "plan.min_phase_epochs",
+  "dataset_size": "dataset.num_train_examples",
+  "epochs": "num_epochs",
+  "learning_rate": "optimizer.learning_rate",
+  "batch_size": "batch_size",
+  "weight_decay": "optimizer.weight_decay",
+  "strategy": "plan.strategy",
+  "max_batch_size": "plan.max_batch_size",
+  "batch_multiple": "plan.batch_multiple",
+  "noise_rule": "plan.noise_rule",
+  "min_phase_epochs": "plan.min_phase_epochs",
 }
 _OPTIMIZER_FIELDS = {
-    "sgd_momentum": ("learning_rate", "momentum", "nesterov", "weight_decay"),
-    "adam": ("learning_rate", "b1", "b2", "eps"),
-    "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
-    "amsgrad": ("learning_rate", "b1", "b2", "eps", "bias_correction"),
+  "sgd_momentum": ("learning_rate", "momentum", "nesterov", "weight_decay"),
+  "adam": ("learning_rate", "b1", "b2", "eps"),
+  "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
+  "amsgrad": ("learning_rate", "b1", "b2", "eps", "bias_correction"),
 }
 
 
@@ -84,13 +84,15 @@ def default_plan_config(batch_multiple: int = 1) -> ml_collections.ConfigDict:
   `noise_rule` (approx: batch x decay factor, as the paper; exact: N/B - 1)
   and `min_phase_epochs` (shortest phase cut from a continuous schedule).
   """
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "strategy": "decay_lr",
       "max_batch_size": ml_collections.config_dict.placeholder(int),
       "batch_multiple": batch_multiple,
       "noise_rule": "approx",
       "min_phase_epochs": ml_collections.config_dict.placeholder(float),
-  })
+    }
+  )
 
 
 def _require(config: ml_collections.ConfigDict, path: str) -> Any:
@@ -117,8 +119,7 @@ def schedule_from_config(config: ml_collections.ConfigDict) -> Schedule:
   allowed = set(inspect.signature(make_schedule).parameters) - {"name", "epochs"}
   for key in fields:
     if key not in allowed:
-      raise ConfigError(
-          f"schedule.{key}: unknown field; allowed: {', '.join(sorted(allowed))}")
+      raise ConfigError(f"schedule.{key}: unknown field; allowed: {', '.join(sorted(allowed))}")
   try:
     return make_schedule(name, float(_require(config, "num_epochs")), **fields)
   except (TypeError, ValueError) as error:
@@ -129,12 +130,14 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
   opt = _require(config, "optimizer")
   if opt.get("name") not in _OPTIMIZER_FIELDS:
     raise ConfigError(
-        f"optimizer.name: {opt.get('name')!r} is not one of {', '.join(_OPTIMIZER_FIELDS)}")
+      f"optimizer.name: {opt.get('name')!r} is not one of {', '.join(_OPTIMIZER_FIELDS)}"
+    )
   allowed = _OPTIMIZER_FIELDS[opt.name]
   for key in opt:
     if key != "name" and key not in allowed:
       raise ConfigError(
-          f"optimizer.{key}: not a field of {opt.name}; allowed: {', '.join(allowed)}")
+        f"optimizer.{key}: not a field of {opt.name}; allowed: {', '.join(allowed)}"
+      )
   if "learning_rate" not in opt:
     raise ConfigError("optimizer.learning_rate: missing from the config")
   field = "momentum" if opt.name == "sgd_momentum" else "b1"
@@ -154,37 +157,42 @@ def plan_from_config(config: ml_collections.ConfigDict) -> Plan:
   plan_cfg = _require(config, "plan")
   try:
     return plan_phases(
-        dataset_size=_require(config, "dataset.num_train_examples"),
-        epochs=config.num_epochs,
-        learning_rate=config.optimizer.learning_rate,
-        batch_size=_require(config, "batch_size"),
-        momentum=momentum_of(config),
-        schedule=schedule,
-        weight_decay=config.optimizer.get("weight_decay", 0.0),
-        strategy=plan_cfg.get("strategy", "increase_batch"),
-        max_batch_size=plan_cfg.get("max_batch_size"),
-        batch_multiple=plan_cfg.get("batch_multiple", 1),
-        noise_rule=plan_cfg.get("noise_rule", "approx"),
-        min_phase_epochs=plan_cfg.get("min_phase_epochs"),
+      dataset_size=_require(config, "dataset.num_train_examples"),
+      epochs=config.num_epochs,
+      learning_rate=config.optimizer.learning_rate,
+      batch_size=_require(config, "batch_size"),
+      momentum=momentum_of(config),
+      schedule=schedule,
+      weight_decay=config.optimizer.get("weight_decay", 0.0),
+      strategy=plan_cfg.get("strategy", "increase_batch"),
+      max_batch_size=plan_cfg.get("max_batch_size"),
+      batch_multiple=plan_cfg.get("batch_multiple", 1),
+      noise_rule=plan_cfg.get("noise_rule", "approx"),
+      min_phase_epochs=plan_cfg.get("min_phase_epochs"),
     )
   except PlanError as error:
     field, _, message = str(error).partition(": ")
     raise ConfigError(f"{_PLAN_FIELDS.get(field, field)}: {message}") from None
 
 
-def optimizer_from_config(config: ml_collections.ConfigDict,
-                          plan: Plan) -> optax.GradientTransformationExtraArgs:
+def optimizer_from_config(
+  config: ml_collections.ConfigDict, plan: Plan
+) -> optax.GradientTransformationExtraArgs:
   """The config's optimizer, its learning rate, momentum and decay following `plan`."""
   _check_optimizer(config)
   opt = config.optimizer
   if opt.name == "sgd_momentum":
     return optim.sgd_momentum(
-        plan, momentum=plan, nesterov=bool(opt.get("nesterov", False)),
-        weight_decay=plan if opt.get("weight_decay", 0.0) else 0.0)
+      plan,
+      momentum=plan,
+      nesterov=bool(opt.get("nesterov", False)),
+      weight_decay=plan if opt.get("weight_decay", 0.0) else 0.0,
+    )
   common = {"b2": opt.get("b2", 0.999), "eps": opt.get("eps", 1e-8)}
   if opt.name == "adam":
     return optim.adam(plan, b1=plan, **common)
   if opt.name == "adamw":
     return optim.adamw(plan, b1=plan, weight_decay=plan, **common)
-  return optim.amsgrad(plan, b1=plan, bias_correction=bool(opt.get("bias_correction", True)),
-                       **common)
+  return optim.amsgrad(
+    plan, b1=plan, bias_correction=bool(opt.get("bias_correction", True)), **common
+  )

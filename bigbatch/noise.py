@@ -20,8 +20,7 @@ def _check_batch(batch_size: float, dataset_size: int, name: str = "batch_size")
   if dataset_size <= 0:
     raise ValueError(f"dataset_size must be positive, got {dataset_size}")
   if not 0 < batch_size <= dataset_size:
-    raise ValueError(
-        f"{name} must be in (0, dataset_size={dataset_size}], got {batch_size}")
+    raise ValueError(f"{name} must be in (0, dataset_size={dataset_size}], got {batch_size}")
 
 
 def _check_momentum(momentum: float, name: str = "momentum") -> None:
@@ -44,11 +43,11 @@ def batch_size_for_noise_factor(dataset_size: int, factor: float, exact: bool = 
 
 
 def noise_scale(
-    learning_rate: float,
-    dataset_size: int,
-    batch_size: float,
-    momentum: float = 0.0,
-    exact: bool = True,
+  learning_rate: float,
+  dataset_size: int,
+  batch_size: float,
+  momentum: float = 0.0,
+  exact: bool = True,
 ) -> float:
   """The SGD noise scale `g = lr * (N/B - 1) / (1 - m)`.
 
@@ -71,11 +70,11 @@ def noise_scale(
 
 
 def batch_size_for_noise_scale(
-    target: float,
-    learning_rate: float,
-    dataset_size: int,
-    momentum: float = 0.0,
-    exact: bool = True,
+  target: float,
+  learning_rate: float,
+  dataset_size: int,
+  momentum: float = 0.0,
+  exact: bool = True,
 ) -> float:
   """The batch size at which `noise_scale(...)` equals `target` (real-valued).
 
@@ -85,38 +84,39 @@ def batch_size_for_noise_scale(
   """
   _check_momentum(momentum)
   if target <= 0 or learning_rate <= 0:
-    raise ValueError(
-        f"target and learning_rate must be positive, got {target}, {learning_rate}")
+    raise ValueError(f"target and learning_rate must be positive, got {target}, {learning_rate}")
   factor = target * (1.0 - momentum) / learning_rate
   batch = batch_size_for_noise_factor(dataset_size, factor, exact)
   if batch < 1.0:
     raise ValueError(
-        f"noise scale {target} needs batch {batch:.3g} < 1 at learning rate {learning_rate}")
+      f"noise scale {target} needs batch {batch:.3g} < 1 at learning rate {learning_rate}"
+    )
   return batch
 
 
 def scale_learning_rate(
-    learning_rate: float,
-    batch_size: float,
-    new_batch_size: float,
-    dataset_size: int,
-    exact: bool = True,
+  learning_rate: float,
+  batch_size: float,
+  new_batch_size: float,
+  dataset_size: int,
+  exact: bool = True,
 ) -> float:
   """The `B ∝ lr` rule: the learning rate that keeps `g` when B changes.
 
   With `exact=False` this is the linear scaling rule `lr * B_new / B`.
   """
   return learning_rate * (
-      batch_noise_factor(dataset_size, batch_size, exact)
-      / batch_noise_factor(dataset_size, new_batch_size, exact))
+    batch_noise_factor(dataset_size, batch_size, exact)
+    / batch_noise_factor(dataset_size, new_batch_size, exact)
+  )
 
 
 def scale_momentum(
-    momentum: float,
-    batch_size: float,
-    new_batch_size: float,
-    dataset_size: int,
-    exact: bool = True,
+  momentum: float,
+  batch_size: float,
+  new_batch_size: float,
+  dataset_size: int,
+  exact: bool = True,
 ) -> float:
   """The `B ∝ 1/(1-m)` rule: the momentum that keeps `g` when B changes.
 
@@ -129,10 +129,12 @@ def scale_momentum(
   """
   _check_momentum(momentum)
   one_minus = (1.0 - momentum) * (
-      batch_noise_factor(dataset_size, new_batch_size, exact)
-      / batch_noise_factor(dataset_size, batch_size, exact))
+    batch_noise_factor(dataset_size, new_batch_size, exact)
+    / batch_noise_factor(dataset_size, batch_size, exact)
+  )
   if not 0.0 < one_minus <= 1.0:
     raise ValueError(
-        f"no momentum in [0, 1) keeps the noise scale going from batch {batch_size} "
-        f"to {new_batch_size} at momentum {momentum}")
+      f"no momentum in [0, 1) keeps the noise scale going from batch {batch_size} "
+      f"to {new_batch_size} at momentum {momentum}"
+    )
   return 1.0 - one_minus

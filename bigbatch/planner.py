@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -74,9 +75,7 @@ class Phase:
 
   def to_dict(self) -> dict[str, Any]:
     return {
-        f.name: getattr(self, f.name)
-        for f in dataclasses.fields(self)
-        if not f.name.endswith("_fn")
+      f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.endswith("_fn")
     }
 
 
@@ -117,8 +116,10 @@ class Plan:
   def baseline_at(self, epoch) -> tuple[np.ndarray, np.ndarray]:
     """The baseline's learning rate and momentum at `epoch` (array-like)."""
     epoch = np.asarray(epoch, np.float64)
-    return (self.baseline_learning_rate * self.baseline_schedule.multiplier(epoch),
-            self.baseline_schedule.momentum(epoch, self.baseline_momentum))
+    return (
+      self.baseline_learning_rate * self.baseline_schedule.multiplier(epoch),
+      self.baseline_schedule.momentum(epoch, self.baseline_momentum),
+    )
 
   def phase_at(self, step: int) -> Phase:
     """The phase containing `step` (the last phase for steps past the end)."""
@@ -149,16 +150,16 @@ class Plan:
 
   def to_dict(self) -> dict[str, Any]:
     return {
-        "phases": [p.to_dict() for p in self.phases],
-        "total_steps": self.total_steps,
-        "baseline_total_steps": self.baseline_total_steps,
-        "saving": self.saving,
-        "dataset_size": self.dataset_size,
-        "epochs": self.epochs,
-        "strategy": self.strategy,
-        "noise_rule": self.noise_rule,
-        "max_batch_size": self.max_batch_size,
-        "baseline_batch_size": self.baseline_batch_size,
+      "phases": [p.to_dict() for p in self.phases],
+      "total_steps": self.total_steps,
+      "baseline_total_steps": self.baseline_total_steps,
+      "saving": self.saving,
+      "dataset_size": self.dataset_size,
+      "epochs": self.epochs,
+      "strategy": self.strategy,
+      "noise_rule": self.noise_rule,
+      "max_batch_size": self.max_batch_size,
+      "baseline_batch_size": self.baseline_batch_size,
     }
 
 
@@ -167,41 +168,85 @@ def _check(condition: bool, field: str, message: str) -> None:
     raise PlanError(f"{field}: {message}")
 
 
-def _validate(dataset_size, epochs, learning_rate, batch_size, momentum, weight_decay,
-              strategy, max_batch_size, batch_multiple, noise_rule, min_phase_epochs):
-  _check(isinstance(dataset_size, (int, np.integer)) and dataset_size > 0, "dataset_size",
-         f"must be a positive integer, got {dataset_size!r}")
+def _validate(
+  dataset_size,
+  epochs,
+  learning_rate,
+  batch_size,
+  momentum,
+  weight_decay,
+  strategy,
+  max_batch_size,
+  batch_multiple,
+  noise_rule,
+  min_phase_epochs,
+):
+  _check(
+    isinstance(dataset_size, (int, np.integer)) and dataset_size > 0,
+    "dataset_size",
+    f"must be a positive integer, got {dataset_size!r}",
+  )
   _check(epochs > 0, "epochs", f"must be positive, got {epochs}")
   _check(learning_rate > 0, "learning_rate", f"must be > 0, got {learning_rate}")
   _check(0.0 <= momentum < 1.0, "momentum", f"must be in [0, 1), got {momentum}")
   _check(weight_decay >= 0.0, "weight_decay", f"must be >= 0, got {weight_decay}")
-  _check(isinstance(batch_multiple, (int, np.integer)) and batch_multiple >= 1,
-         "batch_multiple", f"must be a positive integer, got {batch_multiple!r}")
-  _check(isinstance(batch_size, (int, np.integer)) and batch_size >= 1, "batch_size",
-         f"must be a positive integer, got {batch_size!r}")
-  _check(batch_size <= dataset_size, "batch_size",
-         f"{batch_size} is larger than the dataset ({dataset_size:,} examples)")
-  _check(batch_size % batch_multiple == 0, "batch_size",
-         f"{batch_size} is not a multiple of batch_multiple={batch_multiple}")
-  _check(strategy in STRATEGIES, "strategy",
-         f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
-  _check(noise_rule in NOISE_RULES, "noise_rule",
-         f"{noise_rule!r} is not one of {', '.join(NOISE_RULES)}")
+  _check(
+    isinstance(batch_multiple, (int, np.integer)) and batch_multiple >= 1,
+    "batch_multiple",
+    f"must be a positive integer, got {batch_multiple!r}",
+  )
+  _check(
+    isinstance(batch_size, (int, np.integer)) and batch_size >= 1,
+    "batch_size",
+    f"must be a positive integer, got {batch_size!r}",
+  )
+  _check(
+    batch_size <= dataset_size,
+    "batch_size",
+    f"{batch_size} is larger than the dataset ({dataset_size:,} examples)",
+  )
+  _check(
+    batch_size % batch_multiple == 0,
+    "batch_size",
+    f"{batch_size} is not a multiple of batch_multiple={batch_multiple}",
+  )
+  _check(strategy in STRATEGIES, "strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
+  _check(
+    noise_rule in NOISE_RULES,
+    "noise_rule",
+    f"{noise_rule!r} is not one of {', '.join(NOISE_RULES)}",
+  )
   if max_batch_size is not None:
-    _check(isinstance(max_batch_size, (int, np.integer)), "max_batch_size",
-           f"must be an integer, got {max_batch_size!r}")
-    _check(max_batch_size >= batch_size, "max_batch_size",
-           f"{max_batch_size} is below the initial batch_size {batch_size}")
-    _check(max_batch_size % batch_multiple == 0, "max_batch_size",
-           f"{max_batch_size} is not a multiple of batch_multiple={batch_multiple}")
-  _check(strategy != "hybrid" or max_batch_size is not None, "max_batch_size",
-         "strategy 'hybrid' needs a cap (the largest batch the devices hold)")
-  _check(min_phase_epochs is None or 0 < min_phase_epochs <= epochs, "min_phase_epochs",
-         f"must be in (0, epochs={epochs}], got {min_phase_epochs}")
+    _check(
+      isinstance(max_batch_size, (int, np.integer)),
+      "max_batch_size",
+      f"must be an integer, got {max_batch_size!r}",
+    )
+    _check(
+      max_batch_size >= batch_size,
+      "max_batch_size",
+      f"{max_batch_size} is below the initial batch_size {batch_size}",
+    )
+    _check(
+      max_batch_size % batch_multiple == 0,
+      "max_batch_size",
+      f"{max_batch_size} is not a multiple of batch_multiple={batch_multiple}",
+    )
+  _check(
+    strategy != "hybrid" or max_batch_size is not None,
+    "max_batch_size",
+    "strategy 'hybrid' needs a cap (the largest batch the devices hold)",
+  )
+  _check(
+    min_phase_epochs is None or 0 < min_phase_epochs <= epochs,
+    "min_phase_epochs",
+    f"must be in (0, epochs={epochs}], got {min_phase_epochs}",
+  )
 
 
-def _cut_points(schedule: Schedule, epochs: float, strategy: str,
-                min_phase_epochs: float) -> list[tuple[float, bool]]:
+def _cut_points(
+  schedule: Schedule, epochs: float, strategy: str, min_phase_epochs: float
+) -> list[tuple[float, bool]]:
   """Candidate phase starts: (epoch, forced). Forced ones are the schedule's jumps."""
   forced = sorted({0.0, *(b for b in schedule.breakpoints() if 0.0 < b < epochs)})
   cuts = []
@@ -218,9 +263,15 @@ def _cut_points(schedule: Schedule, epochs: float, strategy: str,
 
 def _running_peak(schedule: Schedule, epochs: float, at: list[float]) -> np.ndarray:
   """max over [0, t] of the baseline's learning-rate multiplier, for each t in `at`."""
-  grid = np.unique(np.concatenate([
-      np.linspace(0.0, epochs, 20_001), np.asarray(at, float),
-      [k for k in schedule.knots() if 0.0 <= k <= epochs]]))
+  grid = np.unique(
+    np.concatenate(
+      [
+        np.linspace(0.0, epochs, 20_001),
+        np.asarray(at, float),
+        [k for k in schedule.knots() if 0.0 <= k <= epochs],
+      ]
+    )
+  )
   peak = np.maximum.accumulate(np.asarray(schedule.multiplier(grid), np.float64))
   return peak[np.searchsorted(grid, at)]
 
@@ -236,19 +287,19 @@ def _phase_fn(values: Callable, start_epoch: float, epochs_per_step: float, scal
 
 
 def plan_phases(
-    *,
-    dataset_size: int,
-    epochs: float,
-    learning_rate: float,
-    batch_size: int,
-    momentum: float = 0.0,
-    schedule: Schedule | None = None,
-    weight_decay: float = 0.0,
-    strategy: str = "increase_batch",
-    max_batch_size: int | None = None,
-    batch_multiple: int = 1,
-    noise_rule: str = "approx",
-    min_phase_epochs: float | None = None,
+  *,
+  dataset_size: int,
+  epochs: float,
+  learning_rate: float,
+  batch_size: int,
+  momentum: float = 0.0,
+  schedule: Schedule | None = None,
+  weight_decay: float = 0.0,
+  strategy: str = "increase_batch",
+  max_batch_size: int | None = None,
+  batch_multiple: int = 1,
+  noise_rule: str = "approx",
+  min_phase_epochs: float | None = None,
 ) -> Plan:
   """Derives batch-size phases that keep the noise scale on the baseline's path.
 
@@ -263,7 +314,9 @@ def plan_phases(
     stays at the cap and the learning rate takes the rest of each drop.
 
   Rises of the noise scale (warm-up, restarts) are always taken by the
-  learning rate. Batch sizes are rounded down to multiples of
+  learning rate: the batch never shrinks, so an SGDR restart after the batch
+  grew k-fold restarts at k times the baseline's peak rate (the `B ∝ lr`
+  rule). Batch sizes are rounded down to multiples of
   `batch_multiple` and the learning rate takes what rounding leaves, so it
   never exceeds the baseline's running peak. Under `noise_rule="exact"` the
   plan therefore follows the baseline's noise scale exactly; under `approx`
@@ -296,8 +349,19 @@ def plan_phases(
     PlanError: naming the argument, for input no plan can satisfy.
   """
   schedule = schedule or Schedule()
-  _validate(dataset_size, epochs, learning_rate, batch_size, momentum, weight_decay,
-            strategy, max_batch_size, batch_multiple, noise_rule, min_phase_epochs)
+  _validate(
+    dataset_size,
+    epochs,
+    learning_rate,
+    batch_size,
+    momentum,
+    weight_decay,
+    strategy,
+    max_batch_size,
+    batch_multiple,
+    noise_rule,
+    min_phase_epochs,
+  )
   n, b0 = int(dataset_size), int(batch_size)
   exact = noise_rule == "exact"
   min_phase_epochs = min_phase_epochs or epochs / 10
@@ -326,14 +390,24 @@ def plan_phases(
     new_batch = batch
     if strategy != "decay_lr":
       ideal = noise.batch_size_for_noise_factor(n, nu(b0) * ratio, exact) if ratio > 0 else math.inf
-      floor = math.floor(ideal / batch_multiple * (1 + 1e-9)) * batch_multiple if math.isfinite(ideal) else math.inf
+      floor = (
+        math.floor(ideal / batch_multiple * (1 + 1e-9)) * batch_multiple
+        if math.isfinite(ideal)
+        else math.inf
+      )
       new_batch = max(batch, floor)
       if new_batch > largest:
-        _check(strategy == "hybrid", "strategy",
-               f"increase_batch needs batch {ideal:,.0f} at epoch {epoch:g}, above "
-               + (f"max_batch_size={max_batch_size}" if max_batch_size is not None and
-                  max_batch_size <= n else f"the dataset size {n:,}")
-               + "; use strategy 'hybrid' (then the learning rate takes the rest)")
+        _check(
+          strategy == "hybrid",
+          "strategy",
+          f"increase_batch needs batch {ideal:,.0f} at epoch {epoch:g}, above "
+          + (
+            f"max_batch_size={max_batch_size}"
+            if max_batch_size is not None and max_batch_size <= n
+            else f"the dataset size {n:,}"
+          )
+          + "; use strategy 'hybrid' (then the learning rate takes the rest)",
+        )
         new_batch = largest
     if forced or new_batch != batch or not phases:
       phases.append((epoch, new_batch))
@@ -361,20 +435,41 @@ def plan_phases(
     base_lr = float(lr_values(first_epoch, np))  # the baseline's, at the same example
     g = lr * noise.batch_noise_factor(n, batch) / (1.0 - mom)
     g_base = base_lr * noise.batch_noise_factor(n, b0) / (1.0 - mom)
-    result.append(Phase(
-        index=len(result), start_epoch=start, end_epoch=end, first_step=step, steps=steps,
-        first_example=consumed, batch_size=batch, learning_rate=lr,
-        final_learning_rate=lr_end, momentum=mom, final_momentum=mom_end,
-        weight_decay=float(weight_decay), noise_scale=g,
+    result.append(
+      Phase(
+        index=len(result),
+        start_epoch=start,
+        end_epoch=end,
+        first_step=step,
+        steps=steps,
+        first_example=consumed,
+        batch_size=batch,
+        learning_rate=lr,
+        final_learning_rate=lr_end,
+        momentum=mom,
+        final_momentum=mom_end,
+        weight_decay=float(weight_decay),
+        noise_scale=g,
         noise_deviation=g / g_base - 1.0 if g_base > 0 else 0.0,
-        baseline_learning_rate=base_lr, baseline_noise_scale=g_base,
+        baseline_learning_rate=base_lr,
+        baseline_noise_scale=g_base,
         baseline_steps=-(-end_example // b0) - (-(-start_example // b0)),
-        learning_rate_fn=lr_fn, momentum_fn=m_fn))
+        learning_rate_fn=lr_fn,
+        momentum_fn=m_fn,
+      )
+    )
     consumed += steps * batch
     step += steps
   return Plan(
-      phases=tuple(result), dataset_size=n, epochs=float(epochs), strategy=strategy,
-      noise_rule=noise_rule, max_batch_size=max_batch_size,
-      baseline_total_steps=-(-round(epochs * n) // b0), baseline_batch_size=b0,
-      baseline_learning_rate=float(learning_rate), baseline_momentum=float(momentum),
-      baseline_schedule=schedule)
+    phases=tuple(result),
+    dataset_size=n,
+    epochs=float(epochs),
+    strategy=strategy,
+    noise_rule=noise_rule,
+    max_batch_size=max_batch_size,
+    baseline_total_steps=-(-round(epochs * n) // b0),
+    baseline_batch_size=b0,
+    baseline_learning_rate=float(learning_rate),
+    baseline_momentum=float(momentum),
+    baseline_schedule=schedule,
+  )

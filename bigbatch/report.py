@@ -24,30 +24,58 @@ def _epochs(phase: Phase) -> str:
 
 def format_plan(plan: Plan) -> str:
   """The phase table with the baseline's batch, lr, noise and steps beside it."""
-  header = ("phase", "epochs", "batch", "lr", "momentum", "noise", "Δnoise", "steps",
-            "│", "base batch", "base lr", "base noise", "base steps")
+  header = (
+    "phase",
+    "epochs",
+    "batch",
+    "lr",
+    "momentum",
+    "noise",
+    "Δnoise",
+    "steps",
+    "│",
+    "base batch",
+    "base lr",
+    "base noise",
+    "base steps",
+  )
   rows = [header]
   for p in plan.phases:
-    rows.append((
-        str(p.index), _epochs(p), f"{p.batch_size:,}",
+    rows.append(
+      (
+        str(p.index),
+        _epochs(p),
+        f"{p.batch_size:,}",
         _changing(p.learning_rate, p.final_learning_rate),
-        _changing(p.momentum, p.final_momentum), _number(p.noise_scale),
-        f"{p.noise_deviation:+.1%}", f"{p.steps:,}", "│", f"{plan.baseline_batch_size:,}",
-        _number(p.baseline_learning_rate), _number(p.baseline_noise_scale),
-        f"{p.baseline_steps:,}"))
+        _changing(p.momentum, p.final_momentum),
+        _number(p.noise_scale),
+        f"{p.noise_deviation:+.1%}",
+        f"{p.steps:,}",
+        "│",
+        f"{plan.baseline_batch_size:,}",
+        _number(p.baseline_learning_rate),
+        _number(p.baseline_noise_scale),
+        f"{p.baseline_steps:,}",
+      )
+    )
   widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
   left = {1, 3, 4, 8}
   lines = [
-      "  ".join(cell.ljust(w) if i in left else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-      for row in rows]
+    "  ".join(
+      cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
+    ).rstrip()
+    for row in rows
+  ]
   lines.insert(1, "─" * len(lines[0]))
   cap = f", cap {plan.max_batch_size:,}" if plan.max_batch_size is not None else ""
-  title = (f"plan: {plan.strategy} (noise rule {plan.noise_rule}{cap}), "
-           f"N = {plan.dataset_size:,}, {plan.epochs:g} epochs")
-  total = (f"updates: {plan.total_steps:,} vs {plan.baseline_total_steps:,} for the baseline "
-           f"({plan.saving:.2f}x fewer); batch sizes: "
-           + ", ".join(f"{b:,}" for b in plan.batch_sizes))
+  title = (
+    f"plan: {plan.strategy} (noise rule {plan.noise_rule}{cap}), "
+    f"N = {plan.dataset_size:,}, {plan.epochs:g} epochs"
+  )
+  total = (
+    f"updates: {plan.total_steps:,} vs {plan.baseline_total_steps:,} for the baseline "
+    f"({plan.saving:.2f}x fewer); batch sizes: " + ", ".join(f"{b:,}" for b in plan.batch_sizes)
+  )
   note = "noise = lr (N/B - 1) / (1 - m) at each phase's first step; Δnoise vs the baseline"
   return "\n".join([title, "", *lines, "", total, note])
 
@@ -100,8 +128,10 @@ def plot_plan(plan: Plan, path: str) -> None:
       axis.axvline(phase.start_epoch, color="0.85", linewidth=0.8, zorder=0)
   axes[0].legend(loc="best")
   axes[-1].set_xlabel("epoch")
-  fig.suptitle(f"{plan.strategy}: {plan.total_steps:,} updates vs "
-               f"{plan.baseline_total_steps:,} ({plan.saving:.2f}x fewer)")
+  fig.suptitle(
+    f"{plan.strategy}: {plan.total_steps:,} updates vs "
+    f"{plan.baseline_total_steps:,} ({plan.saving:.2f}x fewer)"
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -11,8 +11,10 @@ in NumPy while planning and in `jax.numpy` inside an optax schedule.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,14 +84,21 @@ class StepDecay(Schedule):
     if isinstance(factors, (int, float)):
       factors = (float(factors),) * len(bounds)
     factors = tuple(float(f) for f in factors)
-    _check(len(factors) == len(bounds),
-           f"schedule.factor: {len(factors)} factors for {len(bounds)} boundaries")
-    _check(all(f > 1.0 for f in factors),
-           f"schedule.factor: each must be > 1 (the learning rate is divided by it), got {factors}")
-    _check(all(b > 0 for b in bounds),
-           f"schedule.boundaries: must be positive epochs, got {bounds}")
-    _check(all(a < b for a, b in zip(bounds, bounds[1:])),
-           f"schedule.boundaries: must be strictly increasing, got {bounds}")
+    _check(
+      len(factors) == len(bounds),
+      f"schedule.factor: {len(factors)} factors for {len(bounds)} boundaries",
+    )
+    _check(
+      all(f > 1.0 for f in factors),
+      f"schedule.factor: each must be > 1 (the learning rate is divided by it), got {factors}",
+    )
+    _check(
+      all(b > 0 for b in bounds), f"schedule.boundaries: must be positive epochs, got {bounds}"
+    )
+    _check(
+      all(a < b for a, b in itertools.pairwise(bounds)),
+      f"schedule.boundaries: must be strictly increasing, got {bounds}",
+    )
     object.__setattr__(self, "boundaries", bounds)
     object.__setattr__(self, "factor", factors)
 
@@ -124,20 +133,21 @@ class Exponential(Schedule):
 
   def __post_init__(self):
     _check(0.0 < self.rate < 1.0, f"schedule.rate: must be in (0, 1), got {self.rate}")
-    _check(self.every_epochs > 0,
-           f"schedule.every_epochs: must be positive, got {self.every_epochs}")
+    _check(
+      self.every_epochs > 0, f"schedule.every_epochs: must be positive, got {self.every_epochs}"
+    )
 
   def multiplier(self, epoch, xp: Any = np):
     periods = xp.maximum(xp.asarray(epoch, dtype=float) - self.start_epoch, 0.0)
     periods = periods / self.every_epochs
     if self.staircase:
       periods = xp.floor(periods)
-    return self.rate ** periods
+    return self.rate**periods
 
   def breakpoints(self):
     if not self.staircase or not math.isfinite(self.end_epoch):
       return ()
-    count = int(math.ceil((self.end_epoch - self.start_epoch) / self.every_epochs))
+    count = math.ceil((self.end_epoch - self.start_epoch) / self.every_epochs)
     return tuple(self.start_epoch + i * self.every_epochs for i in range(1, count))
 
   def knots(self):
@@ -168,14 +178,16 @@ class Cosine(Schedule):
   final_fraction: float = 0.0
 
   def __post_init__(self):
-    _check(self.end_epoch > self.start_epoch,
-           "schedule: the cosine decay must end after it starts")
-    _check(0.0 <= self.final_fraction < 1.0,
-           f"schedule.final_fraction: must be in [0, 1), got {self.final_fraction}")
+    _check(self.end_epoch > self.start_epoch, "schedule: the cosine decay must end after it starts")
+    _check(
+      0.0 <= self.final_fraction < 1.0,
+      f"schedule.final_fraction: must be in [0, 1), got {self.final_fraction}",
+    )
 
   def multiplier(self, epoch, xp: Any = np):
     progress = (xp.asarray(epoch, dtype=float) - self.start_epoch) / (
-        self.end_epoch - self.start_epoch)
+      self.end_epoch - self.start_epoch
+    )
     return self.final_fraction + (1.0 - self.final_fraction) * _cosine(progress, xp)
 
   def knots(self):
@@ -204,12 +216,14 @@ class WarmRestarts(Schedule):
   end_epoch: float = math.inf
 
   def __post_init__(self):
-    _check(self.cycle_epochs > 0,
-           f"schedule.cycle_epochs: must be positive, got {self.cycle_epochs}")
-    _check(self.cycle_mult >= 1.0,
-           f"schedule.cycle_mult: must be >= 1, got {self.cycle_mult}")
-    _check(0.0 <= self.final_fraction < 1.0,
-           f"schedule.final_fraction: must be in [0, 1), got {self.final_fraction}")
+    _check(
+      self.cycle_epochs > 0, f"schedule.cycle_epochs: must be positive, got {self.cycle_epochs}"
+    )
+    _check(self.cycle_mult >= 1.0, f"schedule.cycle_mult: must be >= 1, got {self.cycle_mult}")
+    _check(
+      0.0 <= self.final_fraction < 1.0,
+      f"schedule.final_fraction: must be in [0, 1), got {self.final_fraction}",
+    )
 
   def _restarts(self) -> tuple[float, ...]:
     starts, start, length = [], self.start_epoch, self.cycle_epochs
@@ -263,14 +277,19 @@ class OneCycle(Schedule):
   momentum_range: tuple[float, float] | None = None
 
   def __post_init__(self):
-    _check(0.0 < self.pct_start < 1.0,
-           f"schedule.pct_start: must be in (0, 1), got {self.pct_start}")
-    _check(self.div_factor >= 1.0 and self.final_div_factor >= 1.0,
-           "schedule.div_factor and schedule.final_div_factor: must be >= 1")
+    _check(
+      0.0 < self.pct_start < 1.0, f"schedule.pct_start: must be in (0, 1), got {self.pct_start}"
+    )
+    _check(
+      self.div_factor >= 1.0 and self.final_div_factor >= 1.0,
+      "schedule.div_factor and schedule.final_div_factor: must be >= 1",
+    )
     if self.momentum_range is not None:
       low, high = self.momentum_range
-      _check(0.0 <= low <= high < 1.0,
-             f"schedule.momentum_range: need 0 <= low <= high < 1, got {self.momentum_range}")
+      _check(
+        0.0 <= low <= high < 1.0,
+        f"schedule.momentum_range: need 0 <= low <= high < 1, got {self.momentum_range}",
+      )
       object.__setattr__(self, "momentum_range", (float(low), float(high)))
 
   @property
@@ -313,8 +332,10 @@ class InverseSqrt(Schedule):
   timescale_epochs: float
 
   def __post_init__(self):
-    _check(self.timescale_epochs > 0,
-           f"schedule.timescale_epochs: must be positive, got {self.timescale_epochs}")
+    _check(
+      self.timescale_epochs > 0,
+      f"schedule.timescale_epochs: must be positive, got {self.timescale_epochs}",
+    )
 
   def multiplier(self, epoch, xp: Any = np):
     epoch = xp.asarray(epoch, dtype=float)
@@ -342,13 +363,14 @@ class Warmup(Schedule):
 
   def __post_init__(self):
     _check(self.epochs > 0, f"schedule.warmup_epochs: must be positive, got {self.epochs}")
-    _check(0.0 <= self.init_fraction <= 1.0,
-           f"schedule.warmup_init: must be in [0, 1], got {self.init_fraction}")
+    _check(
+      0.0 <= self.init_fraction <= 1.0,
+      f"schedule.warmup_init: must be in [0, 1], got {self.init_fraction}",
+    )
 
   def multiplier(self, epoch, xp: Any = np):
     epoch = xp.asarray(epoch, dtype=float)
-    ramp = self.init_fraction + (1.0 - self.init_fraction) * xp.clip(
-        epoch / self.epochs, 0.0, 1.0)
+    ramp = self.init_fraction + (1.0 - self.init_fraction) * xp.clip(epoch / self.epochs, 0.0, 1.0)
     return ramp * self.inner.multiplier(epoch, xp)
 
   def momentum(self, epoch, base, xp: Any = np):
@@ -372,24 +394,24 @@ SCHEDULES = ("constant", "step", "exponential", "cosine", "sgdr", "one_cycle", "
 
 
 def make_schedule(
-    name: str,
-    epochs: float,
-    *,
-    warmup_epochs: float = 0.0,
-    warmup_init: float = 0.0,
-    boundaries: Sequence[float] = (),
-    factor: float | Sequence[float] = 10.0,
-    rate: float = 0.97,
-    every_epochs: float = 1.0,
-    staircase: bool = False,
-    final_fraction: float = 0.0,
-    cycle_epochs: float = 0.0,
-    cycle_mult: float = 1.0,
-    pct_start: float = 0.3,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-    momentum_range: Sequence[float] | None = None,
-    timescale_epochs: float = 0.0,
+  name: str,
+  epochs: float,
+  *,
+  warmup_epochs: float = 0.0,
+  warmup_init: float = 0.0,
+  boundaries: Sequence[float] = (),
+  factor: float | Sequence[float] = 10.0,
+  rate: float = 0.97,
+  every_epochs: float = 1.0,
+  staircase: bool = False,
+  final_fraction: float = 0.0,
+  cycle_epochs: float = 0.0,
+  cycle_mult: float = 1.0,
+  pct_start: float = 0.3,
+  div_factor: float = 25.0,
+  final_div_factor: float = 1e4,
+  momentum_range: Sequence[float] | None = None,
+  timescale_epochs: float = 0.0,
 ) -> Schedule:
   """Builds a schedule by name, with an optional linear warm-up in front.
 
@@ -414,18 +436,22 @@ def make_schedule(
   """
   _check(epochs > 0, f"num_epochs: must be positive, got {epochs}")
   _check(warmup_epochs >= 0, f"schedule.warmup_epochs: must be >= 0, got {warmup_epochs}")
-  _check(warmup_epochs < epochs,
-         f"schedule.warmup_epochs: must be shorter than training ({epochs} epochs)")
+  _check(
+    warmup_epochs < epochs,
+    f"schedule.warmup_epochs: must be shorter than training ({epochs} epochs)",
+  )
   start = float(warmup_epochs)
   if name == "constant":
     inner = Schedule()
   elif name == "step":
     _check(len(boundaries) > 0, "schedule.boundaries: step decay needs at least one boundary")
-    inner = StepDecay(tuple(boundaries), factor if isinstance(factor, (int, float))
-                      else tuple(factor))
-    _check(inner.boundaries[-1] < epochs,
-           f"schedule.boundaries: must lie before the last epoch ({epochs}), "
-           f"got {inner.boundaries}")
+    inner = StepDecay(
+      tuple(boundaries), factor if isinstance(factor, (int, float)) else tuple(factor)
+    )
+    _check(
+      inner.boundaries[-1] < epochs,
+      f"schedule.boundaries: must lie before the last epoch ({epochs}), got {inner.boundaries}",
+    )
   elif name == "exponential":
     inner = Exponential(rate, every_epochs, staircase, start, float(epochs))
   elif name == "cosine":
@@ -434,14 +460,20 @@ def make_schedule(
     _check(cycle_epochs > 0, "schedule.cycle_epochs: sgdr needs a positive first cycle")
     inner = WarmRestarts(cycle_epochs, cycle_mult, final_fraction, start, float(epochs))
   elif name == "one_cycle":
-    _check(warmup_epochs == 0,
-           "schedule.warmup_epochs: must be 0 with one_cycle (its rise is the warm-up)")
-    inner = OneCycle(float(epochs), pct_start, div_factor, final_div_factor,
-                     None if momentum_range is None else tuple(momentum_range))
+    _check(
+      warmup_epochs == 0,
+      "schedule.warmup_epochs: must be 0 with one_cycle (its rise is the warm-up)",
+    )
+    inner = OneCycle(
+      float(epochs),
+      pct_start,
+      div_factor,
+      final_div_factor,
+      None if momentum_range is None else tuple(momentum_range),
+    )
   elif name == "inverse_sqrt":
     timescale = timescale_epochs or warmup_epochs
-    _check(timescale > 0,
-           "schedule.timescale_epochs: inverse_sqrt needs a timescale or a warm-up")
+    _check(timescale > 0, "schedule.timescale_epochs: inverse_sqrt needs a timescale or a warm-up")
     inner = InverseSqrt(timescale)
   else:
     raise ValueError(f"schedule.name: {name!r} is not one of {', '.join(SCHEDULES)}")

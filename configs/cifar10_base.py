@@ -23,11 +23,16 @@ def get_config():
   config.ghost_batch_size = 128  # the paper's ghost batch on CIFAR
   config.num_epochs = 200
   config.batch_size = 128
-  config.optimizer = config_dict.ConfigDict({
-      "name": "sgd_momentum", "learning_rate": 0.1, "momentum": 0.9,
-      "nesterov": False, "weight_decay": 5e-4})
-  config.schedule = default_schedule_config(
-      "step", boundaries=(60.0, 120.0, 160.0), factor=5.0)
+  config.optimizer = config_dict.ConfigDict(
+    {
+      "name": "sgd_momentum",
+      "learning_rate": 0.1,
+      "momentum": 0.9,
+      "nesterov": False,
+      "weight_decay": 5e-4,
+    }
+  )
+  config.schedule = default_schedule_config("step", boundaries=(60.0, 120.0, 160.0), factor=5.0)
   config.plan = default_plan_config(batch_multiple=128)  # whole ghost batches of 128
   return config
 
@@ -45,6 +50,7 @@ def with_variant(config, variant=None):
     config.optimizer.momentum = 0.0
     config.optimizer.learning_rate = 1.0
   elif variant == "adam":
-    config.optimizer = config_dict.ConfigDict({
-        "name": "adam", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8})
+    config.optimizer = config_dict.ConfigDict(
+      {"name": "adam", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
+    )
   return config

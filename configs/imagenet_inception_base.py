@@ -13,16 +13,20 @@ from bigbatch.config import default_plan_config, default_schedule_config
 def get_config():
   config = config_dict.ConfigDict()
   config.seed = 0
-  config.dataset = config_dict.ConfigDict(
-      {"name": "imagenet2012", "num_train_examples": 1_281_167})
+  config.dataset = config_dict.ConfigDict({"name": "imagenet2012", "num_train_examples": 1_281_167})
   config.model = config_dict.ConfigDict({"name": "inception_resnet_v2"})
   config.ghost_batch_size = 32
   config.num_epochs = 90
   config.batch_size = 8192
-  config.optimizer = config_dict.ConfigDict({
-      "name": "sgd_momentum", "learning_rate": 3.0, "momentum": 0.9,
-      "nesterov": False, "weight_decay": 1e-4})
-  config.schedule = default_schedule_config(
-      "step", boundaries=(30.0, 60.0, 80.0), factor=10.0)
+  config.optimizer = config_dict.ConfigDict(
+    {
+      "name": "sgd_momentum",
+      "learning_rate": 3.0,
+      "momentum": 0.9,
+      "nesterov": False,
+      "weight_decay": 1e-4,
+    }
+  )
+  config.schedule = default_schedule_config("step", boundaries=(30.0, 60.0, 80.0), factor=10.0)
   config.plan = default_plan_config(batch_multiple=256)  # 8 devices x ghost batch 32
   return config

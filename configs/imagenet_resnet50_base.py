@@ -14,17 +14,22 @@ from bigbatch.config import default_plan_config, default_schedule_config
 def get_config():
   config = config_dict.ConfigDict()
   config.seed = 0
-  config.dataset = config_dict.ConfigDict(
-      {"name": "imagenet2012", "num_train_examples": 1_281_167})
+  config.dataset = config_dict.ConfigDict({"name": "imagenet2012", "num_train_examples": 1_281_167})
   config.model = config_dict.ConfigDict({"name": "resnet50"})
   config.ghost_batch_size = 32  # batch-norm statistics over 32 images
   config.num_epochs = 90
   config.batch_size = 8192
-  config.optimizer = config_dict.ConfigDict({
-      "name": "sgd_momentum", "learning_rate": 3.2, "momentum": 0.9,
-      "nesterov": False, "weight_decay": 1e-4})
+  config.optimizer = config_dict.ConfigDict(
+    {
+      "name": "sgd_momentum",
+      "learning_rate": 3.2,
+      "momentum": 0.9,
+      "nesterov": False,
+      "weight_decay": 1e-4,
+    }
+  )
   config.schedule = default_schedule_config(
-      "step", boundaries=(30.0, 60.0, 80.0), factor=10.0, warmup_epochs=5.0,
-      warmup_init=1 / 32)
+    "step", boundaries=(30.0, 60.0, 80.0), factor=10.0, warmup_epochs=5.0, warmup_init=1 / 32
+  )
   config.plan = default_plan_config(batch_multiple=256)  # 8 devices x ghost batch 32
   return config

@@ -18,10 +18,15 @@ def get_config():
   config.ghost_batch_size = 16
   config.num_epochs = 40
   config.batch_size = 128
-  config.optimizer = config_dict.ConfigDict({
-      "name": "sgd_momentum", "learning_rate": 0.1, "momentum": 0.9,
-      "nesterov": False, "weight_decay": 5e-4})
-  config.schedule = default_schedule_config(
-      "step", boundaries=(12.0, 24.0, 32.0), factor=5.0)
+  config.optimizer = config_dict.ConfigDict(
+    {
+      "name": "sgd_momentum",
+      "learning_rate": 0.1,
+      "momentum": 0.9,
+      "nesterov": False,
+      "weight_decay": 5e-4,
+    }
+  )
+  config.schedule = default_schedule_config("step", boundaries=(12.0, 24.0, 32.0), factor=5.0)
   config.plan = default_plan_config(batch_multiple=128)  # 8 devices x ghost batch 16
   return config

@@ -6,17 +6,19 @@ bigbatch.optim.sgd_momentum(plan, momentum=plan))`).
 """
 
 from bigbatch.optim.adam import adam, adamw, amsgrad
-from bigbatch.optim.hyperparams import Hyperparam, current_hyperparams
+from bigbatch.optim.hyperparams import Hyperparam
 from bigbatch.optim.sgd import sgd_momentum
+from bigbatch.optim.state import current_hyperparams, state_shardings
 
 OPTIMIZERS = ("sgd_momentum", "adam", "adamw", "amsgrad")
 
 __all__ = [
-    "OPTIMIZERS",
-    "Hyperparam",
-    "adam",
-    "adamw",
-    "amsgrad",
-    "current_hyperparams",
-    "sgd_momentum",
+  "OPTIMIZERS",
+  "Hyperparam",
+  "adam",
+  "adamw",
+  "amsgrad",
+  "current_hyperparams",
+  "sgd_momentum",
+  "state_shardings",
 ]

@@ -10,25 +10,55 @@ steps the correction is 1 either way.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optax
 
 from bigbatch.optim.hyperparams import Hyperparam, is_zero, resolve
 
-_STATIC = ("b2", "eps", "eps_root", "mu_dtype", "nesterov", "mask", "bias_correction",
-           "kind", "use_decay")
+_STATIC = (
+  "b2",
+  "eps",
+  "eps_root",
+  "mu_dtype",
+  "nesterov",
+  "mask",
+  "bias_correction",
+  "kind",
+  "use_decay",
+)
 
 
-def _adam_family(learning_rate, b1, weight_decay, *, b2, eps, eps_root, mu_dtype, nesterov,
-                 mask, bias_correction, kind, use_decay):
+def _adam_family(
+  learning_rate,
+  b1,
+  weight_decay,
+  *,
+  b2,
+  eps,
+  eps_root,
+  mu_dtype,
+  nesterov,
+  mask,
+  bias_correction,
+  kind,
+  use_decay,
+):
   if kind == "amsgrad":
     scale = optax.scale_by_amsgrad(
-        b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
-        bias_correction_mu=bias_correction, bias_correction_nu=bias_correction)
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      eps_root=eps_root,
+      mu_dtype=mu_dtype,
+      bias_correction_mu=bias_correction,
+      bias_correction_nu=bias_correction,
+    )
   else:
     scale = optax.scale_by_adam(
-        b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov)
+      b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
+    )
   parts = [scale]
   if use_decay:
     parts.append(optax.add_decayed_weights(weight_decay, mask))
@@ -38,10 +68,13 @@ def _adam_family(learning_rate, b1, weight_decay, *, b2, eps, eps_root, mu_dtype
 
 def _build(kind, learning_rate, b1, weight_decay, **static):
   return optax.inject_hyperparams(_adam_family, static_args=_STATIC)(
-      learning_rate=resolve(learning_rate, "learning_rate", "learning_rate", low=0.0),
-      b1=resolve(b1, "b1", "momentum", low=0.0, high=1.0),
-      weight_decay=resolve(weight_decay, "weight_decay", "weight_decay", low=0.0),
-      kind=kind, use_decay=not is_zero(weight_decay), **static)
+    learning_rate=resolve(learning_rate, "learning_rate", "learning_rate", low=0.0),
+    b1=resolve(b1, "b1", "momentum", low=0.0, high=1.0),
+    weight_decay=resolve(weight_decay, "weight_decay", "weight_decay", low=0.0),
+    kind=kind,
+    use_decay=not is_zero(weight_decay),
+    **static,
+  )
 
 
 def _check_b2(b2: float) -> None:
@@ -50,14 +83,14 @@ def _check_b2(b2: float) -> None:
 
 
 def adam(
-    learning_rate: Hyperparam,
-    b1: Hyperparam = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    *,
-    eps_root: float = 0.0,
-    mu_dtype: Any | None = None,
-    nesterov: bool = False,
+  learning_rate: Hyperparam,
+  b1: Hyperparam = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  *,
+  eps_root: float = 0.0,
+  mu_dtype: Any | None = None,
+  nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Adam (Kingma & Ba 2015), as `optax.adam`, with plan-aware `lr` and `b1`.
 
@@ -67,21 +100,32 @@ def adam(
     b2, eps, eps_root, mu_dtype, nesterov: as in `optax.adam`.
   """
   _check_b2(b2)
-  return _build("adam", learning_rate, b1, 0.0, b2=b2, eps=eps, eps_root=eps_root,
-                mu_dtype=mu_dtype, nesterov=nesterov, mask=None, bias_correction=True)
+  return _build(
+    "adam",
+    learning_rate,
+    b1,
+    0.0,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    mu_dtype=mu_dtype,
+    nesterov=nesterov,
+    mask=None,
+    bias_correction=True,
+  )
 
 
 def adamw(
-    learning_rate: Hyperparam,
-    b1: Hyperparam = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    *,
-    weight_decay: Hyperparam = 1e-4,
-    mask: Any | Callable[[optax.Params], Any] | None = None,
-    eps_root: float = 0.0,
-    mu_dtype: Any | None = None,
-    nesterov: bool = False,
+  learning_rate: Hyperparam,
+  b1: Hyperparam = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  *,
+  weight_decay: Hyperparam = 1e-4,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
+  eps_root: float = 0.0,
+  mu_dtype: Any | None = None,
+  nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW (Loshchilov & Hutter 2019), as `optax.adamw`: decay decoupled from Adam.
 
@@ -94,19 +138,30 @@ def adamw(
     b2, eps, eps_root, mu_dtype, nesterov: as in `optax.adamw`.
   """
   _check_b2(b2)
-  return _build("adam", learning_rate, b1, weight_decay, b2=b2, eps=eps, eps_root=eps_root,
-                mu_dtype=mu_dtype, nesterov=nesterov, mask=mask, bias_correction=True)
+  return _build(
+    "adam",
+    learning_rate,
+    b1,
+    weight_decay,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    mu_dtype=mu_dtype,
+    nesterov=nesterov,
+    mask=mask,
+    bias_correction=True,
+  )
 
 
 def amsgrad(
-    learning_rate: Hyperparam,
-    b1: Hyperparam = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    *,
-    bias_correction: bool = True,
-    eps_root: float = 0.0,
-    mu_dtype: Any | None = None,
+  learning_rate: Hyperparam,
+  b1: Hyperparam = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  *,
+  bias_correction: bool = True,
+  eps_root: float = 0.0,
+  mu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AMSGrad (Reddi et al. 2018): Adam with the running maximum of the second moment.
 
@@ -119,6 +174,16 @@ def amsgrad(
     b2, eps, eps_root, mu_dtype: as in `optax.amsgrad`.
   """
   _check_b2(b2)
-  return _build("amsgrad", learning_rate, b1, 0.0, b2=b2, eps=eps, eps_root=eps_root,
-                mu_dtype=mu_dtype, nesterov=False, mask=None,
-                bias_correction=bias_correction)
+  return _build(
+    "amsgrad",
+    learning_rate,
+    b1,
+    0.0,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    mu_dtype=mu_dtype,
+    nesterov=False,
+    mask=None,
+    bias_correction=bias_correction,
+  )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optax
 
@@ -18,12 +19,12 @@ def _sgd_momentum(learning_rate, momentum, weight_decay, *, nesterov, mask, use_
 
 
 def sgd_momentum(
-    learning_rate: Hyperparam,
-    momentum: Hyperparam = 0.9,
-    *,
-    nesterov: bool = False,
-    weight_decay: Hyperparam = 0.0,
-    mask: Any | Callable[[optax.Params], Any] | None = None,
+  learning_rate: Hyperparam,
+  momentum: Hyperparam = 0.9,
+  *,
+  nesterov: bool = False,
+  weight_decay: Hyperparam = 0.0,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SGD with heavy-ball or Nesterov momentum and optional decoupled weight decay.
 
@@ -53,12 +54,11 @@ def sgd_momentum(
   Raises:
     ValueError: for a constant momentum outside [0, 1) or a negative rate.
   """
-  return optax.inject_hyperparams(
-      _sgd_momentum, static_args=("nesterov", "mask", "use_decay"))(
-          learning_rate=resolve(learning_rate, "learning_rate", "learning_rate", low=0.0),
-          momentum=resolve(momentum, "momentum", "momentum", low=0.0, high=1.0),
-          weight_decay=resolve(weight_decay, "weight_decay", "weight_decay", low=0.0),
-          nesterov=nesterov,
-          mask=mask,
-          use_decay=not is_zero(weight_decay),
-      )
+  return optax.inject_hyperparams(_sgd_momentum, static_args=("nesterov", "mask", "use_decay"))(
+    learning_rate=resolve(learning_rate, "learning_rate", "learning_rate", low=0.0),
+    momentum=resolve(momentum, "momentum", "momentum", low=0.0, high=1.0),
+    weight_decay=resolve(weight_decay, "weight_decay", "weight_decay", low=0.0),
+    nesterov=nesterov,
+    mask=mask,
+    use_decay=not is_zero(weight_decay),
+  )

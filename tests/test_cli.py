@@ -1,0 +1,203 @@
+"""`bigbatch plan` and the recipe configs, in-process and as the console script."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ml_collections import config_flags
+
+from bigbatch import cli, config
+
+CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
+
+# Recipe configs (with their variants) and the updates their plans must give.
+RECIPES = {
+  "cifar10_5_1_decay_lr.py": 78_125,
+  "cifar10_5_1_decay_lr.py:adam": 78_125,
+  "cifar10_5_1_hybrid.py": 34_376,
+  "cifar10_5_1_hybrid.py:nesterov": 34_376,
+  "cifar10_5_1_increase_batch.py": 28_876,
+  "cifar10_5_1_increase_batch.py:sgd": 28_876,
+  "cifar10_5_2_original.py": 78_125,
+  "cifar10_5_2_increase_batch.py": 29_142,
+  "cifar10_5_2_initial_lr.py": 6_407,
+  "cifar10_5_2_momentum.py": 2_305,
+  "imagenet_resnet50_8192.py": 14_076,
+  "imagenet_resnet50_8192_16384.py": 9_384,
+  "imagenet_resnet50_16384.py": 7_038,
+  "imagenet_inception_decay_lr.py": 14_076,
+  "imagenet_inception_increase_batch.py": 5_631,
+  "imagenet_inception_capped.py:0.9": 5_865,
+  "imagenet_inception_capped.py:0.95": 3_519,
+  "imagenet_inception_capped.py:0.975": 2_346,
+  "mnist1d_decay_lr.py": 15_625,
+  "mnist1d_hybrid.py": 6_876,
+  "mnist1d_increase_batch.py": 5_776,
+}
+
+
+def load(name):
+  path, _, variant = name.partition(":")
+  module = config_flags.config_flags._LoadConfigModule("test_config", str(CONFIGS / path))
+  return module.get_config(variant) if variant else module.get_config()
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_configs_plan_to_the_papers_updates(name):
+  plan = config.plan_from_config(load(name))
+  assert plan.total_steps == RECIPES[name]
+
+
+def test_every_config_file_is_covered():
+  files = {p.name for p in CONFIGS.glob("*.py") if not p.name.endswith("_base.py")}
+  assert files == {name.partition(":")[0] for name in RECIPES}
+
+
+@pytest.mark.parametrize(
+  "name",
+  [
+    "cifar10_5_1_increase_batch.py",
+    "cifar10_5_1_hybrid.py:adam",
+    "cifar10_5_2_momentum.py",
+    "imagenet_resnet50_8192_16384.py",
+  ],
+)
+def test_optimizer_from_config_follows_the_plan(name):
+  import jax
+  import jax.numpy as jnp
+
+  from bigbatch import optim
+
+  cfg = load(name)
+  plan = config.plan_from_config(cfg)
+  opt = config.optimizer_from_config(cfg, plan)
+  state = opt.init({"w": jnp.ones(3)})
+  update = jax.jit(opt.update)
+  for phase in plan.phases:
+    state = jax.tree_util.tree_map_with_path(  # every step counter, schedules' too
+      lambda path, x, s=phase.first_step: (
+        jnp.asarray(s, jnp.int32) if getattr(path[-1], "name", None) == "count" else x
+      ),
+      state,
+    )
+    _, new_state = update({"w": jnp.ones(3)}, state, {"w": jnp.ones(3)})
+    hyper = optim.current_hyperparams(new_state)
+    assert float(hyper["learning_rate"]) == pytest.approx(phase.learning_rate, rel=1e-6)
+    assert float(hyper["momentum"]) == pytest.approx(phase.momentum, rel=1e-6)
+
+
+def run(capsys, *args):
+  status = cli.main(["plan", *args])
+  out, err = capsys.readouterr()
+  return status, out, err
+
+
+def test_plan_prints_the_table_beside_the_baseline(capsys):
+  status, out, err = run(capsys, "--config", str(CONFIGS / "cifar10_5_2_increase_batch.py"))
+  assert status == 0 and err == ""
+  rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+  # phase, epochs, batch, lr, momentum, noise, Δnoise, steps, │, base batch/lr/noise/steps
+  assert [r[2] for r in rows] == ["128", "640", "3,200", "5,120"]
+  assert [float(r[3]) for r in rows] == [0.1, 0.1, 0.1, 0.032]
+  assert [r[7] for r in rows] == ["23,438", "4,688", "625", "391"]
+  assert [float(r[10]) for r in rows] == [0.1, 0.02, 0.004, 0.0008]
+  assert [r[12] for r in rows] == ["23,438", "23,437", "15,625", "15,625"]
+  assert "updates: 29,142 vs 78,125 for the baseline (2.68x fewer)" in out
+
+
+def test_plan_json_and_overrides(capsys):
+  status, out, _ = run(
+    capsys,
+    f"--config={CONFIGS / 'imagenet_resnet50_8192.py'}",
+    "--config.plan.strategy=hybrid",
+    "--config.plan.max_batch_size=16384",
+    "--json",
+  )
+  assert status == 0
+  data = json.loads(out)
+  assert data["total_steps"] == 9_384 and data["baseline_total_steps"] == 14_076
+  phases = data["phases"]
+  assert [p["batch_size"] for p in phases] == [8192, 8192, 16384, 16384, 16384]
+  assert [p["start_epoch"] for p in phases] == [0, 5, 30, 60, 80]
+  assert [p["end_epoch"] for p in phases] == [5, 30, 60, 80, 90]
+  assert phases[2]["learning_rate"] == pytest.approx(0.64)
+  assert sum(p["steps"] for p in phases) == 9_384
+  for p in phases:
+    assert p["noise_scale"] == pytest.approx(
+      p["learning_rate"] * (1_281_167 / p["batch_size"] - 1) / (1 - p["momentum"])
+    )
+
+
+def test_plan_plot_draws_a_png(capsys, tmp_path):
+  import matplotlib.image
+
+  path = tmp_path / "plan.png"
+  status, out, _ = run(
+    capsys, "--config", str(CONFIGS / "cifar10_5_1_increase_batch.py"), "--plot", str(path)
+  )
+  assert status == 0 and f"wrote {path}" in out
+  image = matplotlib.image.imread(path)
+  assert image.shape[0] > 500 and image.shape[1] > 500
+  assert np.std(image[..., :3]) > 0.05  # not a blank canvas
+  blue = (image[..., 2] > 0.6) & (image[..., 0] < 0.3)  # the plan's curves (C0)
+  assert blue.sum() > 500
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    ([], "--config is required"),
+    (["--config", "configs/missing.py"], "--config: no such file: configs/missing.py"),
+    (["--config.plan.strategy=fast"], "plan.strategy: 'fast' is not one of"),
+    (
+      ["--config.plan.strategy=hybrid", "--config.plan.max_batch_size=100"],
+      "plan.max_batch_size: 100 is below the initial batch_size 128",
+    ),
+    (["--config.batch_size=60000"], "batch_size: 60000 is larger than the dataset"),
+    (["--config.optimizer.momentum=1.0"], "optimizer.momentum: must be in [0, 1)"),
+    (["--config.optimizer.learning_rate=0"], "optimizer.learning_rate: must be > 0"),
+    (["--config.schedule.boundaries=(120,60)"], "schedule.boundaries: must be strictly increasing"),
+    (["--config.schedule.boundaries=(60,250)"], "schedule.boundaries: must lie before"),
+    (["--config.schedule.name=linear"], "schedule.name: 'linear' is not one of"),
+    (["--config.optimizer.name=lion"], "optimizer.name: 'lion' is not one of"),
+    (["--config.schedule.nme=cosine"], "no such field 'nme'"),
+    (["--config.plan.max_batch_size=abc"], "invalid literal for int()"),
+    (["--config.dataset.num_train_examples=1000"], "batch_size: 3200 is larger than the dataset"),
+  ],
+)
+def test_bad_input_gets_one_line_naming_the_field(capsys, args, message):
+  base = (
+    []
+    if args[:1] == [] or args[0] == "--config"
+    else ["--config", str(CONFIGS / "cifar10_5_1_increase_batch.py")]
+  )
+  if "num_train_examples" in " ".join(args):
+    base = ["--config", str(CONFIGS / "cifar10_5_2_momentum.py")]
+  status, out, err = run(capsys, *base, *args)
+  assert status == 2 and out == ""
+  assert err.count("\n") == 1 and err.startswith("bigbatch plan: error: ")
+  assert message in err
+
+
+def test_bad_variant_names_the_choices(capsys):
+  status, _, err = run(capsys, "--config", f"{CONFIGS / 'cifar10_5_1_hybrid.py'}:lamb")
+  assert status == 2 and err.count("\n") == 1
+  assert "'lamb' is not one of momentum, nesterov, sgd, adam" in err
+
+
+def test_console_script_runs():
+  script = pathlib.Path(sys.executable).with_name("bigbatch")
+  result = subprocess.run(
+    [str(script), "plan", "--config", str(CONFIGS / "cifar10_5_2_initial_lr.py")],
+    capture_output=True,
+    text=True,
+    check=False,
+    timeout=120,
+  )
+  assert result.returncode == 0, result.stderr
+  assert "updates: 6,407 vs 15,625" in result.stdout
+  usage = subprocess.run([str(script)], capture_output=True, text=True, check=False, timeout=60)
+  assert usage.returncode == 2 and "usage: bigbatch COMMAND" in usage.stdout
