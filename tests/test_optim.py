@@ -232,7 +232,7 @@ def test_current_hyperparams_inside_a_chain():
   assert float(hyper["weight_decay"]) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("name", ["sgd", "sgd_nesterov", "sgdw", "adamw", "amsgrad"])
+@pytest.mark.parametrize("name", ["sgd", "sgd_nesterov", "sgdw", "adam", "adamw", "amsgrad"])
 def test_sharded_parameters_keep_their_shardings(name):
   ours, _ = PAIRS[name]
   mesh = Mesh(np.array(jax.devices()).reshape(8), ("data",))
@@ -247,7 +247,7 @@ def test_sharded_parameters_keep_their_shardings(name):
   placed = jax.device_put(params, shardings)
   state = jax.jit(ours.init, out_shardings=optim.state_shardings(ours, placed))(placed)
   moments = [leaf for leaf in jax.tree.leaves(state) if leaf.shape == (16, 4)]
-  assert len(moments) == (1 if name.startswith("sgd") else 2 if name == "adamw" else 3)
+  assert len(moments) == (1 if name.startswith("sgd") else 3 if name == "amsgrad" else 2)
   assert all(leaf.sharding.is_equivalent_to(sharded, 2) for leaf in moments)
   # and abstract parameters give the same shardings, before anything is allocated
   abstract = jax.tree.map(
