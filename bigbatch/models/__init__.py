@@ -1,0 +1,65 @@
+"""The paper's models in flax linen, every batch norm a ghost batch norm.
+
+`create_model(name, num_classes=..., ghost_batch_size=..., **fields)` builds
+one by name; the defaults below are the published architectures, and any
+field can be overridden from a config's `model` block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bigbatch.models.ghost_norm import GhostBatchNorm
+from bigbatch.models.resnet import ResNet, WideResNet
+from bigbatch.models.small import ConvNet
+
+# name -> (class, default fields)
+MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+  "resnet50": (ResNet, {"stage_sizes": (3, 4, 6, 3), "width": 64}),
+  "wrn16_4": (WideResNet, {"depth": 16, "widen": 4}),
+  # MNIST-1D: 40 samples per signal; three stride-2 convolutions as the
+  # dataset's reference CNN, with ghost batch norm.
+  "cnn1d": (ConvNet, {"channels": (32, 32, 32), "kernel": (5,), "strides": (2, 2, 2)}),
+  "tiny_cnn": (ConvNet, {"channels": (8, 16), "kernel": (3, 3), "strides": (1, 2)}),
+}
+
+
+def create_model(
+  name: str,
+  *,
+  num_classes: int,
+  ghost_batch_size: int | None = None,
+  dtype: Any = jnp.float32,
+  **fields: Any,
+) -> nn.Module:
+  """Builds a model by name.
+
+  Args:
+    name: one of `MODELS`.
+    num_classes: output logits.
+    ghost_batch_size: examples per batch-norm ghost batch (None: whole batch).
+    dtype: compute dtype; parameters are float32 either way.
+    **fields: overrides of the model's default fields.
+
+  Raises:
+    ValueError: naming `model.name` or the unknown `model.FIELD`.
+  """
+  if name not in MODELS:
+    raise ValueError(f"model.name: {name!r} is not one of {', '.join(MODELS)}")
+  cls, defaults = MODELS[name]
+  known = set(cls.__dataclass_fields__) - {"parent", "name"}
+  for key in fields:
+    if key not in known:
+      raise ValueError(f"model.{key}: not a field of {name}; allowed: {', '.join(sorted(known))}")
+  return cls(
+    num_classes=num_classes,
+    ghost_batch_size=ghost_batch_size,
+    dtype=dtype,
+    **{**defaults, **fields},
+  )
+
+
+__all__ = ["MODELS", "ConvNet", "GhostBatchNorm", "ResNet", "WideResNet", "create_model"]
