@@ -169,6 +169,7 @@ def _check(condition: bool, field: str, message: str) -> None:
 
 
 def _validate(
+  *,
   dataset_size,
   epochs,
   learning_rate,
@@ -180,7 +181,10 @@ def _validate(
   batch_multiple,
   noise_rule,
   min_phase_epochs,
+  schedule,
 ):
+  """Raises `PlanError` naming the first argument of `plan_phases` no plan can use."""
+  del schedule  # checked when it was built
   _check(
     isinstance(dataset_size, (int, np.integer)) and dataset_size > 0,
     "dataset_size",
@@ -348,20 +352,8 @@ def plan_phases(
   Raises:
     PlanError: naming the argument, for input no plan can satisfy.
   """
+  _validate(**locals())  # every argument, by name
   schedule = schedule or Schedule()
-  _validate(
-    dataset_size,
-    epochs,
-    learning_rate,
-    batch_size,
-    momentum,
-    weight_decay,
-    strategy,
-    max_batch_size,
-    batch_multiple,
-    noise_rule,
-    min_phase_epochs,
-  )
   n, b0 = int(dataset_size), int(batch_size)
   exact = noise_rule == "exact"
   min_phase_epochs = min_phase_epochs or epochs / 10
