@@ -14,12 +14,17 @@ import pathlib
 from types import ModuleType
 from typing import Any
 
+import flax.linen as nn
 import ml_collections
 import optax
+from jax.sharding import Mesh
 
 from bigbatch import optim
+from bigbatch import sharding as shd
+from bigbatch.models import create_model
 from bigbatch.planner import Plan, PlanError, plan_phases
 from bigbatch.schedules import SCHEDULES, Schedule, make_schedule
+from bigbatch.step import compute_dtype
 
 # Planner arguments and the config fields they come from, for error messages.
 _PLAN_FIELDS = {
@@ -91,6 +96,31 @@ def default_plan_config(batch_multiple: int = 1) -> ml_collections.ConfigDict:
       "batch_multiple": batch_multiple,
       "noise_rule": "approx",
       "min_phase_epochs": ml_collections.config_dict.placeholder(float),
+    }
+  )
+
+
+def default_mesh_config() -> ml_collections.ConfigDict:
+  """The `mesh` block: `data` devices split the batch (-1: all), `fsdp` devices
+  shard parameters and optimizer state (1: replicate them), `fsdp_min_size`
+  is the smallest parameter (in elements) worth sharding."""
+  return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2**14})
+
+
+def default_distributed_config() -> ml_collections.ConfigDict:
+  """The `distributed` block: multi-host JAX (`jax.distributed.initialize`).
+
+  `enabled` is "auto" (on a TPU pod, or when `JAX_COORDINATOR_ADDRESS` is
+  set), True or False; the other fields default to the environment's
+  `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`.
+  """
+  placeholder = ml_collections.config_dict.placeholder
+  return ml_collections.ConfigDict(
+    {
+      "enabled": "auto",
+      "coordinator_address": placeholder(str),
+      "num_processes": placeholder(int),
+      "process_id": placeholder(int),
     }
   )
 
@@ -196,3 +226,37 @@ def optimizer_from_config(
   return optim.amsgrad(
     plan, b1=plan, bias_correction=bool(opt.get("bias_correction", True)), **common
   )
+
+
+def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """The config's `model` (any field overrides the architecture's default),
+  with its `ghost_batch_size` and computing in its `compute_dtype`."""
+  fields = dict(_require(config, "model"))
+  name = fields.pop("name", None)
+  try:
+    return create_model(
+      name,
+      num_classes=num_classes,
+      ghost_batch_size=config.get("ghost_batch_size"),
+      dtype=compute_dtype(config.get("compute_dtype", "auto")),
+      **fields,
+    )
+  except (TypeError, ValueError) as error:
+    raise ConfigError(str(error)) from None
+
+
+def check_plan_on_mesh(config: ml_collections.ConfigDict, plan: Plan, mesh: Mesh) -> None:
+  """Refuses, before anything compiles, a plan whose batches the mesh cannot split.
+
+  Every phase's batch must be a whole number of ghost batches on every device.
+
+  Raises:
+    ConfigError: naming `batch_size` (the first phase) or `plan.batch_multiple`.
+  """
+  ghost = config.get("ghost_batch_size")
+  for phase in plan.phases:
+    field = "batch_size" if phase.index == 0 else "plan.batch_multiple"
+    try:
+      shd.check_batch_size(phase.batch_size, mesh, ghost_batch_size=ghost, field=field)
+    except shd.ShardingError as error:
+      raise ConfigError(f"{error} (phase {phase.index + 1})") from None

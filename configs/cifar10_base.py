@@ -9,7 +9,12 @@ Weight decay and augmentation are not in the paper: Wide-ResNet defaults.
 
 from ml_collections import config_dict
 
-from bigbatch.config import default_plan_config, default_schedule_config
+from bigbatch.config import (
+  default_distributed_config,
+  default_mesh_config,
+  default_plan_config,
+  default_schedule_config,
+)
 
 # Optimizer variants of section 5.1, selected with `--config=FILE:VARIANT`.
 VARIANTS = ("momentum", "nesterov", "sgd", "adam")
@@ -21,6 +26,10 @@ def get_config():
   config.dataset = config_dict.ConfigDict({"name": "cifar10", "num_train_examples": 50_000})
   config.model = config_dict.ConfigDict({"name": "wrn16_4"})
   config.ghost_batch_size = 128  # the paper's ghost batch on CIFAR
+  config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU; parameters float32
+  config.label_smoothing = 0.0
+  config.mesh = default_mesh_config()  # batch over all devices, parameters replicated
+  config.distributed = default_distributed_config()
   config.num_epochs = 200
   config.batch_size = 128
   config.optimizer = config_dict.ConfigDict(

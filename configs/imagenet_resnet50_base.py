@@ -8,7 +8,12 @@ rate of batch 256, 1/32 of the peak); /10 at epochs 30, 60, 80.
 
 from ml_collections import config_dict
 
-from bigbatch.config import default_plan_config, default_schedule_config
+from bigbatch.config import (
+  default_distributed_config,
+  default_mesh_config,
+  default_plan_config,
+  default_schedule_config,
+)
 
 
 def get_config():
@@ -17,6 +22,10 @@ def get_config():
   config.dataset = config_dict.ConfigDict({"name": "imagenet2012", "num_train_examples": 1_281_167})
   config.model = config_dict.ConfigDict({"name": "resnet50"})
   config.ghost_batch_size = 32  # batch-norm statistics over 32 images
+  config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU; parameters float32
+  config.label_smoothing = 0.0
+  config.mesh = default_mesh_config()  # batch over all devices, parameters replicated
+  config.distributed = default_distributed_config()
   config.num_epochs = 90
   config.batch_size = 8192
   config.optimizer = config_dict.ConfigDict(

@@ -7,7 +7,12 @@ Batch 128 -> 390.6 steps per epoch -> 15,625 updates for the baseline.
 
 from ml_collections import config_dict
 
-from bigbatch.config import default_plan_config, default_schedule_config
+from bigbatch.config import (
+  default_distributed_config,
+  default_mesh_config,
+  default_plan_config,
+  default_schedule_config,
+)
 
 
 def get_config():
@@ -16,6 +21,10 @@ def get_config():
   config.dataset = config_dict.ConfigDict({"name": "mnist1d", "num_train_examples": 50_000})
   config.model = config_dict.ConfigDict({"name": "cnn1d"})
   config.ghost_batch_size = 16
+  config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU; parameters float32
+  config.label_smoothing = 0.0
+  config.mesh = default_mesh_config()  # batch over all devices, parameters replicated
+  config.distributed = default_distributed_config()
   config.num_epochs = 40
   config.batch_size = 128
   config.optimizer = config_dict.ConfigDict(

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from bigbatch.models.ghost_norm import GhostBatchNorm
 from bigbatch.models.resnet import ResNet, WideResNet
-from bigbatch.models.small import ConvNet
+from bigbatch.models.small import MLP, ConvNet
 
 # name -> (class, default fields)
 MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
@@ -24,6 +24,8 @@ MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
   # dataset's reference CNN, with ghost batch norm.
   "cnn1d": (ConvNet, {"channels": (32, 32, 32), "kernel": (5,), "strides": (2, 2, 2)}),
   "tiny_cnn": (ConvNet, {"channels": (8, 16), "kernel": (3, 3), "strides": (1, 2)}),
+  # no batch norm: for checks that must not depend on how the batch is split
+  "mlp": (MLP, {"features": (32, 32)}),
 }
 
 
@@ -54,12 +56,9 @@ def create_model(
   for key in fields:
     if key not in known:
       raise ValueError(f"model.{key}: not a field of {name}; allowed: {', '.join(sorted(known))}")
-  return cls(
-    num_classes=num_classes,
-    ghost_batch_size=ghost_batch_size,
-    dtype=dtype,
-    **{**defaults, **fields},
-  )
+  if "ghost_batch_size" in known:  # models without batch norm have no ghost batch
+    fields = {**fields, "ghost_batch_size": ghost_batch_size}
+  return cls(num_classes=num_classes, dtype=dtype, **{**defaults, **fields})
 
 
-__all__ = ["MODELS", "ConvNet", "GhostBatchNorm", "ResNet", "WideResNet", "create_model"]
+__all__ = ["MLP", "MODELS", "ConvNet", "GhostBatchNorm", "ResNet", "WideResNet", "create_model"]

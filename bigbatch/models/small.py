@@ -48,3 +48,25 @@ class ConvNet(nn.Module):
       x = nn.relu(x)
     x = x.mean(axis=tuple(range(1, x.ndim - 1)))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class MLP(nn.Module):
+  """A multilayer perceptron without normalisation (flattens its input).
+
+  Attributes:
+    features: width of each hidden layer.
+    num_classes: output logits.
+    dtype: compute dtype.
+  """
+
+  features: Sequence[int]
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    del train  # no batch norm, no dropout: training and evaluation agree
+    x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+    for width in self.features:
+      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

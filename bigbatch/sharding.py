@@ -1,0 +1,209 @@
+"""The device mesh, and where the batch, parameters and optimizer state live on it.
+
+The mesh has two axes. `data` splits the batch; `fsdp` (size 1 by default)
+additionally shards parameters and optimizer state, for models too large to
+replicate on every device (fully-sharded data parallelism). The batch is
+split over both axes, so every device holds its own contiguous slice of
+`batch / num_devices` examples, and a ghost batch never straddles devices as
+long as that slice is a multiple of the ghost batch.
+
+Multi-host: call `initialize_distributed` first (before anything touches a
+device); then each process builds the same mesh over all devices and feeds
+only its own slice of the global batch through `global_batch`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA = "data"
+FSDP = "fsdp"
+BATCH_AXES = (DATA, FSDP)
+
+# Environment variables that ask for `jax.distributed.initialize` (with the
+# values it would otherwise take from the config).
+_COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
+_NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
+_PROCESS_ID_ENV = "JAX_PROCESS_ID"
+
+
+class ShardingError(ValueError):
+  """A mesh or batch size the devices cannot hold; the message names the field."""
+
+
+def make_mesh(
+  data: int = -1, fsdp: int = 1, *, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
+  """A `(data, fsdp)` mesh over `devices` (default: all devices of all processes).
+
+  Args:
+    data: devices along the batch axis; -1 takes all that `fsdp` leaves.
+    fsdp: devices that shard parameters and optimizer state (1: replicate them).
+    devices: the devices to use, in order.
+
+  Raises:
+    ShardingError: naming `mesh.data` or `mesh.fsdp` when the sizes do not
+      multiply to the number of devices.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ShardingError(f"mesh.fsdp: must divide the {len(devices)} devices, got {fsdp}")
+  if data == -1:
+    data = len(devices) // fsdp
+  if data < 1 or data * fsdp != len(devices):
+    raise ShardingError(
+      f"mesh.data: data x fsdp must equal the {len(devices)} devices (or data = -1), "
+      f"got {data} x {fsdp}"
+    )
+  # Auto axes: XLA propagates shardings through the model (no per-op annotations)
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=auto, devices=devices)
+
+
+def mesh_from_config(config: Mapping[str, Any]) -> Mesh:
+  """The mesh of a config's `mesh` block (`data`, `fsdp`); all devices by default."""
+  block = config.get("mesh") or {}
+  return make_mesh(int(block.get("data", -1)), int(block.get("fsdp", 1)))
+
+
+def initialize_distributed(config: Mapping[str, Any] | None = None) -> bool:
+  """Starts multi-host JAX when the config or the environment asks for it.
+
+  Asked for by `config.distributed.enabled` (True, or "auto" on a TPU pod
+  or a cluster `jax.distributed` detects), or by the environment variable
+  `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`).
+  Must run before anything touches a device; a second call is a no-op.
+
+  Returns:
+    True if this process is now part of a multi-process run.
+  """
+  block = dict((config or {}).get("distributed") or {})
+  address = block.get("coordinator_address") or os.environ.get(_COORDINATOR_ENV)
+  num_processes = block.get("num_processes") or os.environ.get(_NUM_PROCESSES_ENV)
+  process_id = block.get("process_id")
+  if process_id is None:
+    process_id = os.environ.get(_PROCESS_ID_ENV)
+  enabled = block.get("enabled", "auto")
+  if enabled not in (True, False, "auto"):
+    raise ShardingError(f"distributed.enabled: must be true, false or 'auto', got {enabled!r}")
+  if enabled is False or (enabled == "auto" and not address and not _on_tpu_pod()):
+    return False
+  if jax.distributed.is_initialized():
+    return jax.process_count() > 1
+  jax.distributed.initialize(
+    coordinator_address=address,
+    num_processes=None if num_processes is None else int(num_processes),
+    process_id=None if process_id is None else int(process_id),
+  )
+  return jax.process_count() > 1
+
+
+def _on_tpu_pod() -> bool:
+  # A multi-worker TPU VM names its peers; jax.distributed finds the rest itself.
+  hostnames = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return "," in hostnames
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """A sharding that puts a full copy on every device of `mesh`."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The leading (example) axis split over every device, in contiguous blocks."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  """How many slices the batch is split into: every device of the mesh."""
+  return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
+def param_sharding(leaf: Any, mesh: Mesh, *, min_size: int = 2**14) -> NamedSharding:
+  """Where a parameter (or a moment shaped like one) lives.
+
+  Replicated when the mesh's `fsdp` axis has size 1. Otherwise its largest
+  axis that `fsdp` divides is split along `fsdp`; leaves smaller than
+  `min_size` elements (biases, norms) stay replicated, since splitting them
+  saves little memory and costs a gather each.
+  """
+  shards = mesh.shape[FSDP]
+  if shards == 1 or math.prod(leaf.shape) < min_size:
+    return replicated(mesh)
+  for axis in sorted(range(len(leaf.shape)), key=lambda a: -leaf.shape[a]):
+    if leaf.shape[axis] % shards == 0:
+      spec = [None] * len(leaf.shape)
+      spec[axis] = FSDP
+      return NamedSharding(mesh, PartitionSpec(*spec))
+  return replicated(mesh)
+
+
+def check_batch_size(
+  batch_size: int, mesh: Mesh, *, ghost_batch_size: int | None = None, field: str = "batch_size"
+) -> int:
+  """The per-device batch of `batch_size`, or a `ShardingError` naming `field`.
+
+  The batch must split into equal per-device slices, each a whole number of
+  ghost batches (so that none straddles two devices), and into equal
+  per-process slices.
+  """
+  devices = data_parallel_size(mesh)
+  unit = devices * (ghost_batch_size or 1)
+  if batch_size < 1 or batch_size % unit:
+    ghost = f" x ghost batch {ghost_batch_size}" if ghost_batch_size else ""
+    raise ShardingError(
+      f"{field}: {batch_size} must be a positive multiple of {unit} "
+      f"({devices} devices{ghost}); set plan.batch_multiple to a multiple of {unit}"
+    )
+  return batch_size // devices
+
+
+def global_batch(mesh: Mesh, local_batch: Any, global_batch_size: int) -> Any:
+  """Assembles the global batch from this process's slice of it.
+
+  Args:
+    mesh: the mesh the step runs on.
+    local_batch: a pytree of NumPy arrays, this process's consecutive
+      `global_batch_size / process_count` examples (process `i` holds the
+      `i`-th block, the examples its own devices train on).
+    global_batch_size: examples in the step's batch, over all processes.
+
+  Returns:
+    The same pytree of `jax.Array`s of `global_batch_size` examples, split
+    over the mesh's devices along the leading axis.
+  """
+  sharding = batch_sharding(mesh)
+
+  def assemble(local):
+    local = np.asarray(local)
+    shape = (global_batch_size,) + local.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, local, shape)
+
+  return jax.tree.map(assemble, local_batch)
+
+
+def process_batch_slice(mesh: Mesh, global_batch_size: int) -> slice:
+  """The examples of a global batch that this process feeds (see `global_batch`).
+
+  Raises:
+    ShardingError: when the batch does not divide over the processes.
+  """
+  sharding = batch_sharding(mesh)
+  index = sharding.addressable_devices_indices_map((global_batch_size,))
+  starts = sorted({idx[0].start or 0 for idx in index.values()})
+  stops = sorted({idx[0].stop or global_batch_size for idx in index.values()})
+  start, stop = starts[0], stops[-1]
+  local = global_batch_size * jax.local_device_count() // jax.device_count()
+  if stop - start != local:
+    raise ShardingError(
+      f"batch_size: {global_batch_size} examples do not split into one contiguous "
+      f"block per process over this mesh"
+    )
+  return slice(start, stop)

@@ -1,0 +1,386 @@
+"""The train and eval steps, and their ahead-of-time compilation per batch size.
+
+`make_train_step` returns one pure function `train_step(state, batch) ->
+(state, metrics)`; `CompiledSteps` jits it with explicit shardings and a
+donated state and compiles it once for each batch size a plan uses, the
+next phase's in the background while the current one trains.
+
+A batch is a dict of arrays with the examples on the leading axis:
+`inputs` (any shape), `labels` (int32 class indices) and, for evaluation,
+`mask` (1 for a real example, 0 for padding).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from bigbatch import sharding as shd
+from bigbatch.optim import current_hyperparams, state_shardings
+
+Batch = Mapping[str, Any]
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a train step changes: one small pytree, `step` its clock.
+
+  Attributes:
+    step: updates done so far (int32).
+    params: the model's parameters (float32 whatever the compute dtype).
+    batch_stats: batch-norm running averages ({} for a model without).
+    opt_state: the optimizer's state.
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def compute_dtype(name: str = "auto") -> Any:
+  """The dtype activations are computed in: `auto` is bfloat16 on GPU/TPU, float32 on CPU."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"compute_dtype: {name!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return jnp.dtype(name)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy against integer `labels`, optionally smoothed."""
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def init_train_state(
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  example_inputs: jax.ShapeDtypeStruct,
+  rng: jax.Array,
+) -> TrainState:
+  """A fresh train state (pure: use under `jax.eval_shape` or `jax.jit`).
+
+  `example_inputs` gives only the input's shape and dtype.
+  """
+  inputs = jnp.zeros(example_inputs.shape, example_inputs.dtype)
+  variables = model.init(rng, inputs, train=False)
+  params = variables["params"]
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=optimizer.init(params),
+  )
+
+
+def train_state_shardings(
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  example_inputs: jax.ShapeDtypeStruct,
+  mesh: Mesh,
+  *,
+  fsdp_min_size: int = 2**14,
+) -> TrainState:
+  """Where each leaf of the train state lives, derived from `jax.eval_shape` of init.
+
+  Parameters follow `sharding.param_sharding` (replicated, or split along
+  `fsdp`); each optimizer moment is sharded as its parameter; the step,
+  batch-norm statistics and scalars are replicated.
+  """
+  abstract = jax.eval_shape(
+    lambda: init_train_state(model, optimizer, example_inputs, jax.random.key(0))
+  )
+  params = jax.tree.map(
+    lambda leaf: jax.ShapeDtypeStruct(
+      leaf.shape, leaf.dtype, sharding=shd.param_sharding(leaf, mesh, min_size=fsdp_min_size)
+    ),
+    abstract.params,
+  )
+  replicated = shd.replicated(mesh)
+  return TrainState(
+    step=replicated,
+    params=jax.tree.map(lambda leaf: leaf.sharding, params),
+    batch_stats=jax.tree.map(lambda _: replicated, abstract.batch_stats),
+    opt_state=state_shardings(optimizer, params),
+  )
+
+
+def create_train_state(
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  example_inputs: jax.ShapeDtypeStruct,
+  mesh: Mesh,
+  *,
+  seed: int = 0,
+  fsdp_min_size: int = 2**14,
+) -> TrainState:
+  """Initialises the train state directly in place on `mesh` (no host copy).
+
+  Args:
+    model: a flax module called as `model.apply(variables, x, train=...)`.
+    optimizer: any optax transformation.
+    example_inputs: shape and dtype of the model's input, e.g.
+      `jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)`.
+    mesh: the device mesh.
+    seed: the parameters' initialisation seed.
+    fsdp_min_size: smallest parameter split along `fsdp` (elements).
+  """
+  shardings = train_state_shardings(
+    model, optimizer, example_inputs, mesh, fsdp_min_size=fsdp_min_size
+  )
+  init = jax.jit(
+    lambda rng: init_train_state(model, optimizer, example_inputs, rng), out_shardings=shardings
+  )
+  return init(jax.random.key(seed))
+
+
+def make_train_step(
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  *,
+  dataset_size: int | None = None,
+  label_smoothing: float = 0.0,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+  """The pure train step of `model` and `optimizer`.
+
+  Args:
+    model: a flax module with (optionally) `batch_stats`.
+    optimizer: any optax transformation; a bigbatch optimizer (or any with
+      `optax.inject_hyperparams`) also reports its learning rate and momentum.
+    dataset_size: training examples N, for the noise-scale metric
+      `lr (N/B - 1) / (1 - m)`; None leaves the metric out.
+    label_smoothing: weight of the uniform distribution in the targets.
+
+  Returns:
+    `train_step(state, batch) -> (state, metrics)`; metrics are scalars:
+    `loss`, `accuracy`, `batch_size`, `grad_norm`, `update_norm`,
+    `param_norm`, and `learning_rate`, `momentum`, `noise_scale` where the
+    optimizer reports them.
+  """
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def loss_fn(params):
+      variables = {"params": params, "batch_stats": state.batch_stats}
+      logits, updates = model.apply(variables, batch["inputs"], train=True, mutable=["batch_stats"])
+      loss = cross_entropy(logits, batch["labels"], label_smoothing).mean()
+      return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    batch_size = batch["labels"].shape[0]
+    metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
+      "batch_size": jnp.asarray(batch_size, jnp.float32),
+      "grad_norm": optax.tree.norm(grads),
+      "update_norm": optax.tree.norm(updates),
+      "param_norm": optax.tree.norm(params),
+    }
+    hyper = current_hyperparams(opt_state)
+    for key in ("learning_rate", "momentum"):
+      if key in hyper:
+        metrics[key] = jnp.asarray(hyper[key], jnp.float32)
+    if dataset_size and "learning_rate" in hyper:
+      momentum = metrics.get("momentum", 0.0)
+      metrics["noise_scale"] = (
+        metrics["learning_rate"] * (dataset_size / batch_size - 1.0) / (1.0 - momentum)
+      )
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(
+  model: nn.Module,
+) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
+  """The eval step: exact sums over the real (mask 1) examples of a batch.
+
+  Returns:
+    `eval_step(state, batch) -> {"correct", "loss", "count"}`: correct
+    predictions and examples as int32, the summed cross-entropy as float32.
+    Add them over batches and divide once at the end.
+  """
+
+  def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = model.apply(variables, batch["inputs"], train=False)
+    mask = batch.get("mask")
+    if mask is None:
+      mask = jnp.ones(batch["labels"].shape, jnp.int32)
+    mask = mask.astype(jnp.int32)
+    correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.int32)
+    loss = cross_entropy(logits, batch["labels"])
+    return {
+      "correct": jnp.sum(correct * mask),
+      "loss": jnp.sum(jnp.where(mask > 0, loss, 0.0)),
+      "count": jnp.sum(mask),
+    }
+
+  return eval_step
+
+
+def pad_batch(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+  """Pads a (last, partial) batch to `batch_size` examples and adds its `mask`."""
+  size = len(batch["labels"])
+  if size > batch_size:
+    raise ValueError(f"eval_batch_size: a batch of {size} does not fit in {batch_size}")
+  padded = {
+    key: np.concatenate([value, np.zeros((batch_size - size,) + value.shape[1:], value.dtype)])
+    for key, value in batch.items()
+    if key != "mask"
+  }
+  mask = np.asarray(batch.get("mask", np.ones(size, np.int32)), np.int32)
+  padded["mask"] = np.concatenate([mask, np.zeros(batch_size - size, np.int32)])
+  return padded
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileRecord:
+  """One compiled executable: its batch size and what compiling it took."""
+
+  batch_size: int
+  seconds: float
+  background: bool
+
+
+class CompiledSteps:
+  """A function compiled ahead of time once per batch size, on explicit shardings.
+
+  `jax.jit(fn, in_shardings=(state, batch), out_shardings=(state, replicated),
+  donate_argnums=0)` is lowered with the abstract batch of each batch size and
+  compiled; the executables are cached by the batch's shapes, dtypes and
+  shardings. Calling with a batch the cache does not hold compiles it (and
+  counts it); `prefetch` compiles one in a background thread so that a
+  phase switch does not wait for the compiler.
+
+  Args:
+    fn: `fn(state, batch)`; the train step, or the eval step with
+      `returns_state=False`.
+    state: the train state, placed on `mesh` (`create_train_state`, or a
+      restored one) or abstract (`jax.ShapeDtypeStruct`s with shardings); its
+      shardings become the step's input and output shardings.
+    example_batch: per-example shapes and dtypes, e.g.
+      `{"inputs": jax.ShapeDtypeStruct((40,), jnp.float32),
+        "labels": jax.ShapeDtypeStruct((), jnp.int32)}`.
+    mesh: the device mesh; the batch is split over all its devices.
+    returns_state: `fn` returns `(state, metrics)` (donating the state) rather
+      than only metrics.
+    ghost_batch_size: checked against each batch size before compiling.
+  """
+
+  def __init__(
+    self,
+    fn: Callable,
+    state: Any,
+    example_batch: Mapping[str, jax.ShapeDtypeStruct],
+    mesh: Mesh,
+    *,
+    returns_state: bool = True,
+    ghost_batch_size: int | None = None,
+  ):
+    self._mesh = mesh
+    self.state_shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
+    self._abstract_state = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding), state
+    )
+    self._example_batch = dict(example_batch)
+    self._ghost = ghost_batch_size
+    replicated = shd.replicated(mesh)
+    self._batch_sharding = shd.batch_sharding(mesh)
+    self._jitted = jax.jit(
+      fn,
+      in_shardings=(self.state_shardings, self._batch_sharding),
+      out_shardings=(self.state_shardings, replicated) if returns_state else replicated,
+      donate_argnums=(0,) if returns_state else (),
+    )
+    self._compiled: dict[Any, Any] = {}
+    self._pending: dict[Any, concurrent.futures.Future] = {}
+    self._lock = threading.Lock()
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bigbatch-compile")
+    self.records: list[CompileRecord] = []
+
+  def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch of `batch_size` examples as shapes, dtypes and shardings."""
+    return {
+      key: jax.ShapeDtypeStruct(
+        (batch_size,) + tuple(spec.shape), spec.dtype, sharding=self._batch_sharding
+      )
+      for key, spec in self._example_batch.items()
+    }
+
+  def _key(self, batch: Mapping[str, Any]) -> tuple:
+    return tuple(
+      (key, tuple(value.shape), jnp.dtype(value.dtype).name, getattr(value, "sharding", None))
+      for key, value in sorted(batch.items())
+    )
+
+  def _compile(self, batch_size: int, background: bool):
+    shd.check_batch_size(batch_size, self._mesh, ghost_batch_size=self._ghost)
+    start = time.perf_counter()
+    compiled = self._jitted.lower(self._abstract_state, self.abstract_batch(batch_size)).compile()
+    self.records.append(CompileRecord(batch_size, time.perf_counter() - start, background))
+    return compiled
+
+  def prefetch(self, batch_size: int) -> None:
+    """Starts compiling for `batch_size` in the background (no-op if cached)."""
+    key = self._key(self.abstract_batch(batch_size))
+    with self._lock:
+      if key in self._compiled or key in self._pending:
+        return
+      self._pending[key] = self._pool.submit(self._compile, batch_size, True)
+
+  def compiled(self, batch_size: int):
+    """The executable for `batch_size`: cached, awaited from `prefetch`, or compiled now."""
+    key = self._key(self.abstract_batch(batch_size))
+    with self._lock:
+      if key in self._compiled:
+        return self._compiled[key]
+      future = self._pending.pop(key, None)
+    executable = future.result() if future else self._compile(batch_size, False)
+    with self._lock:
+      self._compiled[key] = executable
+    return executable
+
+  def __call__(self, state: Any, batch: Mapping[str, jax.Array]):
+    """Runs the compiled step on a global batch (see `sharding.global_batch`)."""
+    return self.compiled(len(batch["labels"]))(state, batch)
+
+  @property
+  def compile_count(self) -> int:
+    """Executables compiled so far (foreground and background)."""
+    return len(self.records)
+
+  def close(self) -> None:
+    """Waits for background compiles and stops the worker thread."""
+    self._pool.shutdown(wait=True)
+
+
+def enable_compilation_cache(path: str, *, min_compile_seconds: float = 0.0) -> None:
+  """Turns on JAX's persistent compilation cache in `path`.
+
+  A restarted (or resumed) run then loads each phase's executable from disk
+  instead of compiling it again. Executables that compile faster than
+  `min_compile_seconds` are not stored.
+  """
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
