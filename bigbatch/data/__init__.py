@@ -1,0 +1,27 @@
+"""Input: datasets through tensorflow-datasets, and the position-based pipeline."""
+
+from bigbatch.data.datasets import (
+  DATASETS,
+  DataError,
+  DatasetSpec,
+  dataset_spec,
+  get_builder,
+  load_split,
+)
+from bigbatch.data.mnist1d import Mnist1d, Mnist1dConfig
+from bigbatch.data.pipeline import epoch_permutation, eval_batches, example_batch, train_batches
+
+__all__ = [
+  "DATASETS",
+  "DataError",
+  "DatasetSpec",
+  "Mnist1d",
+  "Mnist1dConfig",
+  "dataset_spec",
+  "epoch_permutation",
+  "eval_batches",
+  "example_batch",
+  "get_builder",
+  "load_split",
+  "train_batches",
+]

@@ -1,0 +1,258 @@
+"""The datasets bigbatch trains on, read through tensorflow-datasets.
+
+MNIST-1D (the embedded default) is generated into the tfds data dir the
+first time it is asked for. CIFAR-10 and ImageNet (`imagenet2012`) are read
+from a data dir the user prepared with `tfds build`; a dataset that is not
+there is refused at once with where tfds looked and how to prepare it.
+
+Each split is a random-access *source* (examples by index), so that the
+input pipeline can put any example at any position of the stream: small
+datasets are held as arrays, ImageNet is read through `tfds.data_source`
+(ArrayRecord files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from bigbatch.data.mnist1d import Mnist1d, Mnist1dConfig
+
+# Per-channel statistics of the training images, in [0, 1] units.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_SIZE, IMAGENET_RESIZE = 224, 256
+
+
+class DataError(ValueError):
+  """A dataset that cannot be read as configured; the message says why and what to do."""
+
+
+def _normalise(image: tf.Tensor, mean, std) -> tf.Tensor:
+  image = tf.cast(image, tf.float32) / 255.0
+  return (image - tf.constant(mean)) / tf.constant(std)
+
+
+def _seeds(seed: tf.Tensor, count: int) -> list[tf.Tensor]:
+  return [tf.stack([seed[0], seed[1] * count + i]) for i in range(count)]
+
+
+def _identity(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
+  del seed
+  return tf.cast(example["signal"], tf.float32)
+
+
+def _cifar_train(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
+  """4-pixel zero padding, a random 32x32 crop and a random horizontal flip."""
+  crop_seed, flip_seed = _seeds(seed, 2)
+  image = tf.pad(example["image"], [[4, 4], [4, 4], [0, 0]])
+  image = tf.image.stateless_random_crop(image, [32, 32, 3], crop_seed)
+  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return _normalise(image, CIFAR10_MEAN, CIFAR10_STD)
+
+
+def _cifar_eval(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
+  del seed
+  return _normalise(example["image"], CIFAR10_MEAN, CIFAR10_STD)
+
+
+def _imagenet_train(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
+  """Random-resized crop (8-100% of the area, aspect 3/4-4/3) to 224, random flip."""
+  box_seed, flip_seed = _seeds(seed, 2)
+  image = example["image"]
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+    tf.shape(image),
+    bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+    seed=box_seed,
+    min_object_covered=0.1,
+    aspect_ratio_range=(3 / 4, 4 / 3),
+    area_range=(0.08, 1.0),
+    max_attempts=10,
+    use_image_if_no_bounding_boxes=True,
+  )
+  image = tf.slice(image, begin, size)
+  image = tf.image.resize(image, [IMAGENET_SIZE, IMAGENET_SIZE], method="bicubic")
+  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return _normalise(tf.clip_by_value(image, 0.0, 255.0), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _imagenet_eval(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
+  """Resize the shorter side to 256, then the centre 224x224 crop."""
+  del seed
+  image = example["image"]
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = IMAGENET_RESIZE / tf.reduce_min(shape)
+  image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), method="bicubic")
+  image = tf.image.resize_with_crop_or_pad(image, IMAGENET_SIZE, IMAGENET_SIZE)
+  return _normalise(tf.clip_by_value(image, 0.0, 255.0), IMAGENET_MEAN, IMAGENET_STD)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What bigbatch needs to know about a dataset.
+
+  Attributes:
+    tfds_name: the tfds builder's name.
+    num_classes: label classes.
+    input_shape: one example's model input after preprocessing.
+    train_split, eval_split: tfds split names.
+    in_memory: small enough to hold as arrays; otherwise read through
+      `tfds.data_source` (needs the ArrayRecord file format).
+    train_preprocess, eval_preprocess: `fn(example, seed) -> input`, in
+      TensorFlow; `seed` is a stateless seed pair unique to the example's
+      position in the stream.
+  """
+
+  tfds_name: str
+  num_classes: int
+  input_shape: tuple[int, ...]
+  train_split: str
+  eval_split: str
+  in_memory: bool
+  train_preprocess: Callable[..., tf.Tensor]
+  eval_preprocess: Callable[..., tf.Tensor]
+
+
+DATASETS = {
+  "mnist1d": DatasetSpec("mnist1d", 10, (40,), "train", "test", True, _identity, _identity),
+  "cifar10": DatasetSpec(
+    "cifar10", 10, (32, 32, 3), "train", "test", True, _cifar_train, _cifar_eval
+  ),
+  "imagenet2012": DatasetSpec(
+    "imagenet2012",
+    1000,
+    (IMAGENET_SIZE, IMAGENET_SIZE, 3),
+    "train",
+    "validation",
+    False,
+    _imagenet_train,
+    _imagenet_eval,
+  ),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+  """The spec of `dataset.name`, or a `DataError` listing the choices."""
+  if name not in DATASETS:
+    raise DataError(f"dataset.name: {name!r} is not one of {', '.join(DATASETS)}")
+  return DATASETS[name]
+
+
+def data_dir(config_dataset: Mapping[str, Any]) -> str:
+  """`dataset.data_dir`, else `$TFDS_DATA_DIR`, else tfds's default (~/tensorflow_datasets)."""
+  return os.path.expanduser(
+    config_dataset.get("data_dir")
+    or os.environ.get("TFDS_DATA_DIR")
+    or os.path.join("~", "tensorflow_datasets")
+  )
+
+
+def get_builder(config_dataset: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
+  """The tfds builder of a config's `dataset` block.
+
+  MNIST-1D is generated (once) at `dataset.num_train_examples` training
+  examples from `dataset.generator_seed`; any other dataset must already be
+  prepared in the data dir.
+
+  Raises:
+    DataError: for an unknown or unprepared dataset, saying where tfds
+      looked and how to prepare it.
+  """
+  spec = dataset_spec(config_dataset.get("name"))
+  directory = data_dir(config_dataset)
+  if spec.tfds_name == "mnist1d":
+    builder = Mnist1d(
+      data_dir=directory,
+      config=Mnist1dConfig(
+        num_train_examples=int(config_dataset.get("num_train_examples", 50_000)),
+        seed=int(config_dataset.get("generator_seed", 42)),
+      ),
+    )
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+    return builder
+  return tfds.builder(spec.tfds_name, data_dir=directory)
+
+
+def _not_prepared(
+  spec: DatasetSpec, builder: tfds.core.DatasetBuilder, directory: str
+) -> DataError:
+  manual = (
+    f" (put the ILSVRC2012 archives in {directory}/downloads/manual first)"
+    if spec.tfds_name == "imagenet2012"
+    else ""
+  )
+  file_format = "" if spec.in_memory else " --file_format=array_record"
+  return DataError(
+    f"dataset.name: {spec.tfds_name} is not prepared in {builder.data_dir}; prepare it with "
+    f"`tfds build {spec.tfds_name} --data_dir={directory}{file_format}`{manual}, or set "
+    f"dataset.data_dir (or $TFDS_DATA_DIR) to where it is"
+  )
+
+
+class ArraySource:
+  """A split held in memory: inputs and labels by index."""
+
+  def __init__(self, features: Mapping[str, np.ndarray], input_key: str):
+    self.input_key = input_key
+    self.inputs = np.asarray(features[input_key])
+    self.labels = np.asarray(features["label"], np.int32)
+    self._tensors = (tf.constant(self.inputs), tf.constant(self.labels))  # eager, shared
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def lookup(self, indices: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The examples at `indices` (any shape), in TensorFlow."""
+    inputs, labels = self._tensors
+    return {self.input_key: tf.gather(inputs, indices), "label": tf.gather(labels, indices)}
+
+
+class RecordSource:
+  """A split read by index from ArrayRecord files (`tfds.data_source`)."""
+
+  def __init__(self, source: Any, input_key: str):
+    self.source = source
+    self.input_key = input_key
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def lookup(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    """One example (a scalar `index`), in TensorFlow."""
+
+    def read(i):
+      record = self.source[int(i)]
+      return np.asarray(record[self.input_key], np.uint8), np.int32(record["label"])
+
+    image, label = tf.numpy_function(read, [index], [tf.uint8, tf.int32], stateful=False)
+    image.set_shape([None, None, 3])
+    label.set_shape([])
+    return {self.input_key: image, "label": label}
+
+
+def load_split(config_dataset: Mapping[str, Any], split: str) -> ArraySource | RecordSource:
+  """The train or eval split (`split` is "train" or "eval") of a `dataset` block."""
+  spec = dataset_spec(config_dataset.get("name"))
+  builder = get_builder(config_dataset)
+  name = spec.train_split if split == "train" else spec.eval_split
+  input_key = "signal" if spec.tfds_name == "mnist1d" else "image"
+  try:
+    if spec.in_memory:
+      whole = builder.as_dataset(split=name).batch(1 << 40)  # the split as one batch
+      return ArraySource(next(iter(tfds.as_numpy(whole))), input_key)
+    return RecordSource(builder.as_data_source(split=name), input_key)
+  except (AssertionError, FileNotFoundError, NotImplementedError, ValueError) as error:
+    if not builder.is_prepared() or "could not find" in str(error).lower():
+      raise _not_prepared(spec, builder, data_dir(config_dataset)) from None
+    raise DataError(
+      f"dataset.name: {spec.tfds_name} in {builder.data_dir} cannot be read by index "
+      f"({str(error).splitlines()[0]}); prepare it with "
+      f"`tfds build {spec.tfds_name} --file_format=array_record`"
+    ) from None

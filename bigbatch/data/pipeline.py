@@ -1,0 +1,166 @@
+"""The input pipeline: batches of any size from a position in the example stream.
+
+Training reads one endless stream of examples: epoch after epoch, each in
+the order `epoch_permutation(seed, epoch, N)`. A batch of B examples at
+position p (counted in examples since the start of training) holds stream
+positions p, ..., p + B - 1. Because the position, not the step, is what
+the pipeline follows, the batch size can change at a phase boundary and a
+resumed run can start anywhere without skipping or repeating an example.
+
+With several processes, each reads only its own block of every global
+batch (`sharding.process_batch_slice`), and the trainer assembles the global
+batch from the blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from bigbatch.data.datasets import ArraySource, DatasetSpec, RecordSource
+
+Source = ArraySource | RecordSource
+
+
+def epoch_permutation(seed: int, epoch: int, size: int) -> np.ndarray:
+  """The order of the `size` examples in `epoch`: a function of (seed, epoch) only."""
+  return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+class _StreamIndex:
+  """Maps stream positions to example indices, keeping the last epochs' orders."""
+
+  def __init__(self, seed: int, size: int):
+    self.seed, self.size = seed, size
+    self._orders: dict[int, np.ndarray] = {}
+
+  def __call__(self, positions: np.ndarray) -> np.ndarray:
+    epochs, offsets = np.divmod(positions, self.size)
+    indices = np.empty_like(positions)
+    for epoch in np.unique(epochs):
+      if epoch not in self._orders:
+        self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+        self._orders[epoch] = epoch_permutation(self.seed, int(epoch), self.size)
+      chosen = epochs == epoch
+      indices[chosen] = self._orders[epoch][offsets[chosen]]
+    return indices
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = 0  # tf.data's shared pool
+  return options
+
+
+def train_batches(
+  source: Source,
+  spec: DatasetSpec,
+  *,
+  seed: int,
+  batch_size: int,
+  start_position: int,
+  num_steps: int,
+  local: slice | None = None,
+  prefetch: int = 2,
+  with_index: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
+  """This process's part of `num_steps` training batches of `batch_size`.
+
+  Args:
+    source: the train split.
+    spec: the dataset's spec (its training preprocessing).
+    seed: the run's data seed (order of each epoch, augmentation).
+    batch_size: the global batch size.
+    start_position: stream position of the first batch's first example.
+    num_steps: batches to yield.
+    local: this process's examples of each batch (default: all).
+    prefetch: batches prepared ahead.
+    with_index: also yield each example's `index` in the split (for tests).
+
+  Yields:
+    `{"inputs", "labels"[, "index"]}` NumPy arrays of the local examples.
+  """
+  local = local or slice(0, batch_size)
+  offsets = np.arange(local.start, local.stop, dtype=np.int64)
+  stream = _StreamIndex(seed, len(source))
+
+  def positions():
+    for step in range(num_steps):
+      where = start_position + step * batch_size + offsets
+      yield stream(where), where
+
+  signature = (tf.TensorSpec([len(offsets)], tf.int64), tf.TensorSpec([len(offsets)], tf.int64))
+  ds = tf.data.Dataset.from_generator(positions, output_signature=signature)
+  augments = spec.train_preprocess is not spec.eval_preprocess
+
+  def example(index, position):
+    features = source.lookup(index)
+    # one stateless seed pair per example: (run seed, stream position)
+    seed_pair = tf.stack([tf.fill(tf.shape(position), tf.constant(seed, tf.int64)), position], -1)
+    inputs = spec.train_preprocess(features, seed_pair)
+    out = {"inputs": inputs, "labels": tf.cast(features["label"], tf.int32)}
+    if with_index:
+      out["index"] = index
+    return out
+
+  if augments or isinstance(source, RecordSource):  # per example
+    ds = ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(len(offsets), drop_remainder=True)
+  else:  # no augmentation: gather whole batches
+    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.with_options(_options()).prefetch(prefetch)
+  yield from ds.as_numpy_iterator()
+
+
+def eval_batches(
+  source: Source,
+  spec: DatasetSpec,
+  *,
+  batch_size: int,
+  local: slice | None = None,
+  prefetch: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+  """The whole eval split in order, in global batches of `batch_size`.
+
+  The last batch is padded and `mask` marks the real examples (1) from the
+  padding (0), so nothing is dropped and sums over `mask` are exact.
+
+  Yields:
+    `{"inputs", "labels", "mask"}` NumPy arrays of this process's examples.
+  """
+  local = local or slice(0, batch_size)
+  size = len(source)
+  steps = -(-size // batch_size)
+  offsets = np.arange(local.start, local.stop, dtype=np.int64)
+
+  def positions():
+    for step in range(steps):
+      where = step * batch_size + offsets
+      yield np.minimum(where, size - 1), (where < size).astype(np.int32)
+
+  signature = (tf.TensorSpec([len(offsets)], tf.int64), tf.TensorSpec([len(offsets)], tf.int32))
+  ds = tf.data.Dataset.from_generator(positions, output_signature=signature)
+
+  def example(index, mask):
+    features = source.lookup(index)
+    inputs = spec.eval_preprocess(features, tf.zeros([2], tf.int64))
+    return {"inputs": inputs, "labels": tf.cast(features["label"], tf.int32), "mask": mask}
+
+  ds = ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(len(offsets), drop_remainder=True).with_options(_options()).prefetch(prefetch)
+  yield from ds.as_numpy_iterator()
+
+
+def example_batch(spec: DatasetSpec) -> Mapping[str, Any]:
+  """Per-example shapes and dtypes of a training batch (for compiling the step)."""
+  import jax
+  import jax.numpy as jnp
+
+  return {
+    "inputs": jax.ShapeDtypeStruct(spec.input_shape, jnp.float32),
+    "labels": jax.ShapeDtypeStruct((), jnp.int32),
+  }
