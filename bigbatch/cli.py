@@ -2,12 +2,14 @@
 
 bigbatch plan --config configs/<recipe>.py[:variant] [--config.FIELD=VALUE ...]
               [--json] [--plot out.png]
+bigbatch train [--config configs/<recipe>.py[:variant]] [--workdir DIR] [--config.FIELD=VALUE ...]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
 
 from absl import flags
@@ -18,12 +20,18 @@ USAGE = """usage: bigbatch COMMAND --config FILE[:VARIANT] [--config.FIELD=VALUE
 commands:
   plan    print the phase plan of a config beside its baseline
           options: --json (machine-readable), --plot PATH (lr, batch, noise vs epochs)
+  train   train a config's plan, resuming from the workdir's latest checkpoint
+          (no --config: MNIST-1D with increasing batch size, on CPU)
+          options: --workdir DIR (default workdir/CONFIG), --noprogress
 
 examples:
   bigbatch plan --config configs/cifar10_5_2_increase_batch.py
   bigbatch plan --config configs/cifar10_5_1_increase_batch.py:adam --plot plan.png
   bigbatch plan --config configs/imagenet_resnet50_8192.py --config.plan.strategy=hybrid \\
       --config.plan.max_batch_size=16384 --json
+  bigbatch train
+  bigbatch train --config configs/cifar10_5_1_increase_batch.py --workdir runs/cifar \\
+      --config.dataset.data_dir=/data/tfds
 """
 
 
@@ -128,7 +136,46 @@ def _plan(args: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"plan": _plan}
+# `bigbatch train` without --config: MNIST-1D, increasing batch size, on CPU.
+DEFAULT_TRAIN_CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "mnist1d_increase_batch.py"
+
+
+def _train(args: list[str]) -> int:
+  from bigbatch import checkpoint, data, sharding
+  from bigbatch.config import ConfigError
+
+  if _config_path(args) is None:
+    if not DEFAULT_TRAIN_CONFIG.is_file():
+      return _fail("train", f"--config: the default {DEFAULT_TRAIN_CONFIG} is missing; pass one")
+    args = ["--config", str(DEFAULT_TRAIN_CONFIG), *args]
+
+  def define(values):
+    flags.DEFINE_string(
+      "workdir",
+      None,
+      "checkpoints, metrics and summary (default: workdir/CONFIG)",
+      flag_values=values,
+    )
+    flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=values)
+
+  values = _parse("train", args, define)
+  workdir = values.workdir or os.path.join("workdir", pathlib.Path(_config_path(args)).stem)
+  known = (ConfigError, data.DataError, sharding.ShardingError, checkpoint.CheckpointError)
+  try:
+    sharding.initialize_distributed(values.config)  # before anything touches a device
+    from bigbatch.train import NonFiniteLossError, train_and_evaluate
+
+    try:
+      train_and_evaluate(values.config, workdir, progress=values.progress)
+    except NonFiniteLossError as error:
+      print(f"bigbatch train: stopped: {error}", file=sys.stderr)
+      return 1
+  except known as error:
+    return _fail("train", str(error))
+  return 0
+
+
+COMMANDS = {"plan": _plan, "train": _train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,9 +158,9 @@ def check_batch_size(
   unit = devices * (ghost_batch_size or 1)
   if batch_size < 1 or batch_size % unit:
     ghost = f" x ghost batch {ghost_batch_size}" if ghost_batch_size else ""
+    hint = f"; set plan.batch_multiple to a multiple of {unit}" if "batch_multiple" in field else ""
     raise ShardingError(
-      f"{field}: {batch_size} must be a positive multiple of {unit} "
-      f"({devices} devices{ghost}); set plan.batch_multiple to a multiple of {unit}"
+      f"{field}: {batch_size} must be a positive multiple of {unit} ({devices} devices{ghost}){hint}"
     )
   return batch_size // devices
 

@@ -18,13 +18,23 @@ from bigbatch.config import (
 def get_config():
   config = config_dict.ConfigDict()
   config.seed = 0
+  # generated offline into the tfds data dir on first use (test split: a quarter as many)
   config.dataset = config_dict.ConfigDict({"name": "mnist1d", "num_train_examples": 50_000})
+  config.dataset.generator_seed = 42  # the mnist1d package's default
+  config.dataset.data_dir = config_dict.placeholder(str)  # default: $TFDS_DATA_DIR
   config.model = config_dict.ConfigDict({"name": "cnn1d"})
   config.ghost_batch_size = 16
   config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU; parameters float32
   config.label_smoothing = 0.0
   config.mesh = default_mesh_config()  # batch over all devices, parameters replicated
   config.distributed = default_distributed_config()
+  config.eval_every_epochs = 2.0  # full test split
+  config.eval_batch_size = 2048
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 500  # and at every phase boundary and at the end
+  config.keep_checkpoints = 3
+  config.background_compile = True  # compile the next phase while this one trains
+  config.compilation_cache_dir = config_dict.placeholder(str)  # persistent XLA cache
   config.num_epochs = 40
   config.batch_size = 128
   config.optimizer = config_dict.ConfigDict(

@@ -167,12 +167,13 @@ def get_builder(config_dataset: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
   spec = dataset_spec(config_dataset.get("name"))
   directory = data_dir(config_dataset)
   if spec.tfds_name == "mnist1d":
+    wanted = Mnist1dConfig(
+      num_train_examples=int(config_dataset.get("num_train_examples", 50_000)),
+      seed=int(config_dataset.get("generator_seed", 42)),
+    )
+    predefined = {c.name for c in Mnist1d.BUILDER_CONFIGS}  # tfds wants those by name
     builder = Mnist1d(
-      data_dir=directory,
-      config=Mnist1dConfig(
-        num_train_examples=int(config_dataset.get("num_train_examples", 50_000)),
-        seed=int(config_dataset.get("generator_seed", 42)),
-      ),
+      data_dir=directory, config=wanted.name if wanted.name in predefined else wanted
     )
     if not builder.is_prepared():
       builder.download_and_prepare()

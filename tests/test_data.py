@@ -1,0 +1,142 @@
+"""Input: the MNIST-1D builder, tfds datasets, and the position-based pipeline."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bigbatch import data
+
+
+@pytest.fixture(scope="module")
+def mnist1d(tmp_path_factory):
+  block = {
+    "name": "mnist1d",
+    "num_train_examples": 1000,
+    "data_dir": str(tmp_path_factory.mktemp("tfds")),
+  }
+  return block, data.load_split(block, "train"), data.load_split(block, "eval")
+
+
+def test_mnist1d_is_generated_once_and_read_through_tfds(mnist1d):
+  block, train, test = mnist1d
+  assert len(train) == 1000 and len(test) == 250
+  assert train.inputs.shape == (1000, 40) and train.inputs.dtype == np.float32
+  assert set(np.unique(train.labels)) == set(range(10))
+  builder = tfds.builder("mnist1d", data_dir=block["data_dir"], config="n1000_seed42")
+  assert builder.is_prepared()
+  assert builder.info.splits["train"].num_examples == 1000
+  # deterministic: generating again from the same seed gives the same examples
+  again = data.load_split({**block, "data_dir": block["data_dir"] + "_again"}, "train")
+  np.testing.assert_array_equal(again.inputs, train.inputs)
+  other = data.load_split(
+    {**block, "data_dir": block["data_dir"] + "_s1", "generator_seed": 1}, "train"
+  )
+  assert not np.array_equal(other.inputs, train.inputs)
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+  a = data.epoch_permutation(0, 3, 100)
+  np.testing.assert_array_equal(a, data.epoch_permutation(0, 3, 100))
+  assert sorted(a) == list(range(100))
+  assert not np.array_equal(a, data.epoch_permutation(0, 4, 100))
+  assert not np.array_equal(a, data.epoch_permutation(1, 3, 100))
+
+
+def test_no_example_is_skipped_or_repeated_across_a_batch_size_change(mnist1d):
+  _, train, _ = mnist1d
+  spec = data.dataset_spec("mnist1d")
+
+  def indices(batch_size, start, steps):
+    batches = data.train_batches(
+      train,
+      spec,
+      seed=5,
+      batch_size=batch_size,
+      start_position=start,
+      num_steps=steps,
+      with_index=True,
+    )
+    return [b["index"] for b in batches]
+
+  # batch 40 for 12 steps (480 examples), then batch 200 for 4 steps: crosses into epoch 1
+  first, second = indices(40, 0, 12), indices(200, 480, 4)
+  stream = np.concatenate(first + second)
+  np.testing.assert_array_equal(stream[:1000], data.epoch_permutation(5, 0, 1000))
+  assert sorted(stream[:1000]) == list(range(1000))  # epoch 0: each example once
+  np.testing.assert_array_equal(stream[1000:], data.epoch_permutation(5, 1, 1000)[:280])
+  # resuming at any position reads the same stream
+  np.testing.assert_array_equal(np.concatenate(indices(200, 480, 4)), stream[480:])
+  # a process's block of each batch: the matching part of the global batch
+  part = data.train_batches(
+    train,
+    spec,
+    seed=5,
+    batch_size=200,
+    start_position=480,
+    num_steps=1,
+    local=slice(100, 200),
+    with_index=True,
+  )
+  np.testing.assert_array_equal(next(iter(part))["index"], stream[580:680])
+  inputs = next(
+    iter(data.train_batches(train, spec, seed=5, batch_size=40, start_position=0, num_steps=1))
+  )
+  np.testing.assert_array_equal(inputs["inputs"], train.inputs[stream[:40]])
+  np.testing.assert_array_equal(inputs["labels"], train.labels[stream[:40]])
+
+
+def test_eval_covers_the_split_exactly_once_with_a_padded_last_batch(mnist1d):
+  _, _, test = mnist1d
+  batches = list(data.eval_batches(test, data.dataset_spec("mnist1d"), batch_size=96))
+  assert [len(b["mask"]) for b in batches] == [96, 96, 96]
+  mask = np.concatenate([b["mask"] for b in batches])
+  assert mask.sum() == 250 and mask[:250].all() and not mask[250:].any()
+  np.testing.assert_array_equal(np.concatenate([b["labels"] for b in batches])[:250], test.labels)
+
+
+def test_cifar10_through_tfds_with_augmentation(tmp_path):
+  with tfds.testing.mock_data(num_examples=24):
+    train = data.load_split({"name": "cifar10", "data_dir": str(tmp_path)}, "train")
+    spec = data.dataset_spec("cifar10")
+
+    def batch(start):
+      it = data.train_batches(train, spec, seed=0, batch_size=8, start_position=start, num_steps=1)
+      return next(iter(it))
+
+    first = batch(0)
+    assert first["inputs"].shape == (8, 32, 32, 3) and first["inputs"].dtype == np.float32
+    np.testing.assert_array_equal(first["inputs"], batch(0)["inputs"])  # same position, same crop
+    # crops and flips differ from the plain normalised image for some examples
+    order = data.epoch_permutation(0, 0, 24)[:8]
+    plain = (train.inputs[order] / 255.0 - np.array(data.datasets.CIFAR10_MEAN)) / np.array(
+      data.datasets.CIFAR10_STD
+    )
+    assert not np.allclose(first["inputs"], plain, atol=1e-4)
+    np.testing.assert_array_equal(first["labels"], train.labels[order])
+
+
+def test_imagenet_reads_by_index_and_crops_to_224(tmp_path):
+  with tfds.testing.mock_data(num_examples=6):
+    block = {"name": "imagenet2012", "data_dir": str(tmp_path)}
+    spec = data.dataset_spec("imagenet2012")
+    train = data.load_split(block, "train")
+    batch = next(
+      iter(data.train_batches(train, spec, seed=0, batch_size=4, start_position=0, num_steps=1))
+    )
+    assert batch["inputs"].shape == (4, 224, 224, 3)
+    val = data.load_split(block, "eval")
+    evals = list(data.eval_batches(val, spec, batch_size=4))
+    assert sum(int(b["mask"].sum()) for b in evals) == 6
+    assert evals[0]["inputs"].shape == (4, 224, 224, 3)
+
+
+def test_a_missing_dataset_says_where_tfds_looked_and_how_to_prepare(tmp_path):
+  with pytest.raises(data.DataError) as error:
+    data.load_split({"name": "cifar10", "data_dir": str(tmp_path)}, "train")
+  message = str(error.value)
+  assert message.startswith(f"dataset.name: cifar10 is not prepared in {tmp_path}/cifar10/")
+  assert f"tfds build cifar10 --data_dir={tmp_path}" in message and "\n" not in message
+  with pytest.raises(data.DataError, match=r"--file_format=array_record.*downloads/manual"):
+    data.load_split({"name": "imagenet2012", "data_dir": str(tmp_path)}, "train")
+  with pytest.raises(data.DataError, match=r"dataset\.name: 'svhn' is not one of mnist1d, cifar10"):
+    data.load_split({"name": "svhn"}, "train")

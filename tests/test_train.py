@@ -1,0 +1,263 @@
+"""The trainer end to end: accuracy, resume equality, SIGTERM, restore on fewer devices."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bigbatch import checkpoint as ckpt
+from bigbatch import config as bbconfig
+from bigbatch import train as bbtrain
+from bigbatch.cli import main
+
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def small_config(data_dir, *, examples=2048, epochs=6):
+  """MNIST-1D, increasing batch 32 -> 160 -> 800 (noise /5 at epochs 2 and 4), ghost 4."""
+  config = bbconfig.load_sibling(str(CONFIGS / "x.py"), "mnist1d_increase_batch").get_config()
+  config.dataset.num_train_examples = examples
+  config.dataset.data_dir = data_dir
+  config.num_epochs = epochs
+  config.batch_size = 32
+  config.ghost_batch_size = 4
+  config.schedule.boundaries = (epochs / 3, 2 * epochs / 3)
+  config.plan.batch_multiple = 32
+  config.eval_every_epochs = 2.0
+  config.eval_batch_size = 256
+  config.log_every_steps = 10
+  config.checkpoint_every_steps = 40
+  return config
+
+
+def final_params(workdir):
+  checkpoints = ckpt.Checkpoints(pathlib.Path(workdir) / "checkpoints")
+  step = checkpoints.latest_step()
+  manager = checkpoints._manager
+  import orbax.checkpoint as ocp
+
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  checkpoints.close()
+  return step, jax.tree.map(np.asarray, state)
+
+
+def test_mnist1d_trains_well_above_chance_and_logs(data_dir, tmp_path):
+  config = small_config(data_dir, examples=4096)
+  summary = bbtrain.train_and_evaluate(config, tmp_path, progress=False)
+  plan = bbconfig.plan_from_config(config)
+  assert plan.batch_sizes == (32, 160, 800)
+  assert summary["status"] == "completed" and summary["step"] == plan.total_steps
+  assert summary["final_test_accuracy"] > 0.6  # chance: 0.1
+  assert [p["steps"] for p in summary["phases"]] == [p.steps for p in plan.phases]
+  assert json.loads((tmp_path / "summary.json").read_text())["updates"] == plan.total_steps
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in rows if "loss" in r]
+  for key in ("learning_rate", "momentum", "batch_size", "noise_scale", "grad_norm", "epoch"):
+    assert key in train_rows[-1]
+  assert {r["batch_size"] for r in train_rows} == {32.0, 160.0, 800.0}
+  evals = [r for r in rows if "eval_accuracy" in r]
+  assert [round(r["epoch"]) for r in evals] == [2, 4, 6]
+  assert list((tmp_path / "tensorboard").iterdir())
+  # a checkpoint at every phase boundary and at the end; the last 3 kept
+  assert ckpt.Checkpoints(tmp_path / "checkpoints").latest_step() == plan.total_steps
+
+
+@pytest.mark.parametrize("where", ["mid_phase", "phase_boundary"])
+def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(data_dir, tmp_path, where):
+  config = small_config(data_dir)
+  plan = bbconfig.plan_from_config(config)
+  stop = 77 if where == "mid_phase" else plan.phases[1].first_step
+  assert (plan.phase_at(stop).first_step == stop) == (where == "phase_boundary")
+  bbtrain.train_and_evaluate(config, tmp_path / "whole", progress=False)
+  first = bbtrain.train_and_evaluate(config, tmp_path / "split", stop_at_step=stop, progress=False)
+  assert first["status"] == "preempted" and first["step"] == stop
+  record = ckpt.Checkpoints(tmp_path / "split" / "checkpoints").record(stop)
+  assert record["position"] == bbtrain._position(plan, stop)
+  bbtrain.train_and_evaluate(config, tmp_path / "split", progress=False)
+  step_a, whole = final_params(tmp_path / "whole")
+  step_b, split = final_params(tmp_path / "split")
+  assert step_a == step_b == plan.total_steps
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(split)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_restore_onto_4_devices_of_a_run_saved_on_8(data_dir, tmp_path):
+  from bigbatch import sharding, step
+  from bigbatch.models import create_model
+
+  config = small_config(data_dir)
+  bbtrain.train_and_evaluate(config, tmp_path, stop_at_step=50, progress=False)
+  _, saved = final_params(tmp_path)
+  plan = bbconfig.plan_from_config(config)
+  model = create_model("cnn1d", num_classes=10, ghost_batch_size=4)
+  optimizer = bbconfig.optimizer_from_config(config, plan)
+  inputs = jax.ShapeDtypeStruct((1, 40), np.float32)
+  four = sharding.make_mesh(devices=jax.devices()[:4])
+  shardings = step.train_state_shardings(model, optimizer, inputs, four)
+  abstract = jax.eval_shape(
+    lambda: step.init_train_state(model, optimizer, inputs, jax.random.key(0))
+  )
+  checkpoints = ckpt.Checkpoints(tmp_path / "checkpoints")
+  restored = checkpoints.restore(50, ckpt.abstract_state(shardings, abstract))
+  checkpoints.close()
+  assert int(restored.step) == int(saved["step"]) == 50
+  for part in ("params", "batch_stats"):
+    for leaf, expected in zip(
+      jax.tree.leaves(getattr(restored, part)), jax.tree.leaves(saved[part])
+    ):
+      assert len(leaf.sharding.device_set) == 4
+      np.testing.assert_array_equal(np.asarray(leaf), expected)
+  summary = bbtrain.train_and_evaluate(config, tmp_path, devices=jax.devices()[:4], progress=False)
+  assert summary["status"] == "completed" and summary["step"] == plan.total_steps
+  assert summary["final_test_accuracy"] > 0.3
+
+
+def test_a_changed_model_is_refused_and_nothing_is_overwritten(data_dir, tmp_path):
+  config = small_config(data_dir)
+  bbtrain.train_and_evaluate(config, tmp_path, stop_at_step=20, progress=False)
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  config.model.channels = (16, 16, 16)
+  with pytest.raises(
+    ckpt.CheckpointError, match=r"^model: the checkpoint at step 20 in .* was written with"
+  ):
+    bbtrain.train_and_evaluate(config, tmp_path, progress=False)
+  after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  assert after == before
+
+
+def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+  data_dir, tmp_path
+):
+  config = small_config(data_dir)
+  config.optimizer.learning_rate = 1e9
+  config.checkpoint_every_steps = 1
+  with pytest.raises(
+    bbtrain.NonFiniteLossError,
+    match=r"^(loss is (nan|inf)|parameters became non-finite) at step \d+ \(phase 0",
+  ) as e:
+    bbtrain.train_and_evaluate(config, tmp_path, progress=False)
+  bad = int(str(e.value).split("at step ")[1].split()[0])
+  step, state = final_params(tmp_path)
+  assert step < bad
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state["params"]))
+
+
+def test_cifar10_config_trains_on_mock_data(tmp_path):
+  config = bbconfig.load_sibling(str(CONFIGS / "x.py"), "cifar10_5_1_increase_batch").get_config()
+  config.model.name = "tiny_cnn"
+  config.dataset.num_train_examples = 64
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  config.num_epochs = 3
+  config.batch_size = 16
+  config.ghost_batch_size = 2
+  config.plan.batch_multiple = 16
+  config.schedule.boundaries = (1.0, 2.0)
+  config.schedule.factor = 2.0
+  config.eval_batch_size = 16
+  with tfds.testing.mock_data(num_examples=64):
+    summary = bbtrain.train_and_evaluate(config, tmp_path / "run", progress=False)
+  assert summary["status"] == "completed"
+  assert [p["batch_size"] for p in summary["phases"]] == [16, 32, 64]
+  assert summary["updates"] == 4 + 2 + 1
+  assert 0.0 <= summary["final_test_accuracy"] <= 1.0
+
+
+def test_bad_train_input_gets_one_line_naming_the_field(capsys, data_dir, tmp_path):
+  base = [
+    "train",
+    "--config",
+    str(CONFIGS / "mnist1d_increase_batch.py"),
+    "--workdir",
+    str(tmp_path / "w"),
+    f"--config.dataset.data_dir={data_dir}",
+    "--config.dataset.num_train_examples=2048",
+    "--config.plan.strategy=decay_lr",
+  ]
+  cases = [
+    ("--config.eval_batch_size=12", "eval_batch_size: 12 must be a positive multiple of 8"),
+    ("--config.ghost_batch_size=48", "batch_size: 128 must be a positive multiple of 384"),
+    ("--config.dataset.name=svhn", "dataset.name: 'svhn' is not one of"),
+    ("--config.model.name=vgg", "model.name: 'vgg' is not one of"),
+    ("--config.mesh.fsdp=3", "mesh.fsdp: must divide the 8 devices"),
+    ("--config.log_every_steps=0", "log_every_steps: must be a positive number"),
+  ]
+  for override, message in cases:
+    code = main([*base, override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("bigbatch train: error: "), err
+    assert message in err[0], err[0]
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def cli_config(data_dir):
+  """The config that SIGTERM_ARGS give on the command line."""
+  config = bbconfig.load_sibling(str(CONFIGS / "x.py"), "mnist1d_increase_batch").get_config()
+  config.dataset.data_dir = data_dir
+  config.dataset.num_train_examples = 2048
+  config.plan.strategy = "decay_lr"
+  config.batch_size = 32
+  config.ghost_batch_size = 4
+  config.plan.batch_multiple = 32
+  config.log_every_steps = 5
+  config.checkpoint_every_steps = 100_000
+  return config
+
+
+def test_sigterm_saves_a_checkpoint_and_the_next_start_resumes(data_dir, tmp_path):
+  args = [
+    "train",
+    "--config",
+    str(CONFIGS / "mnist1d_increase_batch.py"),
+    "--workdir",
+    str(tmp_path),
+    "--noprogress",
+    f"--config.dataset.data_dir={data_dir}",
+    "--config.dataset.num_train_examples=2048",
+    "--config.plan.strategy=decay_lr",
+    "--config.batch_size=32",
+    "--config.ghost_batch_size=4",
+    "--config.plan.batch_multiple=32",
+    "--config.log_every_steps=5",
+    "--config.checkpoint_every_steps=100000",
+  ]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  code = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"
+  proc = subprocess.Popen(
+    [sys.executable, "-c", code, *args],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 120
+  while proc.poll() is None and time.time() < deadline:
+    if metrics.exists() and metrics.read_text().count("\n") >= 2:
+      break
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, output[-2000:]
+  saved = ckpt.Checkpoints(tmp_path / "checkpoints").latest_step()
+  plan = bbconfig.plan_from_config(cli_config(data_dir))
+  assert f"preempted at step {saved:,} of {plan.total_steps:,}" in output
+  assert 10 <= saved < plan.total_steps
+  summary = bbtrain.train_and_evaluate(
+    cli_config(data_dir), tmp_path, stop_at_step=saved + 7, progress=False
+  )
+  assert summary["status"] == "preempted" and summary["step"] == saved + 7
+  steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+  assert steps == sorted(steps) and steps[-1] == saved + 7
