@@ -91,6 +91,8 @@ def initialize_distributed(config: Mapping[str, Any] | None = None) -> bool:
   if process_id is None:
     process_id = os.environ.get(_PROCESS_ID_ENV)
   enabled = block.get("enabled", "auto")
+  if isinstance(enabled, str):  # from a command line: --config.distributed.enabled=true
+    enabled = {"true": True, "false": False}.get(enabled.lower(), enabled)
   if enabled not in (True, False, "auto"):
     raise ShardingError(f"distributed.enabled: must be true, false or 'auto', got {enabled!r}")
   if enabled is False or (enabled == "auto" and not address and not _on_tpu_pod()):

@@ -1,5 +1,7 @@
 """The run that test_multihost.py does in one process and in two."""
 
+import socket
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,12 @@ from bigbatch import optim, sharding, step
 from bigbatch.models import create_model
 
 BATCH_SIZES = (16, 16, 32, 32)
+
+
+def free_port():
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
 
 
 def make_batch(batch_size, seed):

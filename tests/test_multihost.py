@@ -2,22 +2,15 @@
 
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
-from multihost_common import BATCH_SIZES, train
+from multihost_common import BATCH_SIZES, free_port, train
 
 from bigbatch import sharding
 
 HERE = pathlib.Path(__file__).parent
-
-
-def free_port():
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
 
 
 def test_two_processes_feeding_their_own_slices_equal_one_process(tmp_path):

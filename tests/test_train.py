@@ -43,15 +43,25 @@ def small_config(data_dir, *, examples=2048, epochs=6):
   return config
 
 
-def final_params(workdir):
-  checkpoints = ckpt.Checkpoints(pathlib.Path(workdir) / "checkpoints")
-  step = checkpoints.latest_step()
-  manager = checkpoints._manager
-  import orbax.checkpoint as ocp
+def final_params(workdir, config=None, devices=None):
+  """The latest checkpoint's step and state (NumPy), restored as the trainer restores it."""
+  from bigbatch import data, sharding, step
 
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  config = config or small_config(None)
+  plan = bbconfig.plan_from_config(config)
+  model = bbconfig.model_from_config(config, 10)
+  optimizer = bbconfig.optimizer_from_config(config, plan)
+  inputs = jax.ShapeDtypeStruct((1, *data.dataset_spec("mnist1d").input_shape), np.float32)
+  mesh = sharding.make_mesh(devices=devices)
+  shardings = step.train_state_shardings(model, optimizer, inputs, mesh)
+  abstract = jax.eval_shape(
+    lambda: step.init_train_state(model, optimizer, inputs, jax.random.key(0))
+  )
+  checkpoints = ckpt.Checkpoints(pathlib.Path(workdir) / "checkpoints")
+  latest = checkpoints.latest_step()
+  state = checkpoints.restore(latest, ckpt.abstract_state(shardings, abstract))
   checkpoints.close()
-  return step, jax.tree.map(np.asarray, state)
+  return latest, jax.tree.map(np.asarray, state)
 
 
 def test_mnist1d_trains_well_above_chance_and_logs(data_dir, tmp_path):
@@ -100,7 +110,7 @@ def test_restore_onto_4_devices_of_a_run_saved_on_8(data_dir, tmp_path):
 
   config = small_config(data_dir)
   bbtrain.train_and_evaluate(config, tmp_path, stop_at_step=50, progress=False)
-  _, saved = final_params(tmp_path)
+  _, saved = final_params(tmp_path, config)
   plan = bbconfig.plan_from_config(config)
   model = create_model("cnn1d", num_classes=10, ghost_batch_size=4)
   optimizer = bbconfig.optimizer_from_config(config, plan)
@@ -113,10 +123,10 @@ def test_restore_onto_4_devices_of_a_run_saved_on_8(data_dir, tmp_path):
   checkpoints = ckpt.Checkpoints(tmp_path / "checkpoints")
   restored = checkpoints.restore(50, ckpt.abstract_state(shardings, abstract))
   checkpoints.close()
-  assert int(restored.step) == int(saved["step"]) == 50
+  assert int(restored.step) == int(saved.step) == 50
   for part in ("params", "batch_stats"):
     for leaf, expected in zip(
-      jax.tree.leaves(getattr(restored, part)), jax.tree.leaves(saved[part])
+      jax.tree.leaves(getattr(restored, part)), jax.tree.leaves(getattr(saved, part))
     ):
       assert len(leaf.sharding.device_set) == 4
       np.testing.assert_array_equal(np.asarray(leaf), expected)
@@ -152,7 +162,7 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
   bad = int(str(e.value).split("at step ")[1].split()[0])
   step, state = final_params(tmp_path)
   assert step < bad
-  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state["params"]))
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
 
 
 def test_cifar10_config_trains_on_mock_data(tmp_path):
@@ -261,3 +271,80 @@ def test_sigterm_saves_a_checkpoint_and_the_next_start_resumes(data_dir, tmp_pat
   assert summary["status"] == "preempted" and summary["step"] == saved + 7
   steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
   assert steps == sorted(steps) and steps[-1] == saved + 7
+
+
+def test_two_processes_train_the_same_steps_as_one(data_dir, tmp_path):
+  from multihost_common import free_port
+
+  overrides = [
+    f"--config.dataset.data_dir={data_dir}",
+    "--config.dataset.num_train_examples=2048",
+    "--config.plan.strategy=increase_batch",
+    "--config.num_epochs=3",
+    "--config.schedule.boundaries=(1.0,2.0)",
+    "--config.batch_size=64",
+    "--config.ghost_batch_size=4",
+    "--config.plan.batch_multiple=64",
+    "--config.eval_every_epochs=3.0",
+    "--config.eval_batch_size=512",
+  ]
+  config = str(CONFIGS / "mnist1d_increase_batch.py")
+  address = f"127.0.0.1:{free_port()}"
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+  }
+  code = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"
+  workers = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-c",
+        code,
+        "train",
+        "--config",
+        config,
+        "--workdir",
+        str(tmp_path / "two"),
+        "--noprogress",
+        *overrides,
+        "--config.distributed.enabled=True",
+        f"--config.distributed.coordinator_address={address}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={i}",
+      ],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+  for worker, output in zip(workers, outputs):
+    assert worker.returncode == 0, output[-3000:]
+  assert "devices: 8 (cpu) in 2 process(es)" in outputs[0]
+  assert (
+    main(
+      ["train", "--config", config, "--workdir", str(tmp_path / "one"), "--noprogress", *overrides]
+    )
+    == 0
+  )
+  config_obj = bbconfig.load_sibling(config, "mnist1d_increase_batch").get_config()
+  config_obj.update_from_flattened_dict(
+    {
+      "batch_size": 64,
+      "ghost_batch_size": 4,
+      "plan.batch_multiple": 64,
+      "num_epochs": 3,
+      "plan.strategy": "increase_batch",
+      "schedule.boundaries": (1.0, 2.0),
+      "dataset.num_train_examples": 2048,
+    }
+  )
+  step_two, two = final_params(tmp_path / "two", config_obj)
+  step_one, one = final_params(tmp_path / "one", config_obj)
+  assert step_two == step_one == bbconfig.plan_from_config(config_obj).total_steps
+  for a, b in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -172,11 +172,20 @@ def get_builder(config_dataset: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
       seed=int(config_dataset.get("generator_seed", 42)),
     )
     predefined = {c.name for c in Mnist1d.BUILDER_CONFIGS}  # tfds wants those by name
-    builder = Mnist1d(
-      data_dir=directory, config=wanted.name if wanted.name in predefined else wanted
-    )
+
+    def make():
+      return Mnist1d(
+        data_dir=directory, config=wanted.name if wanted.name in predefined else wanted
+      )
+
+    builder = make()
     if not builder.is_prepared():
-      builder.download_and_prepare()
+      try:
+        builder.download_and_prepare()
+      except FileExistsError:  # another process (same data dir) finished first
+        builder = make()
+        if not builder.is_prepared():
+          raise
     return builder
   return tfds.builder(spec.tfds_name, data_dir=directory)
 
