@@ -348,3 +348,14 @@ def test_two_processes_train_the_same_steps_as_one(data_dir, tmp_path):
   assert step_two == step_one == bbconfig.plan_from_config(config_obj).total_steps
   for a, b in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_bigbatch_train_without_a_config_runs_the_default_on_cpu(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  assert main(["train", "--workdir", str(tmp_path / "run"), "--noprogress"]) == 0
+  out = capsys.readouterr().out
+  assert "plan: increase_batch" in out and "batch sizes: 128, 640, 3,200, 16,000" in out
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["updates"] == 5_776 and summary["status"] == "completed"
+  assert summary["final_test_accuracy"] > 0.9
