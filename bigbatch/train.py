@@ -162,7 +162,7 @@ def train_and_evaluate(
   _require_fields(config, ("checkpoint_every_steps", "keep_checkpoints"))
   plan = bbconfig.plan_from_config(config)
   optimizer = bbconfig.optimizer_from_config(config, plan)
-  spec = data.dataset_spec(config.dataset.get("name"))
+  spec = data.dataset_spec(config.dataset.get("name"), config.dataset.get("image_size"))
   model = bbconfig.model_from_config(config, spec.num_classes)
   block = config.get("mesh") or {}
   mesh = shd.make_mesh(int(block.get("data", -1)), int(block.get("fsdp", 1)), devices=devices)

@@ -21,6 +21,7 @@ def get_config():
   config.seed = 0
   config.dataset = config_dict.ConfigDict({"name": "imagenet2012", "num_train_examples": 1_281_167})
   config.dataset.data_dir = config_dict.placeholder(str)  # default: $TFDS_DATA_DIR
+  config.dataset.image_size = 224  # training crop and eval centre crop
   config.model = config_dict.ConfigDict({"name": "resnet50"})
   config.ghost_batch_size = 32  # batch-norm statistics over 32 images
   config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU; parameters float32

@@ -128,6 +128,20 @@ def test_imagenet_reads_by_index_and_crops_to_224(tmp_path):
     evals = list(data.eval_batches(val, spec, batch_size=4))
     assert sum(int(b["mask"].sum()) for b in evals) == 6
     assert evals[0]["inputs"].shape == (4, 224, 224, 3)
+    # Inception-ResNet-V2's 299x299 crops
+    spec299 = data.dataset_spec("imagenet2012", 299)
+    batch = next(
+      iter(data.train_batches(train, spec299, seed=0, batch_size=2, start_position=0, num_steps=1))
+    )
+    assert batch["inputs"].shape == (2, 299, 299, 3)
+    assert next(iter(data.eval_batches(val, spec299, batch_size=2)))["inputs"].shape == (
+      2,
+      299,
+      299,
+      3,
+    )
+  with pytest.raises(data.DataError, match=r"dataset\.image_size: 64 is not allowed"):
+    data.dataset_spec("cifar10", 64)
 
 
 def test_a_missing_dataset_says_where_tfds_looked_and_how_to_prepare(tmp_path):

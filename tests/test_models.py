@@ -21,6 +21,15 @@ def test_parameter_counts_match_the_published_ones():
   assert count_params(create_model("resnet50", num_classes=1000), (1, 224, 224, 3)) == 25_557_032
   wrn = count_params(create_model("wrn16_4", num_classes=10), (1, 32, 32, 3))
   assert wrn == pytest.approx(2.75e6, rel=0.01)
+  # Inception-ResNet-V2: the Keras reference has 55,813,192 trainable parameters and
+  # 60,544 batch-norm statistics; its batch norms have no scale, ours add 30,272 of them.
+  inception = create_model("inception_resnet_v2", num_classes=1000)
+  variables = jax.eval_shape(
+    lambda: inception.init(jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3)), train=False)
+  )
+  stats = sum(x.size for x in jax.tree.leaves(variables["batch_stats"]))
+  assert stats == 60_544
+  assert count_params(inception, (1, 299, 299, 3)) == 55_813_192 + stats // 2
 
 
 @pytest.mark.parametrize(
@@ -30,10 +39,12 @@ def test_parameter_counts_match_the_published_ones():
     ("wrn16_4", (4, 32, 32, 3), 10),
     ("cnn1d", (4, 40), 10),
     ("tiny_cnn", (4, 8, 8, 3), 10),
+    ("inception_resnet_v2", (2, 75, 75, 3), 10),  # 75x75: the smallest input it takes
   ],
 )
 def test_forward_shapes_and_batch_stats(name, shape, classes):
-  model = create_model(name, num_classes=classes, ghost_batch_size=2)
+  fields = {"blocks": (1, 1, 2)} if name == "inception_resnet_v2" else {}  # fewer repeats
+  model = create_model(name, num_classes=classes, ghost_batch_size=2, **fields)
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
   variables = model.init(jax.random.PRNGKey(0), x, train=False)
   logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])

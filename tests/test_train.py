@@ -359,3 +359,37 @@ def test_bigbatch_train_without_a_config_runs_the_default_on_cpu(tmp_path, capsy
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert summary["updates"] == 5_776 and summary["status"] == "completed"
   assert summary["final_test_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.py")))
+def test_every_recipe_config_is_trainable(name):
+  """Model, optimizer, plan, data spec and batch splits all resolve, before any data.
+
+  Checked on 8 devices where every phase's batch splits into whole ghost batches per
+  device (all ImageNet recipes); otherwise (CIFAR's ghost batch 128, as the paper) on one.
+  """
+  from bigbatch import data, sharding
+
+  module = bbconfig.load_sibling(str(CONFIGS / "x.py"), name)
+  variants = getattr(module, "VARIANTS", (None,)) if name.endswith("_base") else (None,)
+  for variant in variants:
+    config = (
+      module.get_config() if variant is None else module.with_variant(module.get_config(), variant)
+    )
+    plan = bbconfig.plan_from_config(config)
+    bbconfig.optimizer_from_config(config, plan)
+    spec = data.dataset_spec(config.dataset.name, config.dataset.get("image_size"))
+    model = bbconfig.model_from_config(config, spec.num_classes)
+    assert model.ghost_batch_size == config.ghost_batch_size
+    fits = all(b % (8 * config.ghost_batch_size) == 0 for b in plan.batch_sizes)
+    assert fits or config.dataset.name == "cifar10"  # ImageNet recipes: on 8 devices
+    mesh = sharding.make_mesh(devices=jax.devices()[: 8 if fits else 1])
+    bbconfig.check_plan_on_mesh(config, plan, mesh)
+    sharding.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
+    for field in (
+      "eval_every_epochs",
+      "log_every_steps",
+      "checkpoint_every_steps",
+      "keep_checkpoints",
+    ):
+      assert config[field] > 0

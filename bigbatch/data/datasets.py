@@ -14,6 +14,7 @@ datasets are held as arrays, ImageNet is read through `tfds.data_source`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -62,11 +63,13 @@ def _cifar_eval(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
   return _normalise(example["image"], CIFAR10_MEAN, CIFAR10_STD)
 
 
-def _imagenet_train(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
-  """Random-resized crop (8-100% of the area, aspect 3/4-4/3) to 224, random flip."""
+def _imagenet_train(
+  example: Mapping[str, tf.Tensor], seed: tf.Tensor, size: int = IMAGENET_SIZE
+) -> tf.Tensor:
+  """Random-resized crop (8-100% of the area, aspect 3/4-4/3) to `size`, random flip."""
   box_seed, flip_seed = _seeds(seed, 2)
   image = example["image"]
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+  begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
     tf.shape(image),
     bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
     seed=box_seed,
@@ -76,20 +79,22 @@ def _imagenet_train(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Ten
     max_attempts=10,
     use_image_if_no_bounding_boxes=True,
   )
-  image = tf.slice(image, begin, size)
-  image = tf.image.resize(image, [IMAGENET_SIZE, IMAGENET_SIZE], method="bicubic")
+  image = tf.slice(image, begin, box)
+  image = tf.image.resize(image, [size, size], method="bicubic")
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return _normalise(tf.clip_by_value(image, 0.0, 255.0), IMAGENET_MEAN, IMAGENET_STD)
 
 
-def _imagenet_eval(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
-  """Resize the shorter side to 256, then the centre 224x224 crop."""
+def _imagenet_eval(
+  example: Mapping[str, tf.Tensor], seed: tf.Tensor, size: int = IMAGENET_SIZE
+) -> tf.Tensor:
+  """Resize the shorter side to size x 256/224, then the centre `size` x `size` crop."""
   del seed
   image = example["image"]
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = IMAGENET_RESIZE / tf.reduce_min(shape)
+  scale = round(size * IMAGENET_RESIZE / IMAGENET_SIZE) / tf.reduce_min(shape)
   image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), method="bicubic")
-  image = tf.image.resize_with_crop_or_pad(image, IMAGENET_SIZE, IMAGENET_SIZE)
+  image = tf.image.resize_with_crop_or_pad(image, size, size)
   return _normalise(tf.clip_by_value(image, 0.0, 255.0), IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -137,11 +142,28 @@ DATASETS = {
 }
 
 
-def dataset_spec(name: str) -> DatasetSpec:
-  """The spec of `dataset.name`, or a `DataError` listing the choices."""
+def dataset_spec(name: str, image_size: int | None = None) -> DatasetSpec:
+  """The spec of `dataset.name`, or a `DataError` listing the choices.
+
+  `image_size` (ImageNet only; default 224) is the side of the training crop
+  and of the eval centre crop, e.g. 299 for Inception-ResNet-V2.
+  """
   if name not in DATASETS:
     raise DataError(f"dataset.name: {name!r} is not one of {', '.join(DATASETS)}")
-  return DATASETS[name]
+  spec = DATASETS[name]
+  if image_size is None or image_size == spec.input_shape[0]:
+    return spec
+  if name != "imagenet2012" or not 32 <= int(image_size) <= 1024:
+    raise DataError(
+      f"dataset.image_size: {image_size!r} is not allowed; only imagenet2012 takes one (32 to 1024)"
+    )
+  size = int(image_size)
+  return dataclasses.replace(
+    spec,
+    input_shape=(size, size, 3),
+    train_preprocess=functools.partial(_imagenet_train, size=size),
+    eval_preprocess=functools.partial(_imagenet_eval, size=size),
+  )
 
 
 def data_dir(config_dataset: Mapping[str, Any]) -> str:
@@ -249,7 +271,7 @@ class RecordSource:
 
 def load_split(config_dataset: Mapping[str, Any], split: str) -> ArraySource | RecordSource:
   """The train or eval split (`split` is "train" or "eval") of a `dataset` block."""
-  spec = dataset_spec(config_dataset.get("name"))
+  spec = dataset_spec(config_dataset.get("name"), config_dataset.get("image_size"))
   builder = get_builder(config_dataset)
   name = spec.train_split if split == "train" else spec.eval_split
   input_key = "signal" if spec.tfds_name == "mnist1d" else "image"

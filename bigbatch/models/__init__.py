@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bigbatch.models.ghost_norm import GhostBatchNorm
+from bigbatch.models.inception import InceptionResNetV2
 from bigbatch.models.resnet import ResNet, WideResNet
 from bigbatch.models.small import MLP, ConvNet
 
@@ -20,6 +21,7 @@ from bigbatch.models.small import MLP, ConvNet
 MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
   "resnet50": (ResNet, {"stage_sizes": (3, 4, 6, 3), "width": 64}),
   "wrn16_4": (WideResNet, {"depth": 16, "widen": 4}),
+  "inception_resnet_v2": (InceptionResNetV2, {"blocks": (10, 20, 10), "scales": (0.17, 0.1, 0.2)}),
   # MNIST-1D: 40 samples per signal; three stride-2 convolutions as the
   # dataset's reference CNN, with ghost batch norm.
   "cnn1d": (ConvNet, {"channels": (32, 32, 32), "kernel": (5,), "strides": (2, 2, 2)}),
@@ -61,4 +63,13 @@ def create_model(
   return cls(num_classes=num_classes, dtype=dtype, **{**defaults, **fields})
 
 
-__all__ = ["MLP", "MODELS", "ConvNet", "GhostBatchNorm", "ResNet", "WideResNet", "create_model"]
+__all__ = [
+  "MLP",
+  "MODELS",
+  "ConvNet",
+  "GhostBatchNorm",
+  "InceptionResNetV2",
+  "ResNet",
+  "WideResNet",
+  "create_model",
+]
