@@ -12,6 +12,7 @@ A batch is a dict of arrays with the examples on the leading axis:
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import threading
@@ -28,6 +29,7 @@ import optax
 from jax.sharding import Mesh
 
 from bigbatch import sharding as shd
+from bigbatch.accumulate import accumulate
 from bigbatch.optim import current_hyperparams, state_shardings
 
 Batch = Mapping[str, Any]
@@ -155,6 +157,8 @@ def make_train_step(
   *,
   dataset_size: int | None = None,
   label_smoothing: float = 0.0,
+  micro_batch_size: int | None = None,
+  data_shards: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The pure train step of `model` and `optimizer`.
 
@@ -165,29 +169,55 @@ def make_train_step(
     dataset_size: training examples N, for the noise-scale metric
       `lr (N/B - 1) / (1 - m)`; None leaves the metric out.
     label_smoothing: weight of the uniform distribution in the targets.
+    micro_batch_size: the largest global batch computed at once; a larger
+      batch (a multiple of it) is split into B / micro_batch_size
+      micro-batches whose gradients are accumulated (`bigbatch.accumulate`).
+      None: never split.
+    data_shards: devices the batch is split over (for cutting micro-batches
+      without moving examples between devices).
 
   Returns:
     `train_step(state, batch) -> (state, metrics)`; metrics are scalars:
-    `loss`, `accuracy`, `batch_size`, `grad_norm`, `update_norm`,
-    `param_norm`, and `learning_rate`, `momentum`, `noise_scale` where the
-    optimizer reports them.
+    `loss`, `accuracy`, `batch_size`, `micro_batches`, `grad_norm`,
+    `update_norm`, `param_norm`, and `learning_rate`, `momentum`,
+    `noise_scale` where the optimizer reports them.
   """
 
-  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+  def grad_fn(params, state_stats, batch):
     def loss_fn(params):
-      variables = {"params": params, "batch_stats": state.batch_stats}
+      variables = {"params": params, "batch_stats": state_stats}
       logits, updates = model.apply(variables, batch["inputs"], train=True, mutable=["batch_stats"])
       loss = cross_entropy(logits, batch["labels"], label_smoothing).mean()
-      return loss, (logits, updates.get("batch_stats", state.batch_stats))
+      correct = jnp.sum(jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
+      return loss, (correct, updates.get("batch_stats", state_stats))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    batch_size = batch["labels"].shape[0]
+    count = 1
+    if micro_batch_size and batch_size > micro_batch_size:
+      if batch_size % micro_batch_size or micro_batch_size % data_shards:
+        raise ValueError(
+          f"micro_batch_size: batch {batch_size} is not whole micro-batches of "
+          f"{micro_batch_size} split over {data_shards} devices"
+        )
+      count = batch_size // micro_batch_size
+    (loss, (correct, batch_stats)), grads = accumulate(
+      lambda params, piece: grad_fn(params, state.batch_stats, piece),
+      state.params,
+      {"inputs": batch["inputs"], "labels": batch["labels"]},
+      count,
+      data_shards,
+    )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     batch_size = batch["labels"].shape[0]
     metrics = {
       "loss": loss,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
+      "accuracy": correct * count / batch_size,
       "batch_size": jnp.asarray(batch_size, jnp.float32),
+      "micro_batches": jnp.asarray(count, jnp.float32),
       "grad_norm": optax.tree.norm(grads),
       "update_norm": optax.tree.norm(updates),
       "param_norm": optax.tree.norm(params),
@@ -285,6 +315,11 @@ class CompiledSteps:
     returns_state: `fn` returns `(state, metrics)` (donating the state) rather
       than only metrics.
     ghost_batch_size: checked against each batch size before compiling.
+    max_in_flight: steps dispatched but not finished before the next waits.
+      Two keep the device busy while the host prepares the next step; a bound
+      at all matters on CPU, where every device's share of a step takes a
+      thread from one pool and overlapping many multi-device steps can
+      starve a collective (XLA aborts after 40 s).
   """
 
   def __init__(
@@ -296,8 +331,11 @@ class CompiledSteps:
     *,
     returns_state: bool = True,
     ghost_batch_size: int | None = None,
+    max_in_flight: int = 2,
   ):
     self._mesh = mesh
+    self._in_flight: collections.deque = collections.deque()
+    self._max_in_flight = max_in_flight
     self.state_shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
     self._abstract_state = jax.tree.map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding), state
@@ -362,7 +400,13 @@ class CompiledSteps:
 
   def __call__(self, state: Any, batch: Mapping[str, jax.Array]):
     """Runs the compiled step on a global batch (see `sharding.global_batch`)."""
-    return self.compiled(len(batch["labels"]))(state, batch)
+    executable = self.compiled(len(batch["labels"]))
+    while len(self._in_flight) >= self._max_in_flight:
+      jax.block_until_ready(self._in_flight.popleft())
+    outputs = executable(state, batch)
+    # the metrics (never donated) mark when a step has finished
+    self._in_flight.append(outputs[1] if isinstance(outputs, tuple) else outputs)
+    return outputs
 
   @property
   def compile_count(self) -> int:

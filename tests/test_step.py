@@ -33,6 +33,7 @@ def make_batch(batch_size, seed):
 
 
 def setup(model, optimizer, mesh, *, dataset_size=None, ghost=None, **kwargs):
+  kwargs.setdefault("data_shards", shd.data_parallel_size(mesh))
   inputs = jax.ShapeDtypeStruct((1, 6, 6, 3), jnp.float32)
   shardings = st.train_state_shardings(model, optimizer, inputs, mesh, fsdp_min_size=64)
   state = st.create_train_state(model, optimizer, inputs, mesh, fsdp_min_size=64)
@@ -285,3 +286,31 @@ def test_persistent_compilation_cache_spares_a_restarted_run_the_compile(tmp_pat
   assert run() == 0
   assert any((tmp_path / "cache").iterdir())
   assert run() >= 1  # the train step (and init) came from the cache
+
+
+def test_micro_batches_take_the_same_block_of_every_device():
+  from bigbatch.accumulate import micro_batches
+
+  batch = {"x": jnp.arange(16)}
+  split = micro_batches(batch, count=2, shards=2)["x"]
+  np.testing.assert_array_equal(split, [[0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]])
+
+
+@pytest.mark.parametrize("model_name, ghost", [("mlp", None), ("tiny_cnn", 2)])
+@pytest.mark.parametrize("devices", [1, 8])
+def test_an_accumulated_update_equals_the_whole_batch_update(model_name, ghost, devices):
+  model = create_model(model_name, num_classes=10, ghost_batch_size=ghost)
+  optimizer = optim.sgd_momentum(0.1, momentum=0.9)
+  mesh = shd.make_mesh(devices=jax.devices()[:devices])
+  results = {}
+  for micro in (None, 16):  # 64 examples at once, or 4 micro-batches of 16
+    state, steps = setup(model, optimizer, mesh, ghost=ghost, micro_batch_size=micro)
+    for i in range(2):
+      state, metrics = steps(state, shd.global_batch(mesh, make_batch(64, i), 64))
+    results[micro] = jax.device_get((state.params, state.batch_stats, metrics))
+  whole, accumulated = results[None], results[16]
+  assert accumulated[2]["micro_batches"] == 4 and whole[2]["micro_batches"] == 1
+  assert_trees_close(accumulated[0], whole[0], 1e-5)
+  assert_trees_close(accumulated[1], whole[1], 1e-5)  # running averages too
+  for key in ("loss", "accuracy", "grad_norm", "update_norm"):
+    np.testing.assert_allclose(accumulated[2][key], whole[2][key], rtol=1e-5)
