@@ -20,6 +20,9 @@ USAGE = """usage: bigbatch COMMAND --config FILE[:VARIANT] [--config.FIELD=VALUE
 commands:
   plan    print the phase plan of a config beside its baseline
           options: --json (machine-readable), --plot PATH (lr, batch, noise vs epochs)
+          --config.plan.max_batch_size=auto: cap the batch at what the probe measures
+  probe   measure the largest batch whose compiled train step fits in device memory
+          (per-device batch -> bytes needed vs available, and the global cap)
   train   train a config's plan, resuming from the workdir's latest checkpoint
           (no --config: MNIST-1D with increasing batch size, on CPU)
           options: --workdir DIR (default workdir/CONFIG), --noprogress
@@ -77,6 +80,11 @@ def _parse(command: str, args: list[str], define) -> flags.FlagValues:
   if not os.path.isfile(path):
     raise SystemExit(_fail(command, f"--config: no such file: {path}"))
   values = flags.FlagValues()
+  # `auto` (measure the cap) travels as memory.AUTO through the int-typed field
+  args = [
+    "--config.plan.max_batch_size=-1" if a == "--config.plan.max_batch_size=auto" else a
+    for a in args
+  ]
   argv = [f"bigbatch {command}", *args]
   config_flags.DEFINE_config_file(
     "config",
@@ -108,11 +116,25 @@ def _parse(command: str, args: list[str], define) -> flags.FlagValues:
   return values
 
 
+def _workdir(values, args: list[str]) -> str:
+  return values.workdir or os.path.join("workdir", pathlib.Path(_config_path(args)).stem)
+
+
+def _define_workdir(values) -> None:
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "checkpoints, metrics, probe cache (default: workdir/CONFIG)",
+    flag_values=values,
+  )
+
+
 def _plan(args: list[str]) -> int:
-  from bigbatch import report
+  from bigbatch import memory, report
   from bigbatch.config import ConfigError, plan_from_config
 
   def define(values):
+    _define_workdir(values)
     flags.DEFINE_bool("json", False, "print the plan as JSON", flag_values=values)
     flags.DEFINE_string(
       "plot", None, "write a PNG of lr, batch, noise vs epochs", flag_values=values
@@ -120,8 +142,10 @@ def _plan(args: list[str]) -> int:
 
   values = _parse("plan", args, define)
   try:
+    log = (lambda line: print(line, file=sys.stderr)) if values.json else print
+    memory.resolve_max_batch_size(values.config, workdir=_workdir(values, args), log=log)
     plan = plan_from_config(values.config)
-  except ConfigError as error:
+  except (ConfigError, memory.ProbeError, ValueError) as error:
     return _fail("plan", str(error))
   if values.json:
     print(json.dumps(plan.to_dict(), indent=1))
@@ -175,7 +199,21 @@ def _train(args: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"plan": _plan, "train": _train}
+def _probe(args: list[str]) -> int:
+  from bigbatch import data, memory, sharding
+  from bigbatch.config import ConfigError
+
+  values = _parse("probe", args, _define_workdir)
+  try:
+    sharding.initialize_distributed(values.config)
+    result = memory.probe_config(values.config, workdir=_workdir(values, args))
+  except (ConfigError, data.DataError, sharding.ShardingError, memory.ProbeError) as error:
+    return _fail("probe", str(error))
+  print(memory.format_probe(result))
+  return 0
+
+
+COMMANDS = {"plan": _plan, "train": _train, "probe": _probe}
 
 
 def main(argv: list[str] | None = None) -> int:

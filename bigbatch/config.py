@@ -84,8 +84,10 @@ def default_schedule_config(name: str, **fields: Any) -> ml_collections.ConfigDi
 def default_plan_config(batch_multiple: int = 1) -> ml_collections.ConfigDict:
   """The `plan` block of a config, as a baseline (`decay_lr`) by default.
 
-  Fields: `strategy` (decay_lr | increase_batch | hybrid), `max_batch_size`
-  (the cap; needed by hybrid), `batch_multiple` (devices x ghost batch),
+  Fields: `strategy` (decay_lr | increase_batch | hybrid | accumulate),
+  `max_batch_size` (the cap, needed by hybrid and accumulate; -1 or `auto`
+  on the command line: measured by the memory probe), `batch_multiple`
+  (devices x ghost batch),
   `noise_rule` (approx: batch x decay factor, as the paper; exact: N/B - 1)
   and `min_phase_epochs` (shortest phase cut from a continuous schedule).
   """
@@ -105,6 +107,19 @@ def default_mesh_config() -> ml_collections.ConfigDict:
   shard parameters and optimizer state (1: replicate them), `fsdp_min_size`
   is the smallest parameter (in elements) worth sharding."""
   return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2**14})
+
+
+def default_memory_config() -> ml_collections.ConfigDict:
+  """The `memory` block of the batch-size probe (`bigbatch probe`, `max_batch_size: auto`).
+
+  `budget_bytes`: what one CPU device may use (default: `cpu_fraction` of the
+  RAM shared among the CPU devices; GPU/TPU report their own); `margin`: the
+  fraction of the budget kept free.
+  """
+  placeholder = ml_collections.config_dict.placeholder
+  return ml_collections.ConfigDict(
+    {"budget_bytes": placeholder(int), "cpu_fraction": 0.5, "margin": 0.1}
+  )
 
 
 def default_distributed_config() -> ml_collections.ConfigDict:
@@ -254,6 +269,13 @@ def check_plan_on_mesh(config: ml_collections.ConfigDict, plan: Plan, mesh: Mesh
     ConfigError: naming `batch_size` (the first phase) or `plan.batch_multiple`.
   """
   ghost = config.get("ghost_batch_size")
+  if plan.strategy == "accumulate":  # each micro-batch (the cap) splits over the mesh
+    try:
+      shd.check_batch_size(
+        plan.max_batch_size, mesh, ghost_batch_size=ghost, field="plan.max_batch_size"
+      )
+    except shd.ShardingError as error:
+      raise ConfigError(str(error)) from None
   for phase in plan.phases:
     field = "batch_size" if phase.index == 0 else "plan.batch_multiple"
     try:

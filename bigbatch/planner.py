@@ -23,7 +23,7 @@ import optax
 from bigbatch import noise
 from bigbatch.schedules import Schedule
 
-STRATEGIES = ("decay_lr", "increase_batch", "hybrid")
+STRATEGIES = ("decay_lr", "increase_batch", "hybrid", "accumulate")
 NOISE_RULES = ("approx", "exact")
 SCHEDULED_FIELDS = ("learning_rate", "momentum", "weight_decay", "batch_size")
 
@@ -63,6 +63,7 @@ class Phase:
   baseline_steps: int
   learning_rate_fn: Callable[[Any], Any] = dataclasses.field(repr=False, compare=False)
   momentum_fn: Callable[[Any], Any] = dataclasses.field(repr=False, compare=False)
+  micro_batches: int = 1
 
   @property
   def end_step(self) -> int:
@@ -237,9 +238,9 @@ def _validate(
       f"{max_batch_size} is not a multiple of batch_multiple={batch_multiple}",
     )
   _check(
-    strategy != "hybrid" or max_batch_size is not None,
+    strategy not in ("hybrid", "accumulate") or max_batch_size is not None,
     "max_batch_size",
-    "strategy 'hybrid' needs a cap (the largest batch the devices hold)",
+    f"strategy {strategy!r} needs a cap (the largest batch the devices hold)",
   )
   _check(
     min_phase_epochs is None or 0 < min_phase_epochs <= epochs,
@@ -316,6 +317,9 @@ def plan_phases(
     `max_batch_size` or the dataset size.
   * `hybrid`: as `increase_batch` up to `max_batch_size`; past it the batch
     stays at the cap and the learning rate takes the rest of each drop.
+  * `accumulate`: as `increase_batch` without the cap; a batch past
+    `max_batch_size` is a multiple of it, computed as `micro_batches`
+    micro-batches of the cap per update (gradient accumulation).
 
   Rises of the noise scale (warm-up, restarts) are always taken by the
   learning rate: the batch never shrinks, so an SGDR restart after the batch
@@ -338,8 +342,9 @@ def plan_phases(
     schedule: the baseline's schedule (`bigbatch.schedules`); constant if None.
     weight_decay: carried into every phase (optax-style decay is multiplied
       by the learning rate, so per epoch it follows the noise scale).
-    strategy: `decay_lr`, `increase_batch` or `hybrid`.
-    max_batch_size: the largest batch the devices hold (needed by `hybrid`).
+    strategy: `decay_lr`, `increase_batch`, `hybrid` or `accumulate`.
+    max_batch_size: the largest batch the devices hold (needed by `hybrid`
+      and `accumulate`).
     batch_multiple: batch sizes are multiples of this (devices x ghost batch).
     noise_rule: `approx` multiplies the batch by each decay factor, as the
       paper does (`g ∝ lr N / B`); `exact` solves `lr (N/B - 1) = const`.
@@ -369,7 +374,8 @@ def plan_phases(
 
   cuts = _cut_points(schedule, float(epochs), strategy, min_phase_epochs)
   peaks = _running_peak(schedule, float(epochs), [t for t, _ in cuts])
-  largest = n if max_batch_size is None else min(max_batch_size, n)
+  capped = max_batch_size is not None and strategy != "accumulate"
+  largest = min(max_batch_size, n) if capped else n
   largest -= largest % batch_multiple
 
   # Choose each phase's batch. The batch is rounded down to a multiple, so the
@@ -387,6 +393,8 @@ def plan_phases(
         if math.isfinite(ideal)
         else math.inf
       )
+      if strategy == "accumulate" and math.isfinite(floor) and floor > max_batch_size:
+        floor -= floor % max_batch_size  # whole micro-batches of the cap
       new_batch = max(batch, floor)
       if new_batch > largest:
         _check(
@@ -448,6 +456,9 @@ def plan_phases(
         baseline_steps=-(-end_example // b0) - (-(-start_example // b0)),
         learning_rate_fn=lr_fn,
         momentum_fn=m_fn,
+        micro_batches=(
+          -(-batch // max_batch_size) if strategy == "accumulate" and max_batch_size else 1
+        ),
       )
     )
     consumed += steps * batch

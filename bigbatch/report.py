@@ -39,13 +39,18 @@ def format_plan(plan: Plan) -> str:
     "base noise",
     "base steps",
   )
+  accumulating = plan.strategy == "accumulate"
+  if accumulating:
+    header = header[:3] + ("micro",) + header[3:]
   rows = [header]
   for p in plan.phases:
+    micro = (f"{p.micro_batches}",) if accumulating else ()
     rows.append(
       (
         str(p.index),
         _epochs(p),
         f"{p.batch_size:,}",
+        *micro,
         _changing(p.learning_rate, p.final_learning_rate),
         _changing(p.momentum, p.final_momentum),
         _number(p.noise_scale),
@@ -59,7 +64,7 @@ def format_plan(plan: Plan) -> str:
       )
     )
   widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-  left = {1, 3, 4, 8}
+  left = {1, 4, 5, 9} if accumulating else {1, 3, 4, 8}
   lines = [
     "  ".join(
       cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
@@ -77,7 +82,16 @@ def format_plan(plan: Plan) -> str:
     f"({plan.saving:.2f}x fewer); batch sizes: " + ", ".join(f"{b:,}" for b in plan.batch_sizes)
   )
   note = "noise = lr (N/B - 1) / (1 - m) at each phase's first step; Δnoise vs the baseline"
-  return "\n".join([title, "", *lines, "", total, note])
+  extra = []
+  if accumulating:
+    passes = sum(p.steps * p.micro_batches for p in plan.phases)
+    extra.append(
+      f"accumulation: micro = micro-batches of at most {plan.max_batch_size:,} per update; "
+      f"{plan.total_steps:,} updates take {passes:,} micro-batch passes "
+      f"(the same examples; {plan.baseline_total_steps / plan.total_steps:.2f}x fewer updates, "
+      f"up to {max(p.micro_batches for p in plan.phases)}x the compute per update)"
+    )
+  return "\n".join([title, "", *lines, "", total, *extra, note])
 
 
 def _plan_curves(plan: Plan, points: int = 64):

@@ -30,7 +30,7 @@ from tensorflow.core.framework import summary_pb2
 
 from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
-from bigbatch import data
+from bigbatch import data, memory
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.planner import Phase, Plan
@@ -160,6 +160,8 @@ def train_and_evaluate(
   workdir = pathlib.Path(workdir)
   _require_fields(config, ("eval_every_epochs", "eval_batch_size", "log_every_steps"))
   _require_fields(config, ("checkpoint_every_steps", "keep_checkpoints"))
+  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  memory.resolve_max_batch_size(config, workdir=workdir, devices=devices, log=say)
   plan = bbconfig.plan_from_config(config)
   optimizer = bbconfig.optimizer_from_config(config, plan)
   spec = data.dataset_spec(config.dataset.get("name"), config.dataset.get("image_size"))
@@ -197,7 +199,6 @@ def train_and_evaluate(
     st.enable_compilation_cache(config.compilation_cache_dir)
 
   step = int(jax.device_get(state.step))
-  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
   say(format_plan(plan))
   say(_derived(plan, mesh, config))
   if latest is not None:
@@ -208,6 +209,8 @@ def train_and_evaluate(
     optimizer,
     dataset_size=plan.dataset_size,
     label_smoothing=float(config.get("label_smoothing", 0.0)),
+    micro_batch_size=plan.max_batch_size if plan.strategy == "accumulate" else None,
+    data_shards=shd.data_parallel_size(mesh),
   )
   steps = st.CompiledSteps(
     train_step, state, data.example_batch(spec), mesh, ghost_batch_size=config.ghost_batch_size

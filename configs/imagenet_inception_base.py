@@ -9,6 +9,7 @@ from ml_collections import config_dict
 
 from bigbatch.config import (
   default_distributed_config,
+  default_memory_config,
   default_mesh_config,
   default_plan_config,
   default_schedule_config,
@@ -27,6 +28,7 @@ def get_config():
   config.label_smoothing = 0.0
   config.mesh = default_mesh_config()  # batch over all devices, parameters replicated
   config.distributed = default_distributed_config()
+  config.memory = default_memory_config()  # the batch-size probe's budget
   config.eval_every_epochs = 5.0  # full test split
   config.eval_batch_size = 1024
   config.log_every_steps = 50
