@@ -1,0 +1,33 @@
+"""tools/benchmark.py runs from a checkout and writes every comparison it promises."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+TOOL = pathlib.Path(__file__).parents[1] / "tools" / "benchmark.py"
+
+
+@pytest.mark.slow
+def test_benchmark_quick_writes_the_table_and_results(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  done = subprocess.run(
+    [sys.executable, str(TOOL), "--quick", "--cpu-devices", "2", "--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=900,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((tmp_path / "benchmark.json").read_text())
+  assert results["device"].endswith("x 2")
+  assert set(results["optimizers"]) == {"sgd_momentum", "adam", "adamw", "amsgrad"}
+  assert set(results["phase_switch"]) == {"foreground", "background"}
+  ratios = [results["step"]["throughput_ratio"], results["input"]["ratio"]]
+  ratios += [r["speed_ratio"] for r in results["optimizers"].values()]
+  assert all(0 < r < 100 for r in ratios)
+  table = (tmp_path / "benchmark.md").read_text()
+  assert table.count("\n| ") == 1 + 8 and "| 1. step:" in table  # header + 8 rows

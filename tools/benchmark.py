@@ -1,0 +1,299 @@
+"""Benchmarks bigbatch against the bare minimum, side by side in one run.
+
+usage: python tools/benchmark.py [--cpu-devices 8] [--repeats 5] [--quick] [--out DIR]
+
+Each comparison interleaves the two contenders (A B A B ...) and reports the
+ratio of their medians with its spread over the repeats, so that a shared,
+noisy machine affects both alike. Prints a table and writes `benchmark.json`
+(and the table as `benchmark.md`) to --out.
+
+1. step: bigbatch's compiled train step vs a minimal `jax.jit` + optax step
+   (same model, batch, devices, donation). Target >= 0.97 of its throughput.
+2. phase switch: the first step at a new batch size over a steady step, with
+   and without the next phase compiled in the background. Target <= 2x.
+3. input: MNIST-1D pipeline examples/s vs what training consumes. Target >= 3x.
+4. optimizer: bigbatch's sgd_momentum / adam / adamw / amsgrad update vs
+   optax's on a ResNet-50-sized parameter tree. Target >= 0.98x optax's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+
+def parse() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--cpu-devices", type=int, default=8, help="fake CPU devices (CPU only)")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+  parser.add_argument("--out", default="docs/benchmarks", help="where results are written")
+  return parser.parse_args()
+
+
+ARGS = parse()
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", ARGS.cpu_devices)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from bigbatch import data, optim  # noqa: E402
+from bigbatch import sharding as shd  # noqa: E402
+from bigbatch import step as st  # noqa: E402
+from bigbatch.models import create_model  # noqa: E402
+
+
+def timed(fn, count: int) -> float:
+  """Seconds per call of `fn` over `count` calls (results awaited)."""
+  out = None
+  start = time.perf_counter()
+  for _ in range(count):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / count
+
+
+def compare(a, b, repeats: int, count: int) -> dict:
+  """Interleaved timings of `a` and `b`; ratio = median(b) / median(a) (a's speed over b's)."""
+  ta, tb = [], []
+  for _ in range(repeats):
+    ta.append(timed(a, count))
+    tb.append(timed(b, count))
+  ratios = [y / x for x, y in zip(ta, tb)]
+  return {
+    "a_seconds": statistics.median(ta),
+    "b_seconds": statistics.median(tb),
+    "ratio": statistics.median(ratios),
+    "ratio_min": min(ratios),
+    "ratio_max": max(ratios),
+  }
+
+
+def mnist_setup(batch_size: int):
+  mesh = shd.make_mesh()
+  model = create_model("cnn1d", num_classes=10, ghost_batch_size=16)
+  inputs = jax.ShapeDtypeStruct((1, 40), jnp.float32)
+  rng = np.random.default_rng(0)
+  host = {
+    "inputs": rng.normal(size=(batch_size, 40)).astype(np.float32),
+    "labels": rng.integers(0, 10, batch_size).astype(np.int32),
+  }
+  return mesh, model, inputs, shd.global_batch(mesh, host, batch_size)
+
+
+def bench_step(repeats: int, count: int, batch_size: int) -> dict:
+  """bigbatch's step vs a hand-written jit + optax step, same everything."""
+  mesh, model, inputs, batch = mnist_setup(batch_size)
+  tx = optim.sgd_momentum(0.1, momentum=0.9)
+  state = st.create_train_state(model, tx, inputs, mesh)
+  steps = st.CompiledSteps(
+    st.make_train_step(model, tx, dataset_size=50_000),
+    state,
+    data.example_batch(data.dataset_spec("mnist1d")),
+    mesh,
+    ghost_batch_size=16,
+  )
+  holder = {"state": state}
+
+  def ours():
+    holder["state"], metrics = steps(holder["state"], batch)
+    return metrics
+
+  plain_tx = optax.sgd(0.1, momentum=0.9)
+  params = jax.device_put(jax.device_get(state.params), shd.replicated(mesh))
+  stats = jax.device_put(jax.device_get(state.batch_stats), shd.replicated(mesh))
+  opt_state = jax.jit(plain_tx.init, out_shardings=optim.state_shardings(plain_tx, params))(params)
+
+  def plain_step(params, stats, opt_state, batch):
+    def loss_fn(p):
+      logits, new = model.apply(
+        {"params": p, "batch_stats": stats}, batch["inputs"], train=True, mutable=["batch_stats"]
+      )
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean(), new
+
+    (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = plain_tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new["batch_stats"], opt_state, loss
+
+  jitted = jax.jit(plain_step, donate_argnums=(0, 1, 2))
+  plain = {"args": (params, stats, opt_state)}
+
+  def theirs():
+    *state_out, loss = jitted(*plain["args"], batch)
+    plain["args"] = tuple(state_out)
+    return loss
+
+  jax.block_until_ready(ours())
+  jax.block_until_ready(theirs())
+  result = compare(ours, theirs, repeats, count)
+  result["throughput_ratio"] = result.pop("ratio")  # ours / minimal, in examples per second
+  return result
+
+
+def bench_phase_switch(repeats: int, batch_sizes: tuple[int, int]) -> dict:
+  """First step at a new batch size over a steady step, with and without prefetch."""
+  out = {}
+  for background in (False, True):
+    ratios = []
+    for _ in range(repeats):
+      mesh, model, inputs, small = mnist_setup(batch_sizes[0])
+      big = mnist_setup(batch_sizes[1])[3]
+      tx = optim.sgd_momentum(0.1, momentum=0.9)
+      state = st.create_train_state(model, tx, inputs, mesh)
+      steps = st.CompiledSteps(
+        st.make_train_step(model, tx), state, data.example_batch(data.dataset_spec("mnist1d")), mesh
+      )
+      state, m = steps(state, small)
+      jax.block_until_ready(m)
+      if background:
+        steps.prefetch(batch_sizes[1])
+      # the current phase trains for 3 s (a real phase lasts minutes) while, with
+      # background compilation, the next phase's step compiles
+      deadline = time.perf_counter() + 3.0
+      while time.perf_counter() < deadline:
+        state, m = steps(state, small)
+      jax.block_until_ready(m)
+      start = time.perf_counter()
+      state, m = steps(state, big)
+      jax.block_until_ready(m)
+      first = time.perf_counter() - start
+      start = time.perf_counter()
+      for _ in range(5):
+        state, m = steps(state, big)
+      jax.block_until_ready(m)
+      steady = (time.perf_counter() - start) / 5
+      ratios.append(first / steady)
+      steps.close()
+    out["background" if background else "foreground"] = {
+      "first_over_steady": statistics.median(ratios),
+      "min": min(ratios),
+      "max": max(ratios),
+    }
+  return out
+
+
+def bench_input(repeats: int, count: int, batch_size: int) -> dict:
+  """MNIST-1D input pipeline examples/s vs the train step's examples/s."""
+  with tempfile.TemporaryDirectory() as tmp:
+    block = {"name": "mnist1d", "num_train_examples": 50_000, "data_dir": tmp}
+    source = data.load_split(block, "train")
+    spec = data.dataset_spec("mnist1d")
+    rates = []
+    for _ in range(repeats):
+      batches = data.train_batches(
+        source, spec, seed=0, batch_size=batch_size, start_position=0, num_steps=count
+      )
+      start = time.perf_counter()
+      for _ in batches:
+        pass
+      rates.append(count * batch_size / (time.perf_counter() - start))
+  step = bench_step(repeats, count, batch_size)
+  consumed = batch_size / step["a_seconds"]
+  return {
+    "input_examples_per_second": statistics.median(rates),
+    "train_examples_per_second": consumed,
+    "ratio": statistics.median(rates) / consumed,
+    "ratio_min": min(rates) / consumed,
+    "ratio_max": max(rates) / consumed,
+  }
+
+
+def bench_optimizers(repeats: int, count: int) -> dict:
+  """Update time on a ResNet-50-sized tree (25.6M parameters), ours vs optax's."""
+  model = create_model("resnet50", num_classes=1000)
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False)
+  )["params"]
+  device = jax.devices()[0]
+  params = jax.tree.map(lambda s: jax.device_put(jnp.full(s.shape, 0.01, s.dtype), device), shapes)
+  grads = jax.tree.map(lambda p: p * 0.1, params)
+  pairs = {
+    "sgd_momentum": (optim.sgd_momentum(0.1, momentum=0.9), optax.sgd(0.1, momentum=0.9)),
+    "adam": (optim.adam(1e-3), optax.adam(1e-3)),
+    "adamw": (optim.adamw(1e-3, weight_decay=1e-4), optax.adamw(1e-3, weight_decay=1e-4)),
+    "amsgrad": (optim.amsgrad(1e-3), optax.amsgrad(1e-3)),
+  }
+  out = {}
+  for name, (ours_tx, optax_tx) in pairs.items():
+    runners = []
+    for tx in (ours_tx, optax_tx):
+      state = {"s": jax.jit(tx.init)(params)}
+
+      def update(p, s, tx=tx):
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
+
+      jitted = jax.jit(update, donate_argnums=(1,))
+      holder = {"p": params, "s": state["s"]}
+
+      def run(jitted=jitted, holder=holder):
+        new_p, holder["s"] = jitted(holder["p"], holder["s"])
+        return new_p
+
+      jax.block_until_ready(run())
+      runners.append(run)
+    result = compare(runners[0], runners[1], repeats, count)
+    result["speed_ratio"] = result.pop("ratio")  # ours / optax's, in updates per second
+    out[name] = result
+  return out
+
+
+def main() -> int:
+  quick = ARGS.quick
+  repeats = 2 if quick else ARGS.repeats
+  count = 5 if quick else 30
+  results = {
+    "device": f"{jax.devices()[0].device_kind} x {jax.device_count()}",
+    "repeats": repeats,
+    "step": bench_step(repeats, count, 1024),
+    "phase_switch": bench_phase_switch(repeats, (1024, 4096)),
+    "input": bench_input(repeats, count, 1024),
+    "optimizers": bench_optimizers(repeats, 3 if quick else 10),
+  }
+  rows = [
+    (
+      "1. step: bigbatch / minimal jit+optax throughput",
+      results["step"],
+      "throughput_ratio",
+      ">= 0.97",
+    ),
+    ("3. input: pipeline / training examples per second", results["input"], "ratio", ">= 3"),
+  ]
+  for name, r in results["optimizers"].items():
+    rows.append((f"4. optimizer {name}: bigbatch / optax speed", r, "speed_ratio", ">= 0.98"))
+  lines = [
+    f"device: {results['device']}; {repeats} interleaved repeats; median [min, max]",
+    "",
+    "| comparison | ratio | target |",
+    "|---|---|---|",
+  ]
+  for label, r, key, target in rows:
+    lines.append(
+      f"| {label} | {r[key]:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] | {target} |"
+    )
+  for mode, r in results["phase_switch"].items():
+    lines.append(
+      f"| 2. phase switch ({mode} compile): first / steady step | "
+      f"{r['first_over_steady']:.2f} [{r['min']:.2f}, {r['max']:.2f}] | <= 2 (background) |"
+    )
+  table = "\n".join(lines)
+  print(table)
+  out = pathlib.Path(ARGS.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")
+  (out / "benchmark.md").write_text(table + "\n")
+  print(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
