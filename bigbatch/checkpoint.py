@@ -14,8 +14,9 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
+
+from bigbatch.step import abstract_state  # re-exported: restore targets are built with it
 
 # Config fields that a checkpoint is tied to: a run that changes one of them
 # cannot continue from it.
@@ -26,6 +27,9 @@ BINDING_FIELDS = (
   "optimizer.name",
   "ghost_batch_size",
 )
+
+
+__all__ = ["BINDING_FIELDS", "CheckpointError", "Checkpoints", "abstract_state"]
 
 
 class CheckpointError(ValueError):
@@ -123,12 +127,3 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def abstract_state(shardings: Any, like: Any) -> Any:
-  """`like`'s shapes and dtypes (arrays or `ShapeDtypeStruct`s) with `shardings`."""
-  return jax.tree.map(
-    lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-    like,
-    shardings,
-  )

@@ -216,11 +216,6 @@ def format_probe(result: ProbeResult) -> str:
   return "\n".join(lines)
 
 
-def zeros_like_spec(spec: Mapping[str, jax.ShapeDtypeStruct]) -> dict[str, np.ndarray]:
-  """Host zeros of a batch's shapes (for the measured fallback)."""
-  return {k: np.zeros(v.shape, v.dtype) for k, v in spec.items()}
-
-
 def probe_config(
   config: Any,
   *,
@@ -296,9 +291,7 @@ def probe_config(
   abstract = jax.eval_shape(
     lambda: st.init_train_state(model, optimizer, inputs, jax.random.key(0))
   )
-  state = jax.tree.map(
-    lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, shardings
-  )
+  state = st.abstract_state(shardings, abstract)
   train_step = st.make_train_step(
     model, optimizer, dataset_size=plan.dataset_size, data_shards=shards
   )

@@ -52,6 +52,15 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
 
+def abstract_state(shardings: Any, like: Any) -> Any:
+  """`like`'s shapes and dtypes (arrays or `ShapeDtypeStruct`s) placed by `shardings`."""
+  return jax.tree.map(
+    lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+    like,
+    shardings,
+  )
+
+
 def compute_dtype(name: str = "auto") -> Any:
   """The dtype activations are computed in: `auto` is bfloat16 on GPU/TPU, float32 on CPU."""
   if name not in COMPUTE_DTYPES:
@@ -337,9 +346,7 @@ class CompiledSteps:
     self._in_flight: collections.deque = collections.deque()
     self._max_in_flight = max_in_flight
     self.state_shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
-    self._abstract_state = jax.tree.map(
-      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding), state
-    )
+    self._abstract_state = abstract_state(self.state_shardings, state)
     self._example_batch = dict(example_batch)
     self._ghost = ghost_batch_size
     replicated = shd.replicated(mesh)
