@@ -12,6 +12,11 @@ micro-batch normalises its ghost batches (consecutive examples on one
 device) as the whole batch would, and the running averages are updated once,
 with the mean of the micro-batches' statistics, as the whole batch updates
 them.
+
+`optax.MultiSteps` accumulates across calls of the step instead (one
+optimizer update every k steps); it cannot average batch-norm statistics
+per update, and the plan counts one step per update, so the scan lives
+inside the step.
 """
 
 from __future__ import annotations
