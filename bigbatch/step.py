@@ -306,10 +306,12 @@ class CompiledSteps:
 
   `jax.jit(fn, in_shardings=(state, batch), out_shardings=(state, replicated),
   donate_argnums=0)` is lowered with the abstract batch of each batch size and
-  compiled; the executables are cached by the batch's shapes, dtypes and
-  shardings. Calling with a batch the cache does not hold compiles it (and
-  counts it); `prefetch` compiles one in a background thread so that a
-  phase switch does not wait for the compiler.
+  compiled. Per-example shapes, dtypes and the batch sharding are fixed
+  here, so the executables are cached by batch size; a batch that differs
+  in anything else is refused by the executable, never silently recompiled.
+  Calling with a batch size the cache does not hold compiles it (and counts
+  it); `prefetch` compiles one in a background thread so that a phase
+  switch does not wait for the compiler.
 
   Args:
     fn: `fn(state, batch)`; the train step, or the eval step with
@@ -357,8 +359,9 @@ class CompiledSteps:
       out_shardings=(self.state_shardings, replicated) if returns_state else replicated,
       donate_argnums=(0,) if returns_state else (),
     )
-    self._compiled: dict[Any, Any] = {}
-    self._pending: dict[Any, concurrent.futures.Future] = {}
+    # by batch size: shapes, dtypes and shardings of a batch follow from it here
+    self._compiled: dict[int, Any] = {}
+    self._pending: dict[int, concurrent.futures.Future] = {}
     self._lock = threading.Lock()
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bigbatch-compile")
     self.records: list[CompileRecord] = []
@@ -372,12 +375,6 @@ class CompiledSteps:
       for key, spec in self._example_batch.items()
     }
 
-  def _key(self, batch: Mapping[str, Any]) -> tuple:
-    return tuple(
-      (key, tuple(value.shape), jnp.dtype(value.dtype).name, getattr(value, "sharding", None))
-      for key, value in sorted(batch.items())
-    )
-
   def _compile(self, batch_size: int, background: bool):
     shd.check_batch_size(batch_size, self._mesh, ghost_batch_size=self._ghost)
     start = time.perf_counter()
@@ -387,22 +384,21 @@ class CompiledSteps:
 
   def prefetch(self, batch_size: int) -> None:
     """Starts compiling for `batch_size` in the background (no-op if cached)."""
-    key = self._key(self.abstract_batch(batch_size))
     with self._lock:
-      if key in self._compiled or key in self._pending:
+      if batch_size in self._compiled or batch_size in self._pending:
         return
-      self._pending[key] = self._pool.submit(self._compile, batch_size, True)
+      self._pending[batch_size] = self._pool.submit(self._compile, batch_size, True)
 
   def compiled(self, batch_size: int):
     """The executable for `batch_size`: cached, awaited from `prefetch`, or compiled now."""
-    key = self._key(self.abstract_batch(batch_size))
+    executable = self._compiled.get(batch_size)  # the hot path: one dict lookup
+    if executable is not None:
+      return executable
     with self._lock:
-      if key in self._compiled:
-        return self._compiled[key]
-      future = self._pending.pop(key, None)
+      future = self._pending.pop(batch_size, None)
     executable = future.result() if future else self._compile(batch_size, False)
     with self._lock:
-      self._compiled[key] = executable
+      self._compiled[batch_size] = executable
     return executable
 
   def __call__(self, state: Any, batch: Mapping[str, jax.Array]):
