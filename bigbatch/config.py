@@ -140,6 +140,39 @@ def default_distributed_config() -> ml_collections.ConfigDict:
   )
 
 
+def set_run_fields(
+  config: ml_collections.ConfigDict,
+  *,
+  eval_every_epochs: float,
+  eval_batch_size: int,
+  checkpoint_every_steps: int,
+) -> ml_collections.ConfigDict:
+  """Adds the fields of a training run that every recipe shares (returns `config`).
+
+  The three arguments differ by dataset; the rest are the same everywhere:
+  `compute_dtype` ("auto": bfloat16 on GPU/TPU, float32 on CPU; parameters
+  float32), `label_smoothing` 0, `mesh` (batch over all devices, parameters
+  replicated), `distributed`, `memory` (the batch-size probe's budget),
+  `log_every_steps` 50, `keep_checkpoints` 3, `background_compile` (compile
+  the next phase while this one trains) and `compilation_cache_dir` (JAX's
+  persistent cache; unset). Checkpoints are also saved at every phase
+  boundary and at the end; evaluation covers the whole test split.
+  """
+  config.compute_dtype = "auto"
+  config.label_smoothing = 0.0
+  config.mesh = default_mesh_config()
+  config.distributed = default_distributed_config()
+  config.memory = default_memory_config()
+  config.eval_every_epochs = float(eval_every_epochs)
+  config.eval_batch_size = int(eval_batch_size)
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = int(checkpoint_every_steps)
+  config.keep_checkpoints = 3
+  config.background_compile = True
+  config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
+  return config
+
+
 def _require(config: ml_collections.ConfigDict, path: str) -> Any:
   node = config
   for part in path.split("."):

@@ -8,13 +8,7 @@ rate of batch 256, 1/32 of the peak); /10 at epochs 30, 60, 80.
 
 from ml_collections import config_dict
 
-from bigbatch.config import (
-  default_distributed_config,
-  default_memory_config,
-  default_mesh_config,
-  default_plan_config,
-  default_schedule_config,
-)
+from bigbatch.config import default_plan_config, default_schedule_config, set_run_fields
 
 
 def get_config():
@@ -25,18 +19,7 @@ def get_config():
   config.dataset.image_size = 224  # training crop and eval centre crop
   config.model = config_dict.ConfigDict({"name": "resnet50"})
   config.ghost_batch_size = 32  # batch-norm statistics over 32 images
-  config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU; parameters float32
-  config.label_smoothing = 0.0
-  config.mesh = default_mesh_config()  # batch over all devices, parameters replicated
-  config.distributed = default_distributed_config()
-  config.memory = default_memory_config()  # the batch-size probe's budget
-  config.eval_every_epochs = 5.0  # full test split
-  config.eval_batch_size = 1024
-  config.log_every_steps = 50
-  config.checkpoint_every_steps = 1000  # and at every phase boundary and at the end
-  config.keep_checkpoints = 3
-  config.background_compile = True  # compile the next phase while this one trains
-  config.compilation_cache_dir = config_dict.placeholder(str)  # persistent XLA cache
+  set_run_fields(config, eval_every_epochs=5.0, eval_batch_size=1024, checkpoint_every_steps=1000)
   config.num_epochs = 90
   config.batch_size = 8192
   config.optimizer = config_dict.ConfigDict(
