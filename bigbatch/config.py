@@ -154,9 +154,12 @@ def set_run_fields(
   float32), `label_smoothing` 0, `mesh` (batch over all devices, parameters
   replicated), `distributed`, `memory` (the batch-size probe's budget),
   `log_every_steps` 50, `keep_checkpoints` 3, `background_compile` (compile
-  the next phase while this one trains) and `compilation_cache_dir` (JAX's
-  persistent cache; unset). Checkpoints are also saved at every phase
-  boundary and at the end; evaluation covers the whole test split.
+  the next phase while this one trains), `compilation_cache_dir` (JAX's
+  persistent cache; unset) and `eval_train_examples` (0: off; K > 0: each
+  evaluation also measures the loss and accuracy of the first K training
+  examples, unaugmented, logged as `train_eval_loss` and
+  `train_eval_accuracy`). Checkpoints are also saved at every phase boundary
+  and at the end; evaluation covers the whole test split.
   """
   config.compute_dtype = "auto"
   config.label_smoothing = 0.0
@@ -165,11 +168,45 @@ def set_run_fields(
   config.memory = default_memory_config()
   config.eval_every_epochs = float(eval_every_epochs)
   config.eval_batch_size = int(eval_batch_size)
+  config.eval_train_examples = 0
   config.log_every_steps = 50
   config.checkpoint_every_steps = int(checkpoint_every_steps)
   config.keep_checkpoints = 3
   config.background_compile = True
   config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
+  return config
+
+
+# The optimizer variants of the paper's section 5.1, chosen with `--config=FILE:VARIANT`.
+OPTIMIZER_VARIANTS = ("momentum", "nesterov", "sgd", "adam")
+
+
+def with_optimizer_variant(
+  config: ml_collections.ConfigDict, variant: str | None = None
+) -> ml_collections.ConfigDict:
+  """Applies a section 5.1 optimizer variant to an SGD-momentum config (returns it).
+
+  `momentum` (the default) leaves the config as it is; `nesterov` switches on
+  Nesterov momentum; `sgd` drops momentum and multiplies the learning rate by
+  1 / (1 - m), so the effective learning rate and the noise scale stay the
+  same; `adam` uses Adam with the paper's lr 1e-3, b1 0.9, b2 0.999 (the same
+  schedule steps and batch sizes).
+  """
+  variant = variant or "momentum"
+  if variant not in OPTIMIZER_VARIANTS:
+    raise ConfigError(
+      f"config variant: {variant!r} is not one of {', '.join(OPTIMIZER_VARIANTS)}"
+    )
+  if variant == "nesterov":
+    config.optimizer.nesterov = True
+  elif variant == "sgd":
+    momentum = float(config.optimizer.momentum)
+    config.optimizer.learning_rate = float(config.optimizer.learning_rate) / (1.0 - momentum)
+    config.optimizer.momentum = 0.0
+  elif variant == "adam":
+    config.optimizer = ml_collections.ConfigDict(
+      {"name": "adam", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
+    )
   return config
 
 

@@ -170,6 +170,10 @@ def train_and_evaluate(
   mesh = shd.make_mesh(int(block.get("data", -1)), int(block.get("fsdp", 1)), devices=devices)
   bbconfig.check_plan_on_mesh(config, plan, mesh)
   shd.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
+  if int(config.get("eval_train_examples", 0)) < 0:
+    raise bbconfig.ConfigError(
+      f"eval_train_examples: must be >= 0 (0: off), got {config.eval_train_examples}"
+    )
   train_source = data.load_split(config.dataset, "train")
   if len(train_source) != plan.dataset_size:
     raise bbconfig.ConfigError(
@@ -226,18 +230,29 @@ def train_and_evaluate(
   seed = int(config.seed)
   eval_period = float(config.eval_every_epochs) * plan.dataset_size
 
-  def evaluate(state) -> dict[str, float]:
+  eval_train_examples = int(config.get("eval_train_examples", 0))
+
+  def measure(state, source, prefix: str, num_examples: int | None = None) -> dict[str, float]:
     batch_size = int(config.eval_batch_size)
     local = shd.process_batch_slice(mesh, batch_size)
     totals = {"correct": 0, "loss": 0.0, "count": 0}
-    for batch in data.eval_batches(eval_source, spec, batch_size=batch_size, local=local):
+    batches = data.eval_batches(
+      source, spec, batch_size=batch_size, local=local, num_examples=num_examples
+    )
+    for batch in batches:
       sums = jax.device_get(evaluator(state, shd.global_batch(mesh, batch, batch_size)))
       totals = {key: totals[key] + sums[key] for key in totals}
     count = max(int(totals["count"]), 1)
     return {
-      "eval_accuracy": float(totals["correct"]) / count,
-      "eval_loss": float(totals["loss"]) / count,
+      f"{prefix}_accuracy": float(totals["correct"]) / count,
+      f"{prefix}_loss": float(totals["loss"]) / count,
     }
+
+  def evaluate(state) -> dict[str, float]:
+    results = measure(state, eval_source, "eval")
+    if eval_train_examples > 0:
+      results |= measure(state, train_source, "train_eval", eval_train_examples)
+    return results
 
   def record(step: int) -> dict[str, Any]:
     return {
@@ -374,6 +389,7 @@ def train_and_evaluate(
     "baseline_updates": plan.baseline_total_steps,
     "final_test_accuracy": last_eval.get("eval_accuracy"),
     "final_test_loss": last_eval.get("eval_loss"),
+    "final_train_eval_loss": last_eval.get("train_eval_loss"),
     "wall_seconds": time.perf_counter() - started,
     "phases": [
       {

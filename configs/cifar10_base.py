@@ -9,10 +9,17 @@ Weight decay and augmentation are not in the paper: Wide-ResNet defaults.
 
 from ml_collections import config_dict
 
-from bigbatch.config import default_plan_config, default_schedule_config, set_run_fields
+from bigbatch.config import (
+  OPTIMIZER_VARIANTS,
+  default_plan_config,
+  default_schedule_config,
+  set_run_fields,
+  with_optimizer_variant,
+)
 
 # Optimizer variants of section 5.1, selected with `--config=FILE:VARIANT`.
-VARIANTS = ("momentum", "nesterov", "sgd", "adam")
+VARIANTS = OPTIMIZER_VARIANTS
+with_variant = with_optimizer_variant
 
 
 def get_config():
@@ -38,21 +45,3 @@ def get_config():
   config.plan = default_plan_config(batch_multiple=128)  # whole ghost batches of 128
   return config
 
-
-def with_variant(config, variant=None):
-  """Applies a section 5.1 optimizer variant (default: momentum)."""
-  variant = variant or "momentum"
-  if variant not in VARIANTS:
-    raise ValueError(f"config variant: {variant!r} is not one of {', '.join(VARIANTS)}")
-  if variant == "nesterov":
-    config.optimizer.nesterov = True
-  elif variant == "sgd":
-    # Plain SGD at the effective learning rate lr / (1 - m) = 0.1 / 0.1 of the
-    # momentum runs, so the noise scale g is the same.
-    config.optimizer.momentum = 0.0
-    config.optimizer.learning_rate = 1.0
-  elif variant == "adam":
-    config.optimizer = config_dict.ConfigDict(
-      {"name": "adam", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
-    )
-  return config

@@ -7,7 +7,17 @@ Batch 128 -> 390.6 steps per epoch -> 15,625 updates for the baseline.
 
 from ml_collections import config_dict
 
-from bigbatch.config import default_plan_config, default_schedule_config, set_run_fields
+from bigbatch.config import (
+  OPTIMIZER_VARIANTS,
+  default_plan_config,
+  default_schedule_config,
+  set_run_fields,
+  with_optimizer_variant,
+)
+
+# Optimizer variants of section 5.1, selected with `--config=FILE:VARIANT`.
+VARIANTS = OPTIMIZER_VARIANTS
+with_variant = with_optimizer_variant
 
 
 def get_config():

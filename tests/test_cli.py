@@ -35,6 +35,8 @@ RECIPES = {
   "imagenet_inception_capped.py:0.975": 2_346,
   "mnist1d_decay_lr.py": 15_625,
   "mnist1d_hybrid.py": 6_876,
+  "mnist1d_hybrid.py:sgd": 6_876,
+  "mnist1d_increase_batch.py:adam": 5_776,
   "mnist1d_increase_batch.py": 5_776,
 }
 
@@ -186,6 +188,30 @@ def test_bad_variant_names_the_choices(capsys):
   status, _, err = run(capsys, "--config", f"{CONFIGS / 'cifar10_5_1_hybrid.py'}:lamb")
   assert status == 2 and err.count("\n") == 1
   assert "'lamb' is not one of momentum, nesterov, sgd, adam" in err
+
+
+@pytest.mark.parametrize("base", ["cifar10_5_2_initial_lr.py", "mnist1d_decay_lr.py"])
+def test_sgd_variant_keeps_the_noise_scale(base):
+  """Plain SGD runs at lr / (1 - m), so every phase's noise scale is unchanged."""
+  momentum = load(base)
+  sgd = config.with_optimizer_variant(load(base), "sgd")
+  lr, m = momentum.optimizer.learning_rate, momentum.optimizer.momentum
+  assert sgd.optimizer.momentum == 0.0
+  assert sgd.optimizer.learning_rate == pytest.approx(lr / (1 - m))
+  a, b = config.plan_from_config(momentum), config.plan_from_config(sgd)
+  assert [p.batch_size for p in a.phases] == [p.batch_size for p in b.phases]
+  for p, q in zip(a.phases, b.phases):
+    assert q.learning_rate == pytest.approx(p.learning_rate / (1 - m))
+    g = p.learning_rate * (a.dataset_size / p.batch_size - 1) / (1 - m)
+    assert q.learning_rate * (b.dataset_size / q.batch_size - 1) == pytest.approx(g)
+  nesterov = config.with_optimizer_variant(load(base), "nesterov")
+  assert nesterov.optimizer.nesterov and nesterov.optimizer.learning_rate == lr
+  adam = config.with_optimizer_variant(load(base), "adam")
+  assert (adam.optimizer.name, adam.optimizer.learning_rate, adam.optimizer.b2) == (
+    "adam",
+    1e-3,
+    0.999,
+  )
 
 
 def test_console_script_runs():

@@ -66,6 +66,7 @@ def final_params(workdir, config=None, devices=None):
 
 def test_mnist1d_trains_well_above_chance_and_logs(data_dir, tmp_path):
   config = small_config(data_dir, examples=4096)
+  config.eval_train_examples = 1000
   summary = bbtrain.train_and_evaluate(config, tmp_path, progress=False)
   plan = bbconfig.plan_from_config(config)
   assert plan.batch_sizes == (32, 160, 800)
@@ -80,6 +81,21 @@ def test_mnist1d_trains_well_above_chance_and_logs(data_dir, tmp_path):
   assert {r["batch_size"] for r in train_rows} == {32.0, 160.0, 800.0}
   evals = [r for r in rows if "eval_accuracy" in r]
   assert [round(r["epoch"]) for r in evals] == [2, 4, 6]
+  # the training subset's loss and accuracy: the final model on the first 1,000
+  # training examples, in evaluation mode
+  assert all("train_eval_loss" in r for r in evals)
+  from bigbatch import data, step
+
+  _, state = final_params(tmp_path, config)
+  train = data.load_split(config.dataset, "train")
+  model = bbconfig.model_from_config(config, 10)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits = model.apply(variables, train.inputs[:1000], train=False)
+  loss = float(np.mean(step.cross_entropy(logits, train.labels[:1000])))
+  accuracy = int(np.sum(np.argmax(logits, -1) == train.labels[:1000])) / 1000
+  assert evals[-1]["train_eval_loss"] == pytest.approx(loss, rel=1e-5)
+  assert evals[-1]["train_eval_accuracy"] == pytest.approx(accuracy, abs=1e-9)
+  assert summary["final_train_eval_loss"] == evals[-1]["train_eval_loss"]
   assert list((tmp_path / "tensorboard").iterdir())
   # a checkpoint at every phase boundary and at the end; the last 3 kept
   assert ckpt.Checkpoints(tmp_path / "checkpoints").latest_step() == plan.total_steps
@@ -203,6 +219,7 @@ def test_bad_train_input_gets_one_line_naming_the_field(capsys, data_dir, tmp_pa
     ("--config.model.name=vgg", "model.name: 'vgg' is not one of"),
     ("--config.mesh.fsdp=3", "mesh.fsdp: must divide the 8 devices"),
     ("--config.log_every_steps=0", "log_every_steps: must be a positive number"),
+    ("--config.eval_train_examples=-1", "eval_train_examples: must be >= 0 (0: off)"),
   ]
   for override, message in cases:
     code = main([*base, override])

@@ -123,17 +123,20 @@ def eval_batches(
   batch_size: int,
   local: slice | None = None,
   prefetch: int = 2,
+  num_examples: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """The whole eval split in order, in global batches of `batch_size`.
 
   The last batch is padded and `mask` marks the real examples (1) from the
   padding (0), so nothing is dropped and sums over `mask` are exact.
+  `num_examples` keeps only the first that many examples of `source` (e.g. a
+  fixed subset of the training split, evaluated without augmentation).
 
   Yields:
     `{"inputs", "labels", "mask"}` NumPy arrays of this process's examples.
   """
   local = local or slice(0, batch_size)
-  size = len(source)
+  size = len(source) if num_examples is None else min(len(source), num_examples)
   steps = -(-size // batch_size)
   offsets = np.arange(local.start, local.stop, dtype=np.int64)
 
