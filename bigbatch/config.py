@@ -194,9 +194,7 @@ def with_optimizer_variant(
   """
   variant = variant or "momentum"
   if variant not in OPTIMIZER_VARIANTS:
-    raise ConfigError(
-      f"config variant: {variant!r} is not one of {', '.join(OPTIMIZER_VARIANTS)}"
-    )
+    raise ConfigError(f"config variant: {variant!r} is not one of {', '.join(OPTIMIZER_VARIANTS)}")
   if variant == "nesterov":
     config.optimizer.nesterov = True
   elif variant == "sgd":

@@ -44,4 +44,3 @@ def get_config():
   config.schedule = default_schedule_config("step", boundaries=(60.0, 120.0, 160.0), factor=5.0)
   config.plan = default_plan_config(batch_multiple=128)  # whole ghost batches of 128
   return config
-
