@@ -11,17 +11,24 @@ noisy machine affects both alike. Prints a table and writes `benchmark.json`
    (same model, batch, devices, donation). Target >= 0.97 of its throughput.
 2. phase switch: the first step at a new batch size over a steady step, with
    and without the next phase compiled in the background. Target <= 2x.
-3. input: MNIST-1D pipeline examples/s vs what training consumes. Target >= 3x.
+3. input: pipeline examples/s vs what training consumes, for MNIST-1D
+   (cnn1d) and CIFAR-shaped tfds mock data with crop and flip (wrn16_4).
+   Target >= 3x.
 4. optimizer: bigbatch's sgd_momentum / adam / adamw / amsgrad update vs
    optax's on a ResNet-50-sized parameter tree. Target >= 0.98x optax's speed.
+5. scaling: training examples/s against the per-device batch on 1 and on
+   --cpu-devices devices (cnn1d), each device count in its own process
+   (the count of fake CPU devices is fixed when JAX starts).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +40,10 @@ def parse() -> argparse.Namespace:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
   parser.add_argument("--out", default="docs/benchmarks", help="where results are written")
+  # internal: one device count's scaling measurement, printed as JSON
+  parser.add_argument("--scaling-worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--scaling-batches", default="16,64,256,1024", help=argparse.SUPPRESS)
+  parser.add_argument("--scaling-examples", type=int, default=32768, help=argparse.SUPPRESS)
   return parser.parse_args()
 
 
@@ -181,23 +192,21 @@ def bench_phase_switch(repeats: int, batch_sizes: tuple[int, int]) -> dict:
   return out
 
 
-def bench_input(repeats: int, count: int, batch_size: int) -> dict:
-  """MNIST-1D input pipeline examples/s vs the train step's examples/s."""
-  with tempfile.TemporaryDirectory() as tmp:
-    block = {"name": "mnist1d", "num_train_examples": 50_000, "data_dir": tmp}
-    source = data.load_split(block, "train")
-    spec = data.dataset_spec("mnist1d")
-    rates = []
-    for _ in range(repeats):
-      batches = data.train_batches(
-        source, spec, seed=0, batch_size=batch_size, start_position=0, num_steps=count
-      )
-      start = time.perf_counter()
-      for _ in batches:
-        pass
-      rates.append(count * batch_size / (time.perf_counter() - start))
-  step = bench_step(repeats, count, batch_size)
-  consumed = batch_size / step["a_seconds"]
+def input_rates(source, spec, repeats: int, count: int, batch_size: int) -> list[float]:
+  """Examples/s of the training input pipeline alone (order, lookup, preprocessing)."""
+  rates = []
+  for _ in range(repeats):
+    batches = data.train_batches(
+      source, spec, seed=0, batch_size=batch_size, start_position=0, num_steps=count
+    )
+    start = time.perf_counter()
+    for _ in batches:
+      pass
+    rates.append(count * batch_size / (time.perf_counter() - start))
+  return rates
+
+
+def input_ratio(rates: list[float], consumed: float) -> dict:
   return {
     "input_examples_per_second": statistics.median(rates),
     "train_examples_per_second": consumed,
@@ -205,6 +214,109 @@ def bench_input(repeats: int, count: int, batch_size: int) -> dict:
     "ratio_min": min(rates) / consumed,
     "ratio_max": max(rates) / consumed,
   }
+
+
+def bench_input_cifar(repeats: int, count: int, batch_size: int) -> dict:
+  """CIFAR-shaped tfds mock data (crop + flip) vs a wrn16_4 train step's examples/s."""
+  import tensorflow_datasets as tfds
+
+  with tempfile.TemporaryDirectory() as tmp, tfds.testing.mock_data(num_examples=4096):
+    source = data.load_split({"name": "cifar10", "data_dir": tmp}, "train")
+  spec = data.dataset_spec("cifar10")
+  rates = input_rates(source, spec, repeats, count, batch_size)
+  mesh = shd.make_mesh()
+  ghost = batch_size // jax.device_count()
+  model = create_model("wrn16_4", num_classes=10, ghost_batch_size=ghost)
+  inputs = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  tx = optim.sgd_momentum(0.1, momentum=0.9)
+  state = st.create_train_state(model, tx, inputs, mesh)
+  steps = st.CompiledSteps(
+    st.make_train_step(model, tx, dataset_size=50_000),
+    state,
+    data.example_batch(spec),
+    mesh,
+    ghost_batch_size=ghost,
+  )
+  host = next(
+    iter(
+      data.train_batches(source, spec, seed=0, batch_size=batch_size, start_position=0, num_steps=1)
+    )
+  )
+  batch = shd.global_batch(mesh, host, batch_size)
+  holder = {"state": state}
+
+  def train():
+    holder["state"], metrics = steps(holder["state"], batch)
+    return metrics
+
+  jax.block_until_ready(train())
+  seconds = statistics.median(timed(train, 2) for _ in range(repeats))
+  steps.close()
+  return input_ratio(rates, batch_size / seconds)
+
+
+def bench_input(repeats: int, count: int, batch_size: int) -> dict:
+  """MNIST-1D input pipeline examples/s vs the train step's examples/s."""
+  with tempfile.TemporaryDirectory() as tmp:
+    block = {"name": "mnist1d", "num_train_examples": 50_000, "data_dir": tmp}
+    source = data.load_split(block, "train")
+    rates = input_rates(source, data.dataset_spec("mnist1d"), repeats, count, batch_size)
+  step = bench_step(repeats, count, batch_size)
+  return input_ratio(rates, batch_size / step["a_seconds"])
+
+
+def scaling_worker(per_device: tuple[int, ...], repeats: int, examples: int) -> dict:
+  """Training examples/s of cnn1d at each per-device batch on this process's devices."""
+  devices = jax.device_count()
+  out = {}
+  for size in per_device:
+    mesh, model, inputs, batch = mnist_setup(size * devices)
+    tx = optim.sgd_momentum(0.1, momentum=0.9)
+    state = st.create_train_state(model, tx, inputs, mesh)
+    steps = st.CompiledSteps(
+      st.make_train_step(model, tx, dataset_size=50_000),
+      state,
+      data.example_batch(data.dataset_spec("mnist1d")),
+      mesh,
+      ghost_batch_size=16,
+    )
+    holder = {"state": state}
+
+    def train(steps=steps, holder=holder, batch=batch):
+      holder["state"], metrics = steps(holder["state"], batch)
+      return metrics
+
+    jax.block_until_ready(train())
+    count = max(3, examples // (size * devices))
+    rates = [size * devices / timed(train, count) for _ in range(repeats)]
+    out[str(size)] = statistics.median(rates)
+    steps.close()
+  return out
+
+
+def bench_scaling(rounds: int, per_device: tuple[int, ...], examples: int) -> dict:
+  """Examples/s against the per-device batch, on 1 and on all devices, in alternating
+  processes (1, N, 1, N, ...); median and [min, max] over the rounds."""
+  counts = sorted({1, ARGS.cpu_devices})
+  runs: dict[int, list[dict]] = {n: [] for n in counts}
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  for _ in range(rounds):
+    for n in counts:
+      command = [sys.executable, __file__, "--scaling-worker", "--cpu-devices", str(n)]
+      command += ["--scaling-batches", ",".join(map(str, per_device))]
+      command += ["--scaling-examples", str(examples), "--repeats", "3"]
+      done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+      if done.returncode != 0:
+        raise RuntimeError(f"scaling worker on {n} devices failed: {done.stderr[-2000:]}")
+      runs[n].append(json.loads(done.stdout.strip().splitlines()[-1]))
+  table = {}
+  for size in per_device:
+    row = {}
+    for n in counts:
+      rates = [r[str(size)] for r in runs[n]]
+      row[str(n)] = {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+    table[str(size)] = row
+  return {"devices": counts, "rounds": rounds, "examples_per_second": table}
 
 
 def bench_optimizers(repeats: int, count: int) -> dict:
@@ -247,7 +359,34 @@ def bench_optimizers(repeats: int, count: int) -> dict:
   return out
 
 
+def scaling_table(scaling: dict) -> list[str]:
+  """The scaling results as a markdown table: examples/s per device count."""
+  counts = scaling["devices"]
+  lines = [
+    "",
+    f"5. scaling: cnn1d training examples/s, median [min, max] over {scaling['rounds']} "
+    "alternating processes",
+    "",
+    "| per-device batch | "
+    + " | ".join(f"{n} device{'s' if n > 1 else ''}" for n in counts)
+    + f" | {counts[-1]} / 1 |",
+    "|---" * (len(counts) + 2) + "|",
+  ]
+  for size, row in scaling["examples_per_second"].items():
+    cells = [
+      f"{row[str(n)]['median']:,.0f} [{row[str(n)]['min']:,.0f}, {row[str(n)]['max']:,.0f}]"
+      for n in counts
+    ]
+    ratio = row[str(counts[-1])]["median"] / row["1"]["median"]
+    lines.append(f"| {int(size):,} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+  return lines
+
+
 def main() -> int:
+  if ARGS.scaling_worker:
+    batches = tuple(int(b) for b in ARGS.scaling_batches.split(","))
+    print(json.dumps(scaling_worker(batches, ARGS.repeats, ARGS.scaling_examples)))
+    return 0
   quick = ARGS.quick
   repeats = 2 if quick else ARGS.repeats
   count = 5 if quick else 30
@@ -257,7 +396,11 @@ def main() -> int:
     "step": bench_step(repeats, count, 1024),
     "phase_switch": bench_phase_switch(repeats, (1024, 4096)),
     "input": bench_input(repeats, count, 1024),
+    "input_cifar": bench_input_cifar(repeats, 3 if quick else 20, 16 * jax.device_count()),
     "optimizers": bench_optimizers(repeats, 3 if quick else 10),
+    "scaling": bench_scaling(
+      1 if quick else repeats, (16, 128) if quick else (16, 64, 256, 1024), 2048 if quick else 32768
+    ),
   }
   rows = [
     (
@@ -266,7 +409,18 @@ def main() -> int:
       "throughput_ratio",
       ">= 0.97",
     ),
-    ("3. input: pipeline / training examples per second", results["input"], "ratio", ">= 3"),
+    (
+      "3. input: MNIST-1D pipeline / training examples per second",
+      results["input"],
+      "ratio",
+      ">= 3",
+    ),
+    (
+      "3. input: CIFAR-shaped pipeline / wrn16_4 training examples per second",
+      results["input_cifar"],
+      "ratio",
+      ">= 3",
+    ),
   ]
   for name, r in results["optimizers"].items():
     rows.append((f"4. optimizer {name}: bigbatch / optax speed", r, "speed_ratio", ">= 0.98"))
@@ -285,6 +439,7 @@ def main() -> int:
       f"| 2. phase switch ({mode} compile): first / steady step | "
       f"{r['first_over_steady']:.2f} [{r['min']:.2f}, {r['max']:.2f}] | <= 2 (background) |"
     )
+  lines += scaling_table(results["scaling"])
   table = "\n".join(lines)
   print(table)
   out = pathlib.Path(ARGS.out)
