@@ -29,5 +29,12 @@ def test_benchmark_quick_writes_the_table_and_results(tmp_path):
   ratios = [results["step"]["throughput_ratio"], results["input"]["ratio"]]
   ratios += [r["speed_ratio"] for r in results["optimizers"].values()]
   assert all(0 < r < 100 for r in ratios)
+  cifar = results["input_cifar"]
+  assert cifar["ratio"] == cifar["input_examples_per_second"] / cifar["train_examples_per_second"]
+  scaling = results["scaling"]
+  assert scaling["devices"] == [1, 2] and set(scaling["examples_per_second"]) == {"16", "128"}
+  for row in scaling["examples_per_second"].values():
+    assert all(0 < row[n]["min"] <= row[n]["median"] <= row[n]["max"] for n in ("1", "2"))
   table = (tmp_path / "benchmark.md").read_text()
-  assert table.count("\n| ") == 1 + 8 and "| 1. step:" in table  # header + 8 rows
+  assert table.count("\n| ") == (1 + 9) + (1 + 2) and "| 1. step:" in table
+  assert "| 128 | " in table and "| 2 / 1 |" in table

@@ -2,7 +2,7 @@
 
 usage: python tools/benchmark.py [--cpu-devices 8] [--repeats 5] [--quick] [--out DIR]
 
-Each comparison interleaves the two contenders (A B A B ...) and reports the
+Each comparison interleaves the two contenders (A B B A ...) and reports the
 ratio of their medians with its spread over the repeats, so that a shared,
 noisy machine affects both alike. Prints a table and writes `benchmark.json`
 (and the table as `benchmark.md`) to --out.
@@ -24,6 +24,7 @@ noisy machine affects both alike. Prints a table and writes `benchmark.json`
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import pathlib
@@ -76,9 +77,14 @@ def timed(fn, count: int) -> float:
 def compare(a, b, repeats: int, count: int) -> dict:
   """Interleaved timings of `a` and `b`; ratio = median(b) / median(a) (a's speed over b's)."""
   ta, tb = [], []
-  for _ in range(repeats):
-    ta.append(timed(a, count))
-    tb.append(timed(b, count))
+  for repeat in range(repeats):
+    # A B, then B A: a drift in the machine's speed favours neither
+    if repeat % 2 == 0:
+      ta.append(timed(a, count))
+      tb.append(timed(b, count))
+    else:
+      tb.append(timed(b, count))
+      ta.append(timed(a, count))
   ratios = [y / x for x, y in zip(ta, tb)]
   return {
     "a_seconds": statistics.median(ta),
@@ -136,11 +142,16 @@ def bench_step(repeats: int, count: int, batch_size: int) -> dict:
     return optax.apply_updates(params, updates), new["batch_stats"], opt_state, loss
 
   jitted = jax.jit(plain_step, donate_argnums=(0, 1, 2))
-  plain = {"args": (params, stats, opt_state)}
+  plain = {"args": (params, stats, opt_state), "in_flight": collections.deque()}
 
   def theirs():
+    # At most 2 steps in flight, as CompiledSteps keeps: with many more, fake CPU
+    # devices on few cores can starve XLA's all-reduce rendezvous, which aborts.
+    while len(plain["in_flight"]) >= 2:
+      plain["in_flight"].popleft().block_until_ready()
     *state_out, loss = jitted(*plain["args"], batch)
     plain["args"] = tuple(state_out)
+    plain["in_flight"].append(loss)
     return loss
 
   jax.block_until_ready(ours())
@@ -393,7 +404,7 @@ def main() -> int:
   results = {
     "device": f"{jax.devices()[0].device_kind} x {jax.device_count()}",
     "repeats": repeats,
-    "step": bench_step(repeats, count, 1024),
+    "step": bench_step(repeats, 4 * count, 1024),
     "phase_switch": bench_phase_switch(repeats, (1024, 4096)),
     "input": bench_input(repeats, count, 1024),
     "input_cifar": bench_input_cifar(repeats, 3 if quick else 20, 16 * jax.device_count()),

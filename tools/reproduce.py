@@ -33,7 +33,6 @@ import json
 import pathlib
 import statistics
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -350,7 +349,6 @@ def main() -> int:
   }
   results: dict[str, dict] = {}
   total, done = len(selected) * args.seeds, 0
-  started = time.perf_counter()
   for run in selected:
     per_seed = {}
     for seed in settings["seeds"]:
@@ -364,7 +362,9 @@ def main() -> int:
         flush=True,
       )
     results[run.name] = aggregate(run, per_seed, run.command(common))
-  settings["seconds"] = time.perf_counter() - started
+  settings["train_seconds"] = sum(
+    seed["wall_seconds"] for result in results.values() for seed in result["per_seed"].values()
+  )
   (out / "results.json").write_text(
     json.dumps({"settings": settings, "runs": results}, indent=1) + "\n"
   )
