@@ -107,24 +107,36 @@ def mnist_setup(batch_size: int):
   return mesh, model, inputs, shd.global_batch(mesh, host, batch_size)
 
 
-def bench_step(repeats: int, count: int, batch_size: int) -> dict:
-  """bigbatch's step vs a hand-written jit + optax step, same everything."""
-  mesh, model, inputs, batch = mnist_setup(batch_size)
+def bigbatch_trainer(model, mesh, inputs, spec, batch, ghost_batch_size: int):
+  """bigbatch's compiled train step (sgd_momentum) on a fixed `batch`.
+
+  Returns:
+    `(train, state, steps)`: `train()` runs one step and returns its metrics;
+    `state` is the initial state (donated by the first `train()`); `steps`
+    the `CompiledSteps`, to close.
+  """
   tx = optim.sgd_momentum(0.1, momentum=0.9)
   state = st.create_train_state(model, tx, inputs, mesh)
   steps = st.CompiledSteps(
     st.make_train_step(model, tx, dataset_size=50_000),
     state,
-    data.example_batch(data.dataset_spec("mnist1d")),
+    data.example_batch(spec),
     mesh,
-    ghost_batch_size=16,
+    ghost_batch_size=ghost_batch_size,
   )
   holder = {"state": state}
 
-  def ours():
+  def train():
     holder["state"], metrics = steps(holder["state"], batch)
     return metrics
 
+  return train, state, steps
+
+
+def bench_step(repeats: int, count: int, batch_size: int) -> dict:
+  """bigbatch's step vs a hand-written jit + optax step, same everything."""
+  mesh, model, inputs, batch = mnist_setup(batch_size)
+  ours, state, _ = bigbatch_trainer(model, mesh, inputs, data.dataset_spec("mnist1d"), batch, 16)
   plain_tx = optax.sgd(0.1, momentum=0.9)
   params = jax.device_put(jax.device_get(state.params), shd.replicated(mesh))
   stats = jax.device_put(jax.device_get(state.batch_stats), shd.replicated(mesh))
@@ -239,27 +251,13 @@ def bench_input_cifar(repeats: int, count: int, batch_size: int) -> dict:
   ghost = batch_size // jax.device_count()
   model = create_model("wrn16_4", num_classes=10, ghost_batch_size=ghost)
   inputs = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-  tx = optim.sgd_momentum(0.1, momentum=0.9)
-  state = st.create_train_state(model, tx, inputs, mesh)
-  steps = st.CompiledSteps(
-    st.make_train_step(model, tx, dataset_size=50_000),
-    state,
-    data.example_batch(spec),
-    mesh,
-    ghost_batch_size=ghost,
-  )
   host = next(
     iter(
       data.train_batches(source, spec, seed=0, batch_size=batch_size, start_position=0, num_steps=1)
     )
   )
   batch = shd.global_batch(mesh, host, batch_size)
-  holder = {"state": state}
-
-  def train():
-    holder["state"], metrics = steps(holder["state"], batch)
-    return metrics
-
+  train, _, steps = bigbatch_trainer(model, mesh, inputs, spec, batch, ghost)
   jax.block_until_ready(train())
   seconds = statistics.median(timed(train, 2) for _ in range(repeats))
   steps.close()
@@ -282,21 +280,8 @@ def scaling_worker(per_device: tuple[int, ...], repeats: int, examples: int) -> 
   out = {}
   for size in per_device:
     mesh, model, inputs, batch = mnist_setup(size * devices)
-    tx = optim.sgd_momentum(0.1, momentum=0.9)
-    state = st.create_train_state(model, tx, inputs, mesh)
-    steps = st.CompiledSteps(
-      st.make_train_step(model, tx, dataset_size=50_000),
-      state,
-      data.example_batch(data.dataset_spec("mnist1d")),
-      mesh,
-      ghost_batch_size=16,
-    )
-    holder = {"state": state}
-
-    def train(steps=steps, holder=holder, batch=batch):
-      holder["state"], metrics = steps(holder["state"], batch)
-      return metrics
-
+    spec = data.dataset_spec("mnist1d")
+    train, _, steps = bigbatch_trainer(model, mesh, inputs, spec, batch, 16)
     jax.block_until_ready(train())
     count = max(3, examples // (size * devices))
     rates = [size * devices / timed(train, count) for _ in range(repeats)]
