@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from bigbatch import cli
 from bigbatch import config as bbconfig
+from bigbatch.cli import args as cli_args
 
 ROOT = pathlib.Path(__file__).parents[1]
 TOOL = ROOT / "tools" / "reproduce.py"
@@ -72,7 +72,7 @@ def test_each_printed_command_makes_the_config_the_tool_trains(monkeypatch):
   for run in tool.runs():
     args = shlex.split(run.command(common, seed=2))
     assert args[:2] == ["bigbatch", "train"]
-    parsed = cli._parse("train", args[2:], lambda values: None).config
+    parsed = cli_args.parse("train", args[2:], lambda values: None).config
     assert parsed.to_dict() == tool.make_config(run, common, 2, None).to_dict(), run.name
 
 

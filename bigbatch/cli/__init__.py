@@ -1,0 +1,66 @@
+"""The `bigbatch` command line.
+
+bigbatch plan --config configs/<recipe>.py[:variant] [--config.FIELD=VALUE ...]
+              [--json] [--plot out.png]
+bigbatch train [--config configs/<recipe>.py[:variant]] [--workdir DIR] [--config.FIELD=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from bigbatch.cli.args import fail
+from bigbatch.cli.noise import noise
+from bigbatch.cli.plan import plan, probe
+from bigbatch.cli.train import train
+
+USAGE = """usage: bigbatch COMMAND --config FILE[:VARIANT] [--config.FIELD=VALUE ...] [options]
+
+commands:
+  plan    print the phase plan of a config beside its baseline
+          options: --json (machine-readable), --plot PATH (lr, batch, noise vs epochs)
+          --config.plan.max_batch_size=auto: cap the batch at what the probe measures
+  probe   measure the largest batch whose compiled train step fits in device memory
+          (per-device batch -> bytes needed vs available, and the global cap)
+  noise   draw a run's batch, measured gradient noise scale and planned noise scale
+          against epochs: --workdir DIR [--out PNG] (default DIR/noise.png)
+  train   train a config's plan, resuming from the workdir's latest checkpoint
+          (no --config: MNIST-1D with increasing batch size, on CPU)
+          options: --workdir DIR (default workdir/CONFIG), --noprogress
+
+examples:
+  bigbatch plan --config configs/cifar10_5_2_increase_batch.py
+  bigbatch plan --config configs/cifar10_5_1_increase_batch.py:adam --plot plan.png
+  bigbatch plan --config configs/imagenet_resnet50_8192.py --config.plan.strategy=hybrid \\
+      --config.plan.max_batch_size=16384 --json
+  bigbatch train
+  bigbatch train --config configs/cifar10_5_1_increase_batch.py --workdir runs/cifar \\
+      --config.dataset.data_dir=/data/tfds
+"""
+
+COMMANDS = {"plan": plan, "train": train, "probe": probe, "noise": noise}
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Entry point of the `bigbatch` console script; returns the exit status."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  # TensorFlow's C++ INFO lines (oneDNN, ...) say nothing a user acts on
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(USAGE, end="")
+    return 0 if argv else 2
+  command, args = argv[0], argv[1:]
+  if command not in COMMANDS:
+    return fail(command, f"unknown command; commands: {', '.join(COMMANDS)}")
+  if "-h" in args or "--help" in args:
+    print(USAGE, end="")
+    return 0
+  try:
+    return COMMANDS[command](args)
+  except SystemExit as exit_:
+    return int(exit_.code or 0)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,90 @@
+"""`bigbatch plan` and `bigbatch probe`: a config's phases, and the batch that fits."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import flags
+
+from bigbatch.cli import args
+
+
+def plan(argv: list[str]) -> int:
+  from bigbatch import adaptive, fields, memory, report
+  from bigbatch.config import ConfigError, plan_from_config
+
+  def define(values):
+    args.define_workdir(values)
+    flags.DEFINE_bool("json", False, "print the plan as JSON", flag_values=values)
+    flags.DEFINE_string(
+      "plot", None, "write a PNG of lr, batch, noise vs epochs", flag_values=values
+    )
+
+  values = args.parse("plan", argv, define)
+  try:
+    fields.check_run_fields(values.config)
+    log = (lambda line: print(line, file=sys.stderr)) if values.json else print
+    memory.resolve_max_batch_size(values.config, workdir=args.workdir_of(values, argv), log=log)
+    plan = plan_from_config(values.config)
+  except (ConfigError, memory.ProbeError, ValueError) as error:
+    return args.fail("plan", str(error))
+  bounds = ""
+  if plan.strategy in adaptive.STRATEGIES:
+    settings = adaptive.Settings.from_config(values.config.plan)
+    every = float(values.config.get("eval_every_epochs", 1.0))
+    bounds = adaptive.describe(settings, plan, every)  # of the plan before any decision
+    decided, plan = _decided_so_far(plan, values.workdir)
+    bounds += decided
+  if values.json:
+    print(json.dumps(plan.to_dict(), indent=1))
+  else:
+    print(report.format_plan(plan))
+    if bounds:
+      print(bounds)
+  if values.plot:
+    try:
+      report.plot_plan(plan, values.plot)
+    except OSError as error:
+      return args.fail("plan", f"--plot: cannot write {values.plot}: {error.strerror}")
+    print(f"wrote {values.plot}", file=sys.stderr if values.json else sys.stdout)
+  return 0
+
+
+def _decided_so_far(plan, workdir: str | None):
+  """With `--workdir` of an adaptive run: the plan of the phases its checkpoint has decided."""
+  from bigbatch import adaptive, checkpoint
+
+  directory = pathlib.Path(workdir or "") / "checkpoints"
+  if not workdir or not directory.is_dir():
+    return "", plan
+  checkpoints = checkpoint.Checkpoints(directory)
+  try:
+    latest = checkpoints.latest_step()
+    if latest is None:
+      return "", plan
+    state = checkpoints.record(latest).get("policy") or {}
+  finally:
+    checkpoints.close()
+  decisions = [adaptive.Decision.from_dict(d) for d in state.get("decisions", [])]
+  note = f"\n  decided so far in {workdir}: {len(decisions)} decision(s), up to step {latest:,}"
+  return note, adaptive.plan_from_decisions(plan, decisions)
+
+
+# `bigbatch train` without --config: MNIST-1D, increasing batch size, on CPU.
+
+
+def probe(argv: list[str]) -> int:
+  from bigbatch import data, fields, memory, sharding
+  from bigbatch.config import ConfigError
+
+  values = args.parse("probe", argv, args.define_workdir)
+  try:
+    fields.check_run_fields(values.config)
+    sharding.initialize_distributed(values.config)
+    result = memory.probe_config(values.config, workdir=args.workdir_of(values, argv))
+  except (ConfigError, data.DataError, sharding.ShardingError, memory.ProbeError) as error:
+    return args.fail("probe", str(error))
+  print(memory.format_probe(result))
+  return 0

@@ -1,0 +1,159 @@
+"""`bigbatch train`: a config's plan, trained and evaluated in a workdir."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import threading
+
+from absl import flags
+
+from bigbatch.cli import args
+
+# `bigbatch train` without --config: MNIST-1D, increasing batch size, on CPU.
+DEFAULT_TRAIN_CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "mnist1d_increase_batch.py"
+
+
+def train(argv: list[str]) -> int:
+  from bigbatch import checkpoint, data, fields, sharding
+  from bigbatch import workdir as workdir_lib
+  from bigbatch.config import ConfigError
+
+  if args.config_path(argv) is None:
+    if not DEFAULT_TRAIN_CONFIG.is_file():
+      return args.fail(
+        "train", f"--config: the default {DEFAULT_TRAIN_CONFIG} is missing; pass one"
+      )
+    argv = ["--config", str(DEFAULT_TRAIN_CONFIG), *argv]
+
+  def define(values):
+    flags.DEFINE_string(
+      "workdir",
+      None,
+      "checkpoints, metrics and summary (default: workdir/CONFIG)",
+      flag_values=values,
+    )
+    flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=values)
+
+  values = args.parse("train", argv, define)
+  workdir = values.workdir or os.path.join("workdir", pathlib.Path(args.config_path(argv)).stem)
+  known = (
+    ConfigError,
+    data.DataError,
+    sharding.ShardingError,
+    checkpoint.CheckpointError,
+    workdir_lib.WorkdirError,
+  )
+  try:
+    fields.check_run_fields(values.config)
+    path = workdir_lib.prepare(workdir)
+    sharding.initialize_distributed(values.config)  # before anything touches a device
+  except known as error:
+    return args.fail("train", str(error))
+  from bigbatch.train import NonFiniteLossError, train_and_evaluate
+
+  with _LibraryLog(path) as library:
+    try:
+      train_and_evaluate(values.config, workdir, progress=values.progress)
+    except NonFiniteLossError as error:
+      print(f"bigbatch train: stopped: {error}", file=sys.stderr)
+      return 1
+    except checkpoint.CheckpointSaveError as error:
+      print(f"bigbatch train: stopped: {error}", file=sys.stderr)
+      library.close()
+      _exit_now(EXIT_SAVE_FAILED)
+    except known as error:
+      library.discard()  # a refused start leaves the workdir as it was
+      return args.fail("train", str(error))
+  return 0
+
+
+# Exit statuses of `bigbatch train`: 0 done (or preempted and saved), 1 a
+# non-finite loss, 2 bad input (nothing started), 3 a checkpoint save failed.
+EXIT_SAVE_FAILED = 3
+
+
+def _exit_now(status: int) -> None:
+  """Ends the process at once, after a failed checkpoint save.
+
+  Orbax's save threads then wait for a signal that never comes, and a normal
+  exit joins them forever; a supervisor that restarts a job when it exits
+  would wait with it. Everything bigbatch writes is closed by now.
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
+
+
+class _LibraryLog:
+  """The libraries' Python error records (orbax, tfds, absl) and their threads' tracebacks,
+  kept in WORKDIR/train.log instead of the terminal.
+
+  The terminal keeps bigbatch's own lines, so that an error is the one line that
+  says what went wrong. Records wait in memory and reach the file only when the
+  run ends (or their number grows large): a start refused for bad input
+  discards them, and so leaves the workdir as it was. Everything is put back
+  as it was on exit, so that the command can run again in the same process.
+  """
+
+  def __init__(self, workdir: pathlib.Path):
+    import logging
+    import logging.handlers
+
+    self._logging = logging
+    self._file = logging.FileHandler(workdir / "train.log", delay=True)
+    self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    self._buffer = logging.handlers.MemoryHandler(
+      10_000, flushLevel=logging.CRITICAL + 1, target=self._file, flushOnClose=False
+    )
+    self._buffer.setLevel(logging.ERROR)
+    self._closed = False
+
+  def __enter__(self) -> _LibraryLog:
+    logging = self._logging
+    root = logging.getLogger()
+    terminals = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    self._quieted = [
+      (handler, handler.level)
+      for handler in root.handlers
+      if isinstance(handler, logging.StreamHandler) and handler.stream in terminals
+    ]
+    for handler, _ in self._quieted:
+      handler.setLevel(logging.CRITICAL + 1)
+    self._root_level = root.level
+    root.addHandler(self._buffer)
+    if root.level > logging.WARNING or root.level == logging.NOTSET:
+      root.setLevel(logging.WARNING)
+    library = logging.getLogger("bigbatch.libraries")
+    self._hooks = (threading.excepthook, sys.unraisablehook)
+    threading.excepthook = lambda hook: library.error(
+      "exception in thread %s",
+      hook.thread,
+      exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback),
+    )
+    sys.unraisablehook = lambda hook: library.error(
+      "%s: %s", hook.err_msg or "unraisable exception", hook.exc_value
+    )
+    return self
+
+  def discard(self) -> None:
+    self._buffer.buffer.clear()
+
+  def close(self) -> None:
+    """Writes what was kept and puts the logging and the hooks back as they were."""
+    if self._closed:
+      return
+    self._closed = True
+    threading.excepthook, sys.unraisablehook = self._hooks
+    root = self._logging.getLogger()
+    root.removeHandler(self._buffer)
+    root.setLevel(self._root_level)
+    for handler, level in self._quieted:
+      handler.setLevel(level)
+    self._buffer.flush()
+    self._buffer.close()
+    self._file.close()
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
