@@ -11,157 +11,23 @@ so it falls where the baseline's does whatever the batch size.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from bigbatch import noise
+from bigbatch.phases import Phase, Plan  # where they live; imported from here too
 from bigbatch.schedules import Schedule
 
 STRATEGIES = ("decay_lr", "increase_batch", "hybrid", "accumulate")
 NOISE_RULES = ("approx", "exact")
-SCHEDULED_FIELDS = ("learning_rate", "momentum", "weight_decay", "batch_size")
 
 
 class PlanError(ValueError):
   """Input the planner cannot turn into a plan; the message names the field."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-  """A stretch of training at one batch size.
-
-  Epochs are the nominal boundaries (where the baseline's fall); the phase's
-  first example is the first one at or after `start_epoch * N`. Learning rate
-  and momentum are given at the phase's first and last step; inside the phase
-  they follow `learning_rate_fn` / `momentum_fn` of the step within the phase.
-  The noise scale is the exact `lr (N/B - 1) / (1 - m)` at the first step, and
-  `noise_deviation` its relative difference from the baseline's there.
-  """
-
-  index: int
-  start_epoch: float
-  end_epoch: float
-  first_step: int
-  steps: int
-  first_example: int
-  batch_size: int
-  learning_rate: float
-  final_learning_rate: float
-  momentum: float
-  final_momentum: float
-  weight_decay: float
-  noise_scale: float
-  noise_deviation: float
-  baseline_learning_rate: float
-  baseline_noise_scale: float
-  baseline_steps: int
-  learning_rate_fn: Callable[[Any], Any] = dataclasses.field(repr=False, compare=False)
-  momentum_fn: Callable[[Any], Any] = dataclasses.field(repr=False, compare=False)
-  micro_batches: int = 1
-
-  @property
-  def end_step(self) -> int:
-    """The first step after this phase."""
-    return self.first_step + self.steps
-
-  @property
-  def constant_learning_rate(self) -> bool:
-    return self.learning_rate == self.final_learning_rate
-
-  def to_dict(self) -> dict[str, Any]:
-    return {
-      f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.endswith("_fn")
-    }
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  """Phases of training, with the baseline (fixed batch) they were derived from."""
-
-  phases: tuple[Phase, ...]
-  dataset_size: int
-  epochs: float
-  strategy: str
-  noise_rule: str
-  max_batch_size: int | None
-  baseline_total_steps: int
-  baseline_batch_size: int
-  baseline_learning_rate: float
-  baseline_momentum: float
-  baseline_schedule: Schedule = dataclasses.field(repr=False)
-
-  @property
-  def total_steps(self) -> int:
-    return sum(p.steps for p in self.phases)
-
-  @property
-  def saving(self) -> float:
-    """How many times fewer parameter updates than the baseline."""
-    return self.baseline_total_steps / self.total_steps
-
-  @property
-  def noise_deviations(self) -> tuple[float, ...]:
-    return tuple(p.noise_deviation for p in self.phases)
-
-  @property
-  def batch_sizes(self) -> tuple[int, ...]:
-    """The distinct batch sizes, in order of first use."""
-    return tuple(dict.fromkeys(p.batch_size for p in self.phases))
-
-  def baseline_at(self, epoch) -> tuple[np.ndarray, np.ndarray]:
-    """The baseline's learning rate and momentum at `epoch` (array-like)."""
-    epoch = np.asarray(epoch, np.float64)
-    return (
-      self.baseline_learning_rate * self.baseline_schedule.multiplier(epoch),
-      self.baseline_schedule.momentum(epoch, self.baseline_momentum),
-    )
-
-  def phase_at(self, step: int) -> Phase:
-    """The phase containing `step` (the last phase for steps past the end)."""
-    if step < 0:
-      raise ValueError(f"step must be >= 0, got {step}")
-    starts = [p.first_step for p in self.phases]
-    return self.phases[int(np.searchsorted(starts, step, side="right")) - 1]
-
-  def schedule(self, name: str) -> optax.Schedule:
-    """An optax schedule (step -> value) of one field, across all phases.
-
-    Args:
-      name: one of `learning_rate`, `momentum`, `weight_decay`, `batch_size`.
-
-    Returns:
-      A function of the global step that is jit-compatible: the value of the
-      phase containing the step, from that phase's within-phase schedule.
-    """
-    if name not in SCHEDULED_FIELDS:
-      raise ValueError(f"plan field {name!r} is not one of {', '.join(SCHEDULED_FIELDS)}")
-    if name == "learning_rate":
-      parts = [p.learning_rate_fn for p in self.phases]
-    elif name == "momentum":
-      parts = [p.momentum_fn for p in self.phases]
-    else:
-      parts = [optax.constant_schedule(getattr(p, name)) for p in self.phases]
-    return optax.join_schedules(parts, [p.first_step for p in self.phases[1:]])
-
-  def to_dict(self) -> dict[str, Any]:
-    return {
-      "phases": [p.to_dict() for p in self.phases],
-      "total_steps": self.total_steps,
-      "baseline_total_steps": self.baseline_total_steps,
-      "saving": self.saving,
-      "dataset_size": self.dataset_size,
-      "epochs": self.epochs,
-      "strategy": self.strategy,
-      "noise_rule": self.noise_rule,
-      "max_batch_size": self.max_batch_size,
-      "baseline_batch_size": self.baseline_batch_size,
-    }
 
 
 def _check(condition: bool, field: str, message: str) -> None:
@@ -291,6 +157,136 @@ def _phase_fn(values: Callable, start_epoch: float, epochs_per_step: float, scal
   return fn
 
 
+def _choose_batches(
+  schedule: Schedule,
+  epochs: float,
+  strategy: str,
+  min_phase_epochs: float,
+  *,
+  n: int,
+  b0: int,
+  exact: bool,
+  max_batch_size: int | None,
+  batch_multiple: int,
+) -> list[tuple[float, int]]:
+  """Each phase's first epoch and batch (see `plan_phases`).
+
+  The batch is rounded down to a multiple, so the learning rate that matches
+  the noise scale never exceeds its running peak.
+  """
+  cuts = _cut_points(schedule, epochs, strategy, min_phase_epochs)
+  peaks = _running_peak(schedule, epochs, [t for t, _ in cuts])
+  capped = max_batch_size is not None and strategy != "accumulate"
+  largest = min(max_batch_size, n) if capped else n
+  largest -= largest % batch_multiple
+  phases: list[tuple[float, int]] = []
+  batch = b0
+  for (epoch, forced), peak in zip(cuts, peaks):
+    current = float(schedule.multiplier(epoch))
+    ratio = current / peak if peak > 0 else 1.0
+    new_batch = batch
+    if strategy != "decay_lr":
+      target = noise.batch_noise_factor(n, b0, exact) * ratio
+      ideal = noise.batch_size_for_noise_factor(n, target, exact) if ratio > 0 else math.inf
+      floor = (
+        math.floor(ideal / batch_multiple * (1 + 1e-9)) * batch_multiple
+        if math.isfinite(ideal)
+        else math.inf
+      )
+      if strategy == "accumulate" and math.isfinite(floor) and floor > max_batch_size:
+        floor -= floor % max_batch_size  # whole micro-batches of the cap
+      new_batch = max(batch, floor)
+      if new_batch > largest:
+        _check(
+          strategy == "hybrid",
+          "strategy",
+          f"increase_batch needs batch {ideal:,.0f} at epoch {epoch:g}, above "
+          + (
+            f"max_batch_size={max_batch_size}"
+            if max_batch_size is not None and max_batch_size <= n
+            else f"the dataset size {n:,}"
+          )
+          + "; use strategy 'hybrid' (then the learning rate takes the rest)",
+        )
+        new_batch = largest
+    if forced or new_batch != batch or not phases:
+      phases.append((epoch, new_batch))
+    batch = new_batch
+  return phases
+
+
+def _phases(
+  chosen: list[tuple[float, int]],
+  schedule: Schedule,
+  epochs: float,
+  *,
+  n: int,
+  b0: int,
+  exact: bool,
+  learning_rate: float,
+  momentum: float,
+  weight_decay: float,
+  micro_batch: int | None,
+) -> list[Phase]:
+  """The chosen (first epoch, batch) pairs as phases of whole steps, boundaries where the
+  baseline's fall; `micro_batch`: accumulate over micro-batches of this size."""
+
+  def lr_values(epoch, xp):
+    return learning_rate * schedule.multiplier(epoch, xp)
+
+  def momentum_values(epoch, xp):
+    return schedule.momentum(epoch, momentum, xp)
+
+  result, consumed, step = [], 0, 0
+  ends = [p[0] for p in chosen[1:]] + [epochs]
+  for (start, batch), end in zip(chosen, ends):
+    # Whatever part of a change of the noise scale the batch did not take
+    # (rises, the cap, rounding), the learning rate takes.
+    scale = noise.batch_noise_factor(n, b0, exact) / noise.batch_noise_factor(n, batch, exact)
+    start_example, end_example = round(start * n), round(end * n)
+    steps = -(-(end_example - consumed) // batch)
+    if steps <= 0:  # shorter than one batch: the previous phase already covered it
+      continue
+    first_epoch, per_step = consumed / n, batch / n
+    lr_fn = _phase_fn(lr_values, first_epoch, per_step, scale)
+    m_fn = _phase_fn(momentum_values, first_epoch, per_step, 1.0)
+    last_epoch = first_epoch + (steps - 1) * per_step
+    lr, lr_end = (scale * float(lr_values(e, np)) for e in (first_epoch, last_epoch))
+    mom, mom_end = (float(momentum_values(e, np)) for e in (first_epoch, last_epoch))
+    if schedule.constant_between(first_epoch, last_epoch + per_step):
+      lr_fn, m_fn = optax.constant_schedule(lr), optax.constant_schedule(mom)
+    base_lr = float(lr_values(first_epoch, np))  # the baseline's, at the same example
+    g = lr * noise.batch_noise_factor(n, batch) / (1.0 - mom)
+    g_base = base_lr * noise.batch_noise_factor(n, b0) / (1.0 - mom)
+    result.append(
+      Phase(
+        index=len(result),
+        start_epoch=start,
+        end_epoch=end,
+        first_step=step,
+        steps=steps,
+        first_example=consumed,
+        batch_size=batch,
+        learning_rate=lr,
+        final_learning_rate=lr_end,
+        momentum=mom,
+        final_momentum=mom_end,
+        weight_decay=float(weight_decay),
+        noise_scale=g,
+        noise_deviation=g / g_base - 1.0 if g_base > 0 else 0.0,
+        baseline_learning_rate=base_lr,
+        baseline_noise_scale=g_base,
+        baseline_steps=-(-end_example // b0) - (-(-start_example // b0)),
+        learning_rate_fn=lr_fn,
+        momentum_fn=m_fn,
+        micro_batches=-(-batch // micro_batch) if micro_batch else 1,
+      )
+    )
+    consumed += steps * batch
+    step += steps
+  return result
+
+
 def plan_phases(
   *,
   dataset_size: int,
@@ -360,109 +356,29 @@ def plan_phases(
   _validate(**locals())  # every argument, by name
   schedule = schedule or Schedule()
   n, b0 = int(dataset_size), int(batch_size)
-  exact = noise_rule == "exact"
-  min_phase_epochs = min_phase_epochs or epochs / 10
-
-  def nu(batch):  # the batch's part of the noise scale, under the planning rule
-    return noise.batch_noise_factor(n, batch, exact)
-
-  def lr_values(epoch, xp):
-    return learning_rate * schedule.multiplier(epoch, xp)
-
-  def momentum_values(epoch, xp):
-    return schedule.momentum(epoch, momentum, xp)
-
-  cuts = _cut_points(schedule, float(epochs), strategy, min_phase_epochs)
-  peaks = _running_peak(schedule, float(epochs), [t for t, _ in cuts])
-  capped = max_batch_size is not None and strategy != "accumulate"
-  largest = min(max_batch_size, n) if capped else n
-  largest -= largest % batch_multiple
-
-  # Choose each phase's batch. The batch is rounded down to a multiple, so the
-  # learning rate that matches the noise scale never exceeds its running peak.
-  phases: list[tuple[float, int]] = []
-  batch = b0
-  for (epoch, forced), peak in zip(cuts, peaks):
-    current = float(schedule.multiplier(epoch))
-    ratio = current / peak if peak > 0 else 1.0
-    new_batch = batch
-    if strategy != "decay_lr":
-      ideal = noise.batch_size_for_noise_factor(n, nu(b0) * ratio, exact) if ratio > 0 else math.inf
-      floor = (
-        math.floor(ideal / batch_multiple * (1 + 1e-9)) * batch_multiple
-        if math.isfinite(ideal)
-        else math.inf
-      )
-      if strategy == "accumulate" and math.isfinite(floor) and floor > max_batch_size:
-        floor -= floor % max_batch_size  # whole micro-batches of the cap
-      new_batch = max(batch, floor)
-      if new_batch > largest:
-        _check(
-          strategy == "hybrid",
-          "strategy",
-          f"increase_batch needs batch {ideal:,.0f} at epoch {epoch:g}, above "
-          + (
-            f"max_batch_size={max_batch_size}"
-            if max_batch_size is not None and max_batch_size <= n
-            else f"the dataset size {n:,}"
-          )
-          + "; use strategy 'hybrid' (then the learning rate takes the rest)",
-        )
-        new_batch = largest
-    if forced or new_batch != batch or not phases:
-      phases.append((epoch, new_batch))
-    batch = new_batch
-
-  # Turn epochs into examples and steps; boundaries fall where the baseline's do.
-  result, consumed, step = [], 0, 0
-  ends = [p[0] for p in phases[1:]] + [float(epochs)]
-  for (start, batch), end in zip(phases, ends):
-    # Whatever part of a change of the noise scale the batch did not take
-    # (rises, the cap, rounding), the learning rate takes.
-    scale = nu(b0) / nu(batch)
-    start_example, end_example = round(start * n), round(end * n)
-    steps = -(-(end_example - consumed) // batch)
-    if steps <= 0:  # shorter than one batch: the previous phase already covered it
-      continue
-    first_epoch, per_step = consumed / n, batch / n
-    lr_fn = _phase_fn(lr_values, first_epoch, per_step, scale)
-    m_fn = _phase_fn(momentum_values, first_epoch, per_step, 1.0)
-    last_epoch = first_epoch + (steps - 1) * per_step
-    lr, lr_end = (scale * float(lr_values(e, np)) for e in (first_epoch, last_epoch))
-    mom, mom_end = (float(momentum_values(e, np)) for e in (first_epoch, last_epoch))
-    if schedule.constant_between(first_epoch, last_epoch + per_step):
-      lr_fn, m_fn = optax.constant_schedule(lr), optax.constant_schedule(mom)
-    base_lr = float(lr_values(first_epoch, np))  # the baseline's, at the same example
-    g = lr * noise.batch_noise_factor(n, batch) / (1.0 - mom)
-    g_base = base_lr * noise.batch_noise_factor(n, b0) / (1.0 - mom)
-    result.append(
-      Phase(
-        index=len(result),
-        start_epoch=start,
-        end_epoch=end,
-        first_step=step,
-        steps=steps,
-        first_example=consumed,
-        batch_size=batch,
-        learning_rate=lr,
-        final_learning_rate=lr_end,
-        momentum=mom,
-        final_momentum=mom_end,
-        weight_decay=float(weight_decay),
-        noise_scale=g,
-        noise_deviation=g / g_base - 1.0 if g_base > 0 else 0.0,
-        baseline_learning_rate=base_lr,
-        baseline_noise_scale=g_base,
-        baseline_steps=-(-end_example // b0) - (-(-start_example // b0)),
-        learning_rate_fn=lr_fn,
-        momentum_fn=m_fn,
-        micro_batches=(
-          -(-batch // max_batch_size) if strategy == "accumulate" and max_batch_size else 1
-        ),
-      )
-    )
-    consumed += steps * batch
-    step += steps
+  chosen = _choose_batches(
+    schedule,
+    float(epochs),
+    strategy,
+    min_phase_epochs or epochs / 10,
+    n=n,
+    b0=b0,
+    exact=noise_rule == "exact",
+    max_batch_size=max_batch_size,
+    batch_multiple=batch_multiple,
+  )
+  result = _phases(
+    chosen,
+    schedule,
+    float(epochs),
+    n=n,
+    b0=b0,
+    exact=noise_rule == "exact",
+    learning_rate=learning_rate,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    micro_batch=max_batch_size if strategy == "accumulate" else None,
+  )
   return Plan(
     phases=tuple(result),
     dataset_size=n,
