@@ -143,6 +143,7 @@ def initial_plan(plan: Plan, strategy: str, learning_rate: float) -> Plan:
     first,
     end_epoch=plan.epochs,
     steps=-(-round(plan.epochs * plan.dataset_size) // first.batch_size),
+    baseline_steps=plan.baseline_total_steps,
     final_learning_rate=first.learning_rate,
     final_momentum=first.momentum,
     learning_rate_fn=optax.constant_schedule(first.learning_rate),
@@ -165,8 +166,11 @@ def plan_from_decisions(initial: Plan, decisions: list[Decision]) -> Plan:
   for index, (step, position, batch, lr, epoch) in enumerate(starts):
     if index + 1 < len(starts):
       steps, end_epoch = starts[index + 1][0] - step, starts[index + 1][4]
+      until = starts[index + 1][1]
     else:
       steps, end_epoch = -(-(end_example - position) // batch), initial.epochs
+      until = end_example
+    b0 = initial.baseline_batch_size  # the baseline's steps over the same examples
     g = lr * noise.batch_noise_factor(n, batch) / (1.0 - first.momentum)
     phases.append(
       dataclasses.replace(
@@ -182,6 +186,7 @@ def plan_from_decisions(initial: Plan, decisions: list[Decision]) -> Plan:
         final_learning_rate=lr,
         noise_scale=g,
         noise_deviation=g / first.noise_scale - 1.0 if first.noise_scale else 0.0,
+        baseline_steps=-(-until // b0) - (-(-position // b0)),
         learning_rate_fn=optax.constant_schedule(lr),
       )
     )

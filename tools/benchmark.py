@@ -10,7 +10,10 @@ noisy machine affects both alike. Prints a table and writes `benchmark.json`
 1. step: bigbatch's compiled train step vs a minimal `jax.jit` + optax step
    (same model, batch, devices, donation). Target >= 0.97 of its throughput.
 2. phase switch: the first step at a new batch size over a steady step, with
-   and without the next phase compiled in the background. Target <= 2x.
+   and without the next phase compiled in the background, and for a switch
+   decided while training (adaptive plans: the batch the next decision
+   would choose compiled in the background, the learning rate changed in the
+   optimizer's state). Target <= 2x.
 3. input: pipeline examples/s vs what training consumes, for MNIST-1D
    (cnn1d) and CIFAR-shaped tfds mock data with crop and flip (wrn16_4).
    Target >= 3x.
@@ -150,41 +153,76 @@ def bench_step(repeats: int, count: int, batch_size: int) -> dict:
   return result
 
 
+def _switch_ratio(mode: str, batch_sizes: tuple[int, int]) -> float:
+  """One phase switch: the first step at the new batch over a steady one.
+
+  `decided` is a switch chosen during training (an adaptive plan): the batch
+  comes from `adaptive.next_phase`, is compiled in the background as the
+  trainer does, and the learning rate changes in the optimizer's state.
+  """
+  from bigbatch import adaptive
+
+  mesh, model, inputs, small = mnist_setup(batch_sizes[0])
+  tx = optim.sgd_momentum(0.1, momentum=0.9)
+  state = st.create_train_state(model, tx, inputs, mesh)
+  steps = st.CompiledSteps(
+    st.make_train_step(model, tx), state, data.example_batch(data.dataset_spec("mnist1d")), mesh
+  )
+  state, m = steps(state, small)
+  jax.block_until_ready(m)
+  next_batch, next_lr = batch_sizes[1], 0.1
+  if mode == "decided":
+    settings = adaptive.Settings("plateau", factor=batch_sizes[1] / batch_sizes[0])
+    phase = adaptive.initial_plan(bbconfig_plan(batch_sizes[0]), "plateau", 0.1).phases[0]
+    next_batch, next_lr = adaptive.next_phase(settings, phase, 50_000)
+  big = mnist_setup(next_batch)[3]
+  if mode != "foreground":
+    steps.prefetch(next_batch)
+  # the current phase trains for 3 s (a real phase lasts minutes) while, with
+  # background compilation, the next phase's step compiles
+  deadline = time.perf_counter() + 3.0
+  while time.perf_counter() < deadline:
+    state, m = steps(state, small)
+  jax.block_until_ready(m)
+  start = time.perf_counter()
+  if mode == "decided":
+    state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, learning_rate=next_lr))
+  state, m = steps(state, big)
+  jax.block_until_ready(m)
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(5):
+    state, m = steps(state, big)
+  jax.block_until_ready(m)
+  steady = (time.perf_counter() - start) / 5
+  steps.close()
+  return first / steady
+
+
+def bbconfig_plan(batch_size: int):
+  """A one-phase MNIST-1D plan at `batch_size` (the base an adaptive plan decides from)."""
+  from bigbatch import config as bbconfig
+
+  configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  config = bbconfig.load_sibling(str(configs / "mnist1d_base.py"), "mnist1d_base").get_config()
+  config.batch_size = batch_size
+  return bbconfig.plan_from_config(config)
+
+
+SWITCH_LABELS = {
+  "foreground": "foreground compile",
+  "background": "background compile",
+  "decided": "decided while training",
+}
+
+
 def bench_phase_switch(repeats: int, batch_sizes: tuple[int, int]) -> dict:
-  """First step at a new batch size over a steady step, with and without prefetch."""
+  """First step at a new batch size over a steady step: compiled at the switch, compiled in
+  the background, and decided while training (background compile + a new learning rate)."""
   out = {}
-  for background in (False, True):
-    ratios = []
-    for _ in range(repeats):
-      mesh, model, inputs, small = mnist_setup(batch_sizes[0])
-      big = mnist_setup(batch_sizes[1])[3]
-      tx = optim.sgd_momentum(0.1, momentum=0.9)
-      state = st.create_train_state(model, tx, inputs, mesh)
-      steps = st.CompiledSteps(
-        st.make_train_step(model, tx), state, data.example_batch(data.dataset_spec("mnist1d")), mesh
-      )
-      state, m = steps(state, small)
-      jax.block_until_ready(m)
-      if background:
-        steps.prefetch(batch_sizes[1])
-      # the current phase trains for 3 s (a real phase lasts minutes) while, with
-      # background compilation, the next phase's step compiles
-      deadline = time.perf_counter() + 3.0
-      while time.perf_counter() < deadline:
-        state, m = steps(state, small)
-      jax.block_until_ready(m)
-      start = time.perf_counter()
-      state, m = steps(state, big)
-      jax.block_until_ready(m)
-      first = time.perf_counter() - start
-      start = time.perf_counter()
-      for _ in range(5):
-        state, m = steps(state, big)
-      jax.block_until_ready(m)
-      steady = (time.perf_counter() - start) / 5
-      ratios.append(first / steady)
-      steps.close()
-    out["background" if background else "foreground"] = {
+  for mode in ("foreground", "background", "decided"):
+    ratios = [_switch_ratio(mode, batch_sizes) for _ in range(repeats)]
+    out[mode] = {
       "first_over_steady": statistics.median(ratios),
       "min": min(ratios),
       "max": max(ratios),
@@ -414,7 +452,7 @@ def main() -> int:
     )
   for mode, r in results["phase_switch"].items():
     lines.append(
-      f"| 2. phase switch ({mode} compile): first / steady step | "
+      f"| 2. phase switch ({SWITCH_LABELS[mode]}): first / steady step | "
       f"{r['first_over_steady']:.2f} [{r['min']:.2f}, {r['max']:.2f}] | <= 2 (background) |"
     )
   lines += scaling_table(results["scaling"])

@@ -1,0 +1,247 @@
+"""Phases decided while training, against fixed plans, on MNIST-1D.
+
+usage: python tools/study_adaptive.py [--seeds 3] [--epochs 20] [--only SUBSTRING ...]
+                                      [--workdir workdir/reproduce] [--out docs/results/adaptive]
+
+The same setting as tools/reproduce.py (MNIST-1D at CIFAR-10 size, `cnn1d`,
+momentum SGD, 20 epochs, evaluation every epoch) and the same step structure.
+Five schedules, each measuring B_simple over half an epoch of examples:
+
+- the fixed `decay_lr` and `increase_batch` plans (noise scale / 5 at epochs
+  6, 12 and 16), with the gradient noise scale B_simple measured in the step;
+- `plateau` (the batch grows x5 at a plateau of the smoothed training loss),
+  `plateau_lr` (the learning rate falls / 5 there: ReduceLROnPlateau) and
+  `noise` (the batch grows x5 when the measured B_simple passes the batch),
+  from configs/mnist1d_plateau.py, mnist1d_plateau_lr.py and
+  mnist1d_noise.py: none of them is told where the schedule's steps are.
+
+Writes results.json, results.md (the table and the measured-vs-planned
+table) and two figures to --out: `noise.png` (the measured B_simple of the
+fixed plans against their batch) and `adaptive.png` (accuracy and loss
+against epochs and updates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import reproduce  # the sibling tool: runs, configs, training, figures
+
+FIXED = ("fixed/decay_lr", "fixed/increase_batch")
+RUNS = (
+  reproduce.Run("fixed/decay_lr", "decaying lr (fixed)", "mnist1d_decay_lr.py", None),
+  reproduce.Run(
+    "fixed/increase_batch", "increasing batch (fixed)", "mnist1d_increase_batch.py", None
+  ),
+  reproduce.Run("adaptive/plateau", "plateau: batch grows", "mnist1d_plateau.py", None),
+  reproduce.Run("adaptive/plateau_lr", "plateau: lr decays", "mnist1d_plateau_lr.py", None),
+  reproduce.Run("adaptive/noise", "measured noise scale", "mnist1d_noise.py", None),
+)
+# Every run measures B_simple over half an epoch of examples: at a tenth (the
+# default) the estimate of |G|² at batch 128 is mostly noise once the loss is
+# small, and a decision needs a number it can trust.
+STUDY_FIELDS = {"noise.horizon_epochs": 0.5}
+
+
+def read_rows(workdir: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def per_epoch_noise(rows: list[dict], epochs: int) -> dict[str, list[float]]:
+  """The batch used and the measured B_simple at the end of each epoch (last row before it)."""
+  train = [r for r in rows if "batch_size" in r and "grad_noise_scale" in r]
+  out = {"epoch": [], "batch": [], "measured": []}
+  for epoch in range(1, epochs + 1):
+    before = [r for r in train if r["epoch"] <= epoch + 1e-9]
+    if before:
+      out["epoch"].append(epoch)
+      out["batch"].append(before[-1]["batch_size"])
+      out["measured"].append(before[-1]["grad_noise_scale"])
+  return out
+
+
+def decisions(rows: list[dict]) -> list[dict]:
+  """The decisions an adaptive run logged: step, epoch, batch, lr, reason."""
+  out = []
+  for row in rows:
+    if "decision_batch_size" in row:
+      out.append(
+        {
+          "step": row["step"],
+          "epoch": row["decision_position"] / 50_000,
+          "batch_size": row["decision_batch_size"],
+          "learning_rate": row["decision_learning_rate"],
+          "reason": row["decision_reason"],
+          "measurement": row["decision_measurement"],
+        }
+      )
+  return out
+
+
+def train_one(run: reproduce.Run, common: dict, seed: int, args) -> dict:
+  where = (
+    pathlib.Path(args.workdir) / f"e{args.epochs}" / run.name.replace("/", "_") / f"seed{seed}"
+  )
+  result = reproduce.train(run, reproduce.make_config(run, common, seed, args.data_dir), where)
+  rows = read_rows(where)
+  result["noise"] = per_epoch_noise(rows, args.epochs)
+  result["decisions"] = decisions(rows)
+  return result
+
+
+def _geomean(values: list[float]) -> float:
+  return statistics.geometric_mean(values) if values else float("nan")
+
+
+def noise_table(results: dict[str, dict]) -> list[str]:
+  """Measured B_simple (geometric mean over seeds) beside the planned batch, per epoch."""
+  lines = [
+    "| epoch | "
+    + " | ".join(f"{results[n]['label']}: batch / measured B_simple" for n in FIXED)
+    + " |",
+    "|---|" + "---|" * len(FIXED),
+  ]
+  first = results[FIXED[0]]["per_seed"]
+  epochs = next(iter(first.values()))["noise"]["epoch"]
+  for i, epoch in enumerate(epochs):
+    cells = []
+    for name in FIXED:
+      seeds = list(results[name]["per_seed"].values())
+      measured = _geomean([s["noise"]["measured"][i] for s in seeds])
+      cells.append(f"{seeds[0]['noise']['batch'][i]:,} / {measured:,.0f}")
+    lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def decision_lines(results: dict[str, dict]) -> list[str]:
+  lines = []
+  for name, result in results.items():
+    if not name.startswith("adaptive/"):
+      continue
+    for seed, values in result["per_seed"].items():
+      said = ", ".join(
+        f"epoch {d['epoch']:.1f}: batch {d['batch_size']:,} lr {d['learning_rate']:.3g}"
+        for d in values["decisions"]
+      )
+      lines.append(f"- {result['label']}, seed {seed}: {said or 'no decision'}")
+  return lines
+
+
+def tables(results: dict[str, dict], settings: dict) -> str:
+  head = "| schedule | test accuracy (mean ± std) | train loss | updates | fewer | wall s |"
+  base = results.get("fixed/decay_lr", next(iter(results.values())))["updates"]
+  lines = [
+    f"MNIST-1D, 50,000 training examples, `cnn1d`, momentum SGD, {settings['epochs']} "
+    f"epochs, seeds {settings['seeds']}, {settings['device']}. Updates: the mean over "
+    "seeds (adaptive runs decide their own); fewer: decaying lr's updates over the run's.",
+    "",
+    head,
+    "|---|---|---|---|---|---|",
+  ]
+  for result in results.values():
+    lines.append(reproduce._row(result, base))
+  if all(n in results for n in FIXED):
+    lines += ["", "**Measured B_simple against the planned batch** (end of each epoch)", ""]
+    lines += noise_table(results)
+  said = decision_lines(results)
+  if said:
+    lines += ["", "**Decisions**", "", *said]
+  return "\n".join(lines)
+
+
+def noise_figure(results: dict[str, dict], path: pathlib.Path) -> None:
+  """The fixed plans' batch and measured B_simple against epochs (log scale)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+  for color, name in zip(("C0", "C1"), FIXED):
+    if name not in results:
+      continue
+    seeds = list(results[name]["per_seed"].values())
+    epochs = seeds[0]["noise"]["epoch"]
+    measured = [_geomean([s["noise"]["measured"][i] for s in seeds]) for i in range(len(epochs))]
+    label = results[name]["label"]
+    ax.plot(epochs, measured, "o-", color=color, label=f"{label}: measured B_simple")
+    ax.plot(epochs, seeds[0]["noise"]["batch"], "--", color=color, label=f"{label}: batch")
+  ax.set_yscale("log")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("examples")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  ax.set_title("Measured gradient noise scale against the planned batch (MNIST-1D)")
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def aggregate(run: reproduce.Run, per_seed: dict[int, dict], command: str) -> dict:
+  """reproduce.aggregate, with updates averaged (adaptive runs differ by seed)."""
+  result = reproduce.aggregate(run, per_seed, command)
+  result["updates"] = round(statistics.fmean(s["updates"] for s in per_seed.values()))
+  return result
+
+
+def parse() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--epochs", type=int, default=20)
+  parser.add_argument("--only", nargs="*", default=(), help="runs whose name contains these")
+  parser.add_argument("--workdir", default="workdir/adaptive")
+  parser.add_argument("--data-dir", default=None)
+  parser.add_argument("--out", default="docs/results/adaptive")
+  args = parser.parse_args()
+  if args.seeds < 1:
+    parser.error(f"--seeds: must be >= 1, got {args.seeds}")
+  if args.epochs < 2:
+    parser.error(f"--epochs: must be >= 2, got {args.epochs}")
+  return args
+
+
+def main() -> int:
+  args = parse()
+  import jax
+
+  selected = [r for r in RUNS if not args.only or any(p in r.name for p in args.only)]
+  common = {**reproduce.common_fields(args.epochs), **STUDY_FIELDS}
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  devices = jax.devices()
+  settings = {
+    "epochs": args.epochs,
+    "seeds": list(range(args.seeds)),
+    "device": f"{devices[0].platform} x {len(devices)}",
+    "jax": jax.__version__,
+  }
+  results = {}
+  for run in selected:
+    per_seed = {}
+    for seed in settings["seeds"]:
+      per_seed[seed] = train_one(run, common, seed, args)
+      print(
+        f"{run.name} seed {seed}: test accuracy {per_seed[seed]['accuracy']:.4f}, "
+        f"{per_seed[seed]['updates']:,} updates",
+        flush=True,
+      )
+    results[run.name] = aggregate(run, per_seed, run.command(common))
+  (out / "results.json").write_text(
+    json.dumps({"settings": settings, "runs": results}, indent=1) + "\n"
+  )
+  text = tables(results, settings)
+  (out / "results.md").write_text(text + "\n")
+  print(text)
+  noise_figure(results, out / "noise.png")
+  title = f"Fixed and adaptive phases on MNIST-1D, momentum SGD ({args.epochs} epochs)"
+  reproduce.figure(results, [r.name for r in selected], title, out / "adaptive.png")
+  print(f"wrote {out}/results.json, results.md, noise.png and adaptive.png", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
