@@ -177,8 +177,10 @@ class Checkpoints:
   def path(self, step: int) -> pathlib.Path:
     return self.directory / str(step)
 
-  def save(self, step: int, state: Any, record: Mapping[str, Any]) -> None:
+  def save(self, step: int, state: Any, record: Mapping[str, Any], *, fault: str = "save") -> None:
     """Saves `state` and the JSON `record` as checkpoint `step` (no-op if it exists).
+
+    `fault` names the `bigbatch.faults` point reached once the save is issued.
 
     Raises:
       CheckpointSaveError: naming the directory and the cause, if this save
@@ -200,7 +202,7 @@ class Checkpoints:
       # a failure of the save still in flight surfaces here, at the next one
       unfinished = previous is not None and previous not in self._manager.all_steps()
       raise self._save_failed(previous if unfinished else step, error) from None
-    faults.point("save", step)
+    faults.point(fault, step)
 
   def _save_failed(self, step: int | None, error: BaseException) -> CheckpointSaveError:
     self._failed = True

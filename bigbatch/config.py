@@ -178,8 +178,10 @@ def set_run_fields(
   persistent cache; unset) and `eval_train_examples` (0: off; K > 0: each
   evaluation also measures the loss and accuracy of the first K training
   examples, unaugmented, logged as `train_eval_loss` and
-  `train_eval_accuracy`). Checkpoints are also saved at every phase boundary
-  and at the end; evaluation covers the whole test split.
+  `train_eval_accuracy`), `snapshots` ("auto": keep the model at the end of
+  each cycle when the schedule restarts, see `bigbatch.snapshots`; "on"; "off").
+  Checkpoints are also saved at every phase boundary and at the end;
+  evaluation covers the whole test split.
   """
   config.compute_dtype = "auto"
   config.label_smoothing = 0.0
@@ -192,6 +194,7 @@ def set_run_fields(
   config.log_every_steps = 50
   config.checkpoint_every_steps = int(checkpoint_every_steps)
   config.keep_checkpoints = 3
+  config.snapshots = "auto"
   config.background_compile = True
   config.noise = default_noise_config()
   config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
@@ -447,8 +450,12 @@ def train_step_from_config(
   optimizer: optax.GradientTransformation,
   plan: Plan,
   mesh: Mesh,
+  *,
+  normalisation: Any = None,
 ) -> tuple[Any, bool]:
   """The config's train step on `mesh`, and whether it measures the gradient noise scale.
+
+  `normalisation` is the dataset's `DatasetSpec.device_normalisation`.
 
   The step takes each device's gradient on its own examples (and so can
   measure the noise scale) when batch norm never needs examples of two
@@ -470,5 +477,6 @@ def train_step_from_config(
     mesh=mesh if per_device else None,
     measure_noise=measure,
     noise_horizon=horizon if measure else None,
+    normalisation=normalisation,
   )
   return step, measure

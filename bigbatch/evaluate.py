@@ -26,7 +26,7 @@ class Evaluator:
     self.batch_size = int(run.config.eval_batch_size)
     self.train_examples = int(run.config.get("eval_train_examples", 0))
     self._steps = st.CompiledSteps(
-      st.make_eval_step(run.model),
+      st.make_eval_step(run.model, normalisation=run.spec.device_normalisation),
       state,
       {**data.example_batch(run.spec), "mask": jax.ShapeDtypeStruct((), np.int32)},
       run.mesh,
@@ -34,18 +34,10 @@ class Evaluator:
     )
 
   def _measure(self, state, source, prefix: str, num_examples: int | None = None):
-    mesh, size = self.run.mesh, self.batch_size
-    totals = {"correct": 0, "loss": 0.0, "count": 0}
-    batches = data.eval_batches(
-      source,
-      self.run.spec,
-      batch_size=size,
-      local=shd.process_batch_slice(mesh, size),
-      num_examples=num_examples,
+    run = self.run
+    totals = split_sums(
+      self._steps, state, source, run.spec, run.mesh, self.batch_size, num_examples
     )
-    for batch in batches:
-      sums = jax.device_get(self._steps(state, shd.global_batch(mesh, batch, size)))
-      totals = {key: totals[key] + sums[key] for key in totals}
     count = max(int(totals["count"]), 1)
     return {
       f"{prefix}_accuracy": float(totals["correct"]) / count,
@@ -60,3 +52,37 @@ class Evaluator:
 
   def close(self) -> None:
     self._steps.close()
+
+
+def split_sums(
+  steps: st.CompiledSteps,
+  state: Any,
+  source: Any,
+  spec: data.DatasetSpec,
+  mesh: Any,
+  batch_size: int,
+  num_examples: int | None = None,
+) -> dict[str, Any]:
+  """An eval step's sums (`correct`, `loss`, `count`) over a split, or its first examples.
+
+  Args:
+    steps: the compiled eval step, returning sums over a batch's real examples.
+    state: what the step evaluates (a train state, or anything it takes).
+    source: the split (`data.load_split`).
+    spec: the dataset's spec.
+    mesh: the mesh the step runs on.
+    batch_size: the global eval batch.
+    num_examples: only the split's first that many examples (None: all).
+  """
+  totals = {"correct": 0, "loss": 0.0, "count": 0}
+  batches = data.eval_batches(
+    source,
+    spec,
+    batch_size=batch_size,
+    local=shd.process_batch_slice(mesh, batch_size),
+    num_examples=num_examples,
+  )
+  for batch in batches:
+    sums = jax.device_get(steps(state, shd.global_batch(mesh, batch, batch_size)))
+    totals = {key: totals[key] + sums[key] for key in totals}
+  return totals

@@ -13,9 +13,10 @@ costs one comparison.
 Points: `startup` (workdir locked, nothing restored), `step` (after an
 update is dispatched), `save` (a checkpoint save issued and still being
 written in the background), `decision` (an adaptive strategy decided and
-switched, the checkpoint of the decision not saved), `final_eval` (the final evaluation
-logged, the final checkpoint not saved), `summary` (the final checkpoint
-saved, `summary.json` not written).
+switched, the checkpoint of the decision not saved), `snapshot` (a cycle's
+snapshot saved, the checkpoint of its step not yet), `final_eval` (the final
+evaluation logged, the final checkpoint not saved), `summary` (the final
+checkpoint saved, `summary.json` not written).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("startup", "step", "save", "decision", "final_eval", "summary")
+POINTS = ("startup", "step", "save", "decision", "snapshot", "final_eval", "summary")
 ENV = "BIGBATCH_FAULT"
 
 

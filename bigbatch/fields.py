@@ -90,6 +90,7 @@ RUN_FIELDS: dict[str, _Check] = {
   "log_every_steps": integer(1),
   "checkpoint_every_steps": integer(1),
   "keep_checkpoints": integer(1),
+  "snapshots": one_of("auto", "on", "off"),
   "background_compile": boolean,
   "dataset.num_train_examples": integer(1),
   "dataset.generator_seed": integer(0),

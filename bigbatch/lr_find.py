@@ -121,7 +121,12 @@ class Suggestion(NamedTuple):
 
 
 def suggest(
-  rates: Sequence[float], smoothed: Sequence[float], *, factor: float = 4.0, rise: float = 0.1
+  rates: Sequence[float],
+  smoothed: Sequence[float],
+  *,
+  factor: float = 4.0,
+  rise: float = 0.1,
+  skip_start: int = 0,
 ) -> Suggestion:
   """Reads the learning rates off a range test's smoothed loss.
 
@@ -144,11 +149,18 @@ def suggest(
   the top of Smith's useful range, typically a little past `minimum`;
   `minimum / 10` is fastai's safer pick.
 
+  The first `skip_start` steps are not read for the steepest descent and the
+  minimum: there the debiased average is still mostly the first few losses,
+  whose batch-to-batch noise looks like a steep fall. fastai's `lr_find`
+  skips the first tenth of its steps likewise. At least the last three
+  steps before the divergence are always read.
+
   Args:
     rates: the learning rate of each step, increasing.
     smoothed: the smoothed loss of each step (`smooth`).
     factor: the divergence factor (fastai: 4).
     rise: the relative rise that ends the stable range.
+    skip_start: steps at the start not read for `steepest` and `minimum`.
 
   Returns:
     A `Suggestion`.
@@ -164,16 +176,19 @@ def suggest(
     raise ValueError(f"smoothed: needs one loss per rate ({len(rates)}), got {smoothed.shape}")
   if not rise > 0:
     raise ValueError(f"rise: must be positive, got {rise!r}")
+  if isinstance(skip_start, bool) or not isinstance(skip_start, int) or skip_start < 0:
+    raise ValueError(f"skip_start: must be an integer >= 0, got {skip_start!r}")
   diverged = _first_rise(smoothed, factor)
   if diverged < 3:
     raise ValueError(
       f"smoothed: the loss diverges at step {diverged}, before three steps to read a slope "
       "from; start the test at a smaller rate"
     )
-  log_rates, losses = np.log(rates[:diverged]), smoothed[:diverged]
-  steepest = int(np.argmin(np.gradient(losses, log_rates)))
-  lowest = int(np.argmin(losses))
-  stable = _first_rise(losses, 1.0 + rise) - 1
+  first = min(skip_start, diverged - 3)
+  log_rates, losses = np.log(rates[first:diverged]), smoothed[first:diverged]
+  steepest = first + int(np.argmin(np.gradient(losses, log_rates)))
+  lowest = first + int(np.argmin(losses))
+  stable = _first_rise(smoothed[:diverged], 1.0 + rise) - 1
   return Suggestion(
     steepest=float(rates[steepest]),
     minimum=float(rates[lowest]),

@@ -268,6 +268,7 @@ def probe_config(
       "model": config.model.to_dict(),
       "ghost": ghost,
       "input": spec.input_shape,
+      "input_dtype": spec.input_dtype.name,
       "optimizer": config.optimizer.name,
       "dtype": str(config.get("compute_dtype", "auto")),
       "backend": jax.default_backend(),
@@ -292,7 +293,9 @@ def probe_config(
     lambda: st.init_train_state(model, optimizer, inputs, jax.random.key(0))
   )
   state = st.abstract_state(shardings, abstract)
-  train_step, _ = bbconfig.train_step_from_config(config, model, optimizer, plan, mesh)
+  train_step, _ = bbconfig.train_step_from_config(
+    config, model, optimizer, plan, mesh, normalisation=spec.device_normalisation
+  )
   steps = st.CompiledSteps(
     train_step, state, data.example_batch(spec), mesh, ghost_batch_size=ghost
   )

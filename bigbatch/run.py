@@ -151,7 +151,9 @@ def set_up(config, workdir: pathlib.Path, devices, say) -> Run:
     state = st.create_train_state(
       model, optimizer, inputs, mesh, seed=int(config.seed), fsdp_min_size=fsdp_min
     )
-  train_step, measures_noise = bbconfig.train_step_from_config(config, model, optimizer, plan, mesh)
+  train_step, measures_noise = bbconfig.train_step_from_config(
+    config, model, optimizer, plan, mesh, normalisation=parts["spec"].device_normalisation
+  )
   initial, policy = plan, None
   if plan.strategy in adaptive.STRATEGIES:  # the phases decided so far, from the checkpoint
     settings = adaptive.Settings.from_config(config.plan)

@@ -28,7 +28,9 @@ unsharded one up to the order of floating-point sums.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import math
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -37,6 +39,9 @@ import jax.numpy as jnp
 import optax
 from jax.tree_util import Partial
 
+from bigbatch import checkpoint as ckpt
+from bigbatch import saved
+from bigbatch.inputs import Normalisation, model_inputs
 from bigbatch.step import cross_entropy
 
 # Keskar et al.'s two box sizes (their tables report both).
@@ -79,10 +84,12 @@ class _EvalLoss:
   # measurement instead of compiling it again (jit keys on the function).
   model: nn.Module
   label_smoothing: float = 0.0
+  normalisation: tuple | None = None  # hashed with the rest: tuples only
 
   def __call__(self, batch_stats: Any, batch: Mapping[str, jax.Array], params: Any) -> jax.Array:
     variables = {"params": params, "batch_stats": batch_stats}
-    logits = self.model.apply(variables, batch["inputs"], train=False)
+    inputs = model_inputs(batch["inputs"], self.normalisation)
+    logits = self.model.apply(variables, inputs, train=False)
     losses = cross_entropy(logits, batch["labels"], self.label_smoothing)
     if "mask" not in batch:
       return jnp.mean(losses)
@@ -96,6 +103,7 @@ def model_loss(
   batch: Mapping[str, jax.Array],
   *,
   label_smoothing: float = 0.0,
+  normalisation: Normalisation | None = None,
 ) -> Partial:
   """The mean training loss of `model` on `batch`, as a function of the parameters.
 
@@ -111,13 +119,18 @@ def model_loss(
       `mask` (1 for a real example, 0 for padding, left out of the mean).
       Arrays may be sharded (`sharding.global_batch`).
     label_smoothing: as in training (`step.cross_entropy`).
+    normalisation: for uint8 inputs, the dataset's (mean, std)
+      (`DatasetSpec.device_normalisation`), as in the train step.
 
   Returns:
     `loss_fn(params) -> scalar`, the mean cross-entropy over the (real)
     examples, as a `jax.tree_util.Partial` holding `batch_stats` and `batch`.
   """
   keys = ("inputs", "labels", "mask") if "mask" in batch else ("inputs", "labels")
-  return Partial(_EvalLoss(model, label_smoothing), batch_stats, {key: batch[key] for key in keys})
+  if normalisation is not None:
+    normalisation = tuple(tuple(float(v) for v in part) for part in normalisation)
+  loss = _EvalLoss(model, float(label_smoothing), normalisation)
+  return Partial(loss, batch_stats, {key: batch[key] for key in keys})
 
 
 def _as_pytree(loss_fn: Callable[[Any], jax.Array]) -> Partial:
@@ -309,3 +322,92 @@ def epsilon_sharpness(
   if not learning_rate > 0:
     raise ValueError(f"learning_rate: must be positive, got {learning_rate!r}")
   return _box_ascent(_as_pytree(loss_fn), params, epsilon, steps, learning_rate, key)
+
+
+class SharpnessInputError(ValueError):
+  """A workdir, step or setting a measurement cannot use; the message names the flag."""
+
+
+def at_checkpoint(
+  workdir: str | pathlib.Path,
+  *,
+  step: int | None = None,
+  examples: int = 2048,
+  epsilon: float = 1e-3,
+  iterations: int = 20,
+  devices: Sequence[jax.Device] | None = None,
+) -> dict[str, Any]:
+  """Both measures at a checkpoint of a run, on its first `examples` training examples.
+
+  The examples are the first positions of the training split, unaugmented
+  (the same set at every step and on any number of devices), split over the
+  devices; the parameters are placed as the trainer places them. The loss is
+  the run's own (its label smoothing), with batch norm's running averages.
+  Nothing is written into the workdir.
+
+  Args:
+    workdir: the run's workdir.
+    step: which checkpoint (default: the latest).
+    examples: how many training examples the loss covers.
+    epsilon: Keskar's box size (`epsilon_sharpness`).
+    iterations: the most Hessian-vector products of the power iteration,
+      and the ascent steps of the box search.
+    devices: the devices of the mesh (default: all).
+
+  Returns:
+    `step`, `examples`, `epsilon`, `loss`, `eigenvalue`, `eigen_iterations`,
+    `converged`, `sharpness` (percent) and `max_loss`.
+
+  Raises:
+    SharpnessInputError: naming `--workdir`, `--step` or `--examples`.
+    CheckpointError: the checkpoint cannot be read back as written.
+  """
+  for name, value in (("examples", examples), ("iterations", iterations)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise SharpnessInputError(f"--{name}: must be a positive whole number, got {value!r}")
+  if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
+    raise SharpnessInputError("--epsilon: must be a positive number (Keskar's: 1e-3, 5e-4)")
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    raise SharpnessInputError(f"--workdir: {directory} does not exist: no run has saved there")
+  checkpoints = ckpt.Checkpoints(directory)
+  try:
+    steps = checkpoints.all_steps()
+    if not steps:
+      raise SharpnessInputError(f"--workdir: {directory} holds no checkpoint")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise SharpnessInputError(
+        f"--step: no checkpoint at step {step} in {directory}; steps: {', '.join(map(str, steps))}"
+      )
+    config = saved.config_from_record(checkpoints.record(step))
+    size = int(config.dataset.num_train_examples)
+    if examples > size:
+      raise SharpnessInputError(
+        f"--examples: must be at most the {size:,} examples of the training split, got {examples}"
+      )
+    setup = saved.set_up(config, devices)
+    state = checkpoints.restore(step, saved.state_target(setup))
+  finally:
+    checkpoints.close()
+  loss_fn = model_loss(
+    setup.model,
+    state.batch_stats,
+    saved.training_subset(setup, examples),
+    label_smoothing=float(config.get("label_smoothing", 0.0)),
+    normalisation=setup.spec.device_normalisation,
+  )
+  top = hessian_top_eigenvalue(loss_fn, state.params, iterations=iterations)
+  box = epsilon_sharpness(loss_fn, state.params, epsilon=float(epsilon), steps=iterations)
+  top, box = jax.device_get((top, box))
+  return {
+    "step": step,
+    "examples": examples,
+    "epsilon": float(epsilon),
+    "loss": float(box.loss),
+    "eigenvalue": float(top.value),
+    "eigen_iterations": int(top.iterations),
+    "converged": bool(top.converged),
+    "sharpness": float(box.sharpness),
+    "max_loss": float(box.max_loss),
+  }

@@ -6,8 +6,9 @@ donated state and compiles it once for each batch size a plan uses, the
 next phase's in the background while the current one trains.
 
 A batch is a dict of arrays with the examples on the leading axis:
-`inputs` (any shape), `labels` (int32 class indices) and, for evaluation,
-`mask` (1 for a real example, 0 for padding).
+`inputs` (any shape; uint8 images are normalised on the device, see
+`bigbatch.inputs`), `labels` (int32 class indices) and, for evaluation, `mask`
+(1 for a real example, 0 for padding).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from jax.sharding import Mesh
 from bigbatch import gradients as gn
 from bigbatch import sharding as shd
 from bigbatch.accumulate import accumulate
+from bigbatch.inputs import Normalisation, model_inputs
 from bigbatch.optim import current_hyperparams, state_shardings
 
 Batch = Mapping[str, Any]
@@ -166,6 +168,27 @@ def create_train_state(
   return init(jax.random.key(seed))
 
 
+def _micro_batch_count(batch_size: int, micro_batch_size: int | None, data_shards: int) -> int:
+  if not micro_batch_size or batch_size <= micro_batch_size:
+    return 1
+  if batch_size % micro_batch_size or micro_batch_size % data_shards:
+    raise ValueError(
+      f"micro_batch_size: batch {batch_size} is not whole micro-batches of "
+      f"{micro_batch_size} split over {data_shards} devices"
+    )
+  return batch_size // micro_batch_size
+
+
+def _hyper_metrics(opt_state, dataset_size: int | None, batch_size: int) -> dict[str, jax.Array]:
+  """The learning rate and momentum the optimizer holds, and the noise scale they give."""
+  hyper = current_hyperparams(opt_state)
+  out = {k: jnp.asarray(hyper[k], jnp.float32) for k in ("learning_rate", "momentum") if k in hyper}
+  if dataset_size and "learning_rate" in out:
+    momentum = out.get("momentum", 0.0)
+    out["noise_scale"] = out["learning_rate"] * (dataset_size / batch_size - 1.0) / (1.0 - momentum)
+  return out
+
+
 def make_train_step(
   model: nn.Module,
   optimizer: optax.GradientTransformation,
@@ -177,6 +200,7 @@ def make_train_step(
   mesh: Mesh | None = None,
   measure_noise: bool = False,
   noise_horizon: float | None = None,
+  normalisation: Normalisation | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The pure train step of `model` and `optimizer`.
 
@@ -203,6 +227,8 @@ def make_train_step(
       smoothed B_simple, |G|^2 and tr(S)) to its metrics and keeps the
       smoothing in `state.noise`.
     noise_horizon: the smoothing's horizon in examples (needed to measure).
+    normalisation: the (mean, std) that uint8 inputs are normalised with on
+      the device (`DatasetSpec.device_normalisation`); float inputs ignore it.
 
   Returns:
     `train_step(state, batch) -> (state, metrics)`; metrics are scalars:
@@ -216,7 +242,9 @@ def make_train_step(
   def grad_fn(params, state_stats, batch):
     def loss_fn(params):
       variables = {"params": params, "batch_stats": state_stats}
-      logits, updates = model.apply(variables, batch["inputs"], train=True, mutable=["batch_stats"])
+      # per micro-batch: a float32 copy of the whole batch would be 4x its uint8 bytes
+      inputs = model_inputs(batch["inputs"], normalisation)
+      logits, updates = model.apply(variables, inputs, train=True, mutable=["batch_stats"])
       losses = cross_entropy(logits, batch["labels"], label_smoothing)
       correct = jnp.argmax(logits, -1) == batch["labels"]  # no gradient flows through it
       # One reduction for both sums: over a sharded batch each reduction is a
@@ -252,14 +280,7 @@ def make_train_step(
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     batch_size = batch["labels"].shape[0]
-    count = 1
-    if micro_batch_size and batch_size > micro_batch_size:
-      if batch_size % micro_batch_size or micro_batch_size % data_shards:
-        raise ValueError(
-          f"micro_batch_size: batch {batch_size} is not whole micro-batches of "
-          f"{micro_batch_size} split over {data_shards} devices"
-        )
-      count = batch_size // micro_batch_size
+    count = _micro_batch_count(batch_size, micro_batch_size, data_shards)
     (loss, (correct, batch_stats)), grads, pieces, noise = gradient(state, batch, count)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -272,15 +293,7 @@ def make_train_step(
       "update_norm": optax.tree.norm(updates),
       "param_norm": optax.tree.norm(params),
     }
-    hyper = current_hyperparams(opt_state)
-    for key in ("learning_rate", "momentum"):
-      if key in hyper:
-        metrics[key] = jnp.asarray(hyper[key], jnp.float32)
-    if dataset_size and "learning_rate" in hyper:
-      momentum = metrics.get("momentum", 0.0)
-      metrics["noise_scale"] = (
-        metrics["learning_rate"] * (dataset_size / batch_size - 1.0) / (1.0 - momentum)
-      )
+    metrics |= _hyper_metrics(opt_state, dataset_size, batch_size)
     smoothed = state.noise
     if measure_noise:
       sq_norm, trace = gn.estimates(
@@ -301,9 +314,11 @@ def make_train_step(
 
 
 def make_eval_step(
-  model: nn.Module,
+  model: nn.Module, *, normalisation: Normalisation | None = None
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
   """The eval step: exact sums over the real (mask 1) examples of a batch.
+
+  `normalisation` is as in `make_train_step`.
 
   Returns:
     `eval_step(state, batch) -> {"correct", "loss", "count"}`: correct
@@ -313,7 +328,7 @@ def make_eval_step(
 
   def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = model.apply(variables, batch["inputs"], train=False)
+    logits = model.apply(variables, model_inputs(batch["inputs"], normalisation), train=False)
     mask = batch.get("mask")
     if mask is None:
       mask = jnp.ones(batch["labels"].shape, jnp.int32)

@@ -13,7 +13,9 @@ metrics row up to a checkpoint's step is on disk before that checkpoint is
 saved, a resumed run drops the rows after its checkpoint and writes them
 again, and the final checkpoint carries the final evaluation, so a finished
 run started again changes nothing. Each checkpoint also carries the run's
-time so far, so the summary describes the whole run across restarts.
+time so far, so the summary describes the whole run across restarts. With a
+restarting schedule the model at the end of each cycle is kept apart
+(`bigbatch.snapshots`), before the checkpoint of its step.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ import tqdm
 
 from bigbatch import adaptive, data, faults, noise, optim
 from bigbatch import sharding as shd
+from bigbatch import snapshots as snaps
 from bigbatch import step as st
 from bigbatch import workdir as wd
+from bigbatch.clock import Clock
 from bigbatch.evaluate import Evaluator
 from bigbatch.planner import Phase, Plan
 from bigbatch.report import format_batch_arithmetic, format_plan, format_summary
@@ -58,91 +62,19 @@ def _position(plan: Plan, step: int) -> int:
   return phase.first_example + (step - phase.first_step) * phase.batch_size
 
 
-_NOTES = ("grad_noise_scale",)  # per-phase values a checkpoint carries besides the times
-
-
-class Clock:
-  """The run's time and steps per phase, summed over every process that ran it.
-
-  The totals up to a checkpoint travel in its record (`elapsed`); a resumed
-  run starts from them. Time spent after the last checkpoint by a process that
-  died is not counted: that work is done again and counted then.
-  """
-
-  def __init__(self, plan: Plan, elapsed: Mapping[str, Any] | None):
-    elapsed = elapsed or {}
-    self.started = time.perf_counter()
-    self.sessions = int(elapsed.get("sessions", 0)) + 1
-    self._wall = float(elapsed.get("wall_seconds", 0.0))
-    # by phase index: the plan's phases, and any an adaptive run decided before
-    self._base: dict[int, dict[str, Any]] = {}
-    for phase in plan.phases:
-      self._entry(phase.index, phase.batch_size)
-    for saved in elapsed.get("phases", []):
-      entry = self._entry(int(saved["phase"]), int(saved["batch_size"]))
-      for key in ("steps", "seconds", "compile_seconds", *_NOTES):
-        if key in saved:
-          entry[key] = saved[key]
-    self._session: dict[int, dict[str, float]] = {}
-    self._current: tuple[int, int, float] | None = None  # phase, first step, start time
-    self._notes: dict[int, dict[str, float]] = {}
-
-  def _entry(self, phase: int, batch_size: int) -> dict[str, Any]:
-    empty = {"steps": 0, "seconds": 0.0, "compile_seconds": 0.0}
-    return self._base.setdefault(phase, {"phase": phase, "batch_size": batch_size, **empty})
-
-  def note(self, phase: int, key: str, value: float) -> None:
-    """Records a value of a phase (the latest wins), kept in the totals across restarts."""
-    self._notes.setdefault(phase, {})[key] = value
-
-  def start_phase(self, phase: int, step: int, batch_size: int) -> None:
-    self._entry(phase, batch_size)
-    self._current = (phase, step, time.perf_counter())
-
-  def end_phase(self, step: int) -> None:
-    phase, first, started = self._current
-    session = self._session.setdefault(phase, {"steps": 0, "seconds": 0.0})
-    session["steps"] += step - first
-    session["seconds"] += time.perf_counter() - started
-    self._current = None
-
-  def totals(self, step: int, compiles: Sequence[st.CompileRecord] = ()) -> dict[str, Any]:
-    """Sessions, wall seconds and per-phase steps, seconds and compile seconds up to `step`."""
-    first_phase_of: dict[int, int] = {}
-    for index in sorted(self._base):
-      first_phase_of.setdefault(self._base[index]["batch_size"], index)
-    compile_seconds: dict[int, float] = {}
-    for record in compiles:  # a batch size compiles once, for the first phase that has it
-      if record.batch_size in first_phase_of:  # (a prefetched batch no phase has yet waits)
-        index = first_phase_of[record.batch_size]
-        compile_seconds[index] = compile_seconds.get(index, 0.0) + record.seconds
-    session = {index: dict(entry) for index, entry in self._session.items()}
-    if self._current is not None:  # the phase in progress, up to `step`
-      phase, first, started = self._current
-      now = session.setdefault(phase, {"steps": 0, "seconds": 0.0})
-      now["steps"] += step - first
-      now["seconds"] += time.perf_counter() - started
-    phases = []
-    for index in sorted(self._base):
-      base, now = self._base[index], session.get(index, {"steps": 0, "seconds": 0.0})
-      phases.append(
-        {
-          **base,
-          "steps": base["steps"] + now["steps"],
-          "seconds": base["seconds"] + now["seconds"],
-          "compile_seconds": base["compile_seconds"] + compile_seconds.get(index, 0.0),
-          **self._notes.get(index, {}),
-        }
-      )
-    wall = self._wall + time.perf_counter() - self.started
-    return {"sessions": self.sessions, "wall_seconds": wall, "phases": phases}
-
-
 class _Loop:
   """The phase loop: steps, logs, evaluations and checkpoints of one process's share of a run."""
 
-  def __init__(self, run: Run, clock: Clock, logs: MetricsLog, bar: tqdm.tqdm):
+  def __init__(
+    self,
+    run: Run,
+    clock: Clock,
+    logs: MetricsLog,
+    bar: tqdm.tqdm,
+    snapshots: snaps.Keeper | None = None,
+  ):
     self.run, self.plan, self.clock, self.logs, self.bar = run, run.plan, clock, logs, bar
+    self.snapshots = snapshots
     config = run.config
     self.steps = st.CompiledSteps(
       run.train_step,
@@ -299,6 +231,7 @@ class _Loop:
       state, metrics = self.steps(state, shd.global_batch(mesh, batch, batch_size))
       step += 1
       faults.point("step", step)
+      self._snapshot(state, step)
       self.bar.update(1)
       self._pending.append((step, phase, metrics))
       end_of_phase, last = step == phase.end_step, step == plan.total_steps
@@ -318,6 +251,15 @@ class _Loop:
       if self.preempted or _preemption_sync(step) or step == stop_at_step:
         return state, step, "stopped"
     return state, step, "done"
+
+  def _snapshot(self, state, step: int) -> None:
+    """Keeps the snapshot of a cycle that ends at `step`, before any checkpoint of the step."""
+    if self.snapshots is None:
+      return
+    position = _position(self.plan, step)
+    cycle = self.snapshots.due(_position(self.plan, step - 1), position)
+    if cycle is not None:
+      self.snapshots.save(state, step, position, cycle)
 
   def _apply(self, state, decision: adaptive.Decision):
     """Switches to the decided phase: learning rate, plan, logs, and a checkpoint here."""
@@ -356,6 +298,8 @@ class _Loop:
   def close(self) -> None:
     self.steps.close()
     self.evaluate.close()
+    if self.snapshots is not None:
+      self.snapshots.close()
 
 
 def _summary(run: Run, status: str, step: int, elapsed: Mapping[str, Any], final) -> dict:
@@ -392,7 +336,8 @@ def train_and_evaluate(
 
   Args:
     config: a training config (see `configs/`).
-    workdir: checkpoints, `metrics.jsonl`, TensorBoard events, `summary.json`.
+    workdir: checkpoints, `metrics.jsonl`, TensorBoard events, `summary.json`,
+      and with a restarting schedule the snapshots of its cycles (`bigbatch.snapshots`).
     devices: the devices of the mesh (default: all).
     stop_at_step: stop there as if preempted (checkpoint, then return).
     progress: show a progress bar.
@@ -416,9 +361,15 @@ def train_and_evaluate(
   lock = wd.Lock(workdir) if jax.process_index() == 0 else None
   try:
     faults.point("startup")
+    snapshot_epochs = snaps.snapshot_epochs(config)
     run = set_up(config, workdir, devices, say)
+    keeper = None
+    if snapshot_epochs:
+      keeper = snaps.Keeper(
+        workdir / "snapshots", snapshot_epochs, run.plan.dataset_size, run.config
+      )
     try:
-      return _train(run, stop_at_step=stop_at_step, progress=progress)
+      return _train(run, keeper, stop_at_step=stop_at_step, progress=progress)
     finally:
       run.checkpoints.close()
   finally:
@@ -426,7 +377,9 @@ def train_and_evaluate(
       lock.release()
 
 
-def _train(run: Run, *, stop_at_step: int | None, progress: bool) -> dict[str, Any]:
+def _train(
+  run: Run, keeper: snaps.Keeper | None, *, stop_at_step: int | None, progress: bool
+) -> dict[str, Any]:
   plan, say = run.plan, run.say
   step = int(jax.device_get(run.state.step))
   clock = Clock(plan, (run.record or {}).get("elapsed"))
@@ -462,7 +415,7 @@ def _train(run: Run, *, stop_at_step: int | None, progress: bool) -> dict[str, A
     dynamic_ncols=True,
     file=sys.stderr,
   )
-  loop = _Loop(run, clock, logs, bar)
+  loop = _Loop(run, clock, logs, bar, keeper)
   previous_handler = None
   if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: loop.preempted.append(True))

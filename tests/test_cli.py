@@ -38,6 +38,12 @@ RECIPES = {
   "mnist1d_hybrid.py:sgd": 6_876,
   "mnist1d_increase_batch.py:adam": 5_776,
   "mnist1d_increase_batch.py": 5_776,
+  # adaptive: the plan before any decision (a decision can only shorten it)
+  "mnist1d_plateau.py": 15_625,
+  "mnist1d_plateau_lr.py": 15_625,
+  "mnist1d_noise.py": 15_625,
+  "mnist1d_sign.py": 15_625,
+  "mnist1d_sign.py:add_sign": 15_625,
 }
 
 

@@ -1,6 +1,7 @@
 """ImageNet input: per-batch reads in reader processes, decoding only the crop, equal to
-the whole-image pipeline it replaced (same examples, order, crops, flips and pixels), on
-JPEGs prepared by tfds's own imagenet2012 builder."""
+the whole-image pipeline it replaced (same examples, order, crops, flips and pixels, now
+rounded to uint8 and normalised on the device), on JPEGs prepared by tfds's own
+imagenet2012 builder."""
 
 import io
 import os
@@ -9,13 +10,14 @@ import shlex
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
 from array_record.python import array_record_module
 from PIL import Image
 
-from bigbatch import data
+from bigbatch import data, inputs
 from bigbatch.data import preprocess, records
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tools"))
@@ -48,7 +50,8 @@ def _decoded(source):
 
 
 def _previous_train(image, seed, size=224):
-  """The training preprocessing before per-batch reads: whole image, tf.slice, resize."""
+  """The training preprocessing before per-batch reads (whole image, tf.slice, resize): the
+  float pixels it normalised."""
   box_seed, flip_seed = preprocess.stream_seeds(seed, 2)
   begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
     tf.shape(image),
@@ -62,8 +65,7 @@ def _previous_train(image, seed, size=224):
   )
   image = tf.image.resize(tf.slice(image, begin, box), [size, size], method="bicubic")
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  mean, std = preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD
-  return preprocess.normalise(tf.clip_by_value(image, 0.0, 255.0), mean, std).numpy()
+  return tf.clip_by_value(image, 0.0, 255.0).numpy()
 
 
 def _previous_eval(image, size=224):
@@ -71,8 +73,22 @@ def _previous_eval(image, size=224):
   scale = round(size * 256 / 224) / tf.reduce_min(shape)
   image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), method="bicubic")
   image = tf.image.resize_with_crop_or_pad(image, size, size)
+  return tf.clip_by_value(image, 0.0, 255.0).numpy()
+
+
+def _host_normalised(pixels):
+  """How the previous pipeline normalised, on the host."""
   mean, std = preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD
-  return preprocess.normalise(tf.clip_by_value(image, 0.0, 255.0), mean, std).numpy()
+  return preprocess.normalise(tf.constant(pixels, tf.float32), mean, std).numpy()
+
+
+def _check_pixels(batch, pixels):
+  """`batch` (uint8) is `pixels` rounded, and normalised on the device it is the host's
+  normalisation of them, within half a pixel level."""
+  np.testing.assert_array_equal(batch, np.round(pixels))
+  device = np.asarray(inputs.model_inputs(jnp.asarray(batch), (MEAN, STD)))
+  np.testing.assert_allclose(device, _host_normalised(np.round(pixels)), rtol=0, atol=ROUNDING)
+  np.testing.assert_allclose(device, _host_normalised(pixels), rtol=0, atol=HALF_LEVEL + ROUNDING)
 
 
 def _train(source, spec, batch_size, start, steps, seed=3):
@@ -92,6 +108,8 @@ def _train(source, spec, batch_size, start, steps, seed=3):
 # bigbatch's ImageNet normalisation multiplies where the previous one divided: equal up to
 # float32 rounding, far below a pixel level (1 / (255 * 0.229) = 0.017 after normalisation)
 ROUNDING = 1e-5
+MEAN, STD = preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD
+HALF_LEVEL = 0.5 / (255 * min(STD))  # what rounding to uint8 moves a normalised pixel by
 
 
 def test_training_batches_are_the_previous_pipelines(imagenet):
@@ -104,11 +122,13 @@ def test_training_batches_are_the_previous_pipelines(imagenet):
   stream = np.concatenate([data.epoch_permutation(3, e, 12) for e in (0, 1)])[6:22]
   np.testing.assert_array_equal(out["index"], stream)
   np.testing.assert_array_equal(out["labels"], labels[stream])
-  assert out["inputs"].shape == (16, 224, 224, 3) and out["inputs"].dtype == np.float32
-  for position, (index, inputs) in enumerate(zip(stream, out["inputs"]), start=6):
-    seed = tf.constant([3, position], tf.int64)
-    # the same pixels: the crop's decode gives the whole decode's, and the rest is unchanged
-    np.testing.assert_allclose(inputs, _previous_train(images[index], seed), rtol=0, atol=ROUNDING)
+  assert out["inputs"].shape == (16, 224, 224, 3) and out["inputs"].dtype == np.uint8
+  assert spec.device_normalisation == (MEAN, STD)
+  # the same pixels: the crop's decode gives the whole decode's, and the rest is unchanged
+  seeds = [tf.constant([3, position], tf.int64) for position in range(6, 22)]
+  _check_pixels(
+    out["inputs"], np.stack([_previous_train(images[i], s) for i, s in zip(stream, seeds)])
+  )
 
 
 def test_evaluation_is_the_previous_pipelines(imagenet):
@@ -118,10 +138,9 @@ def test_evaluation_is_the_previous_pipelines(imagenet):
   batches = list(data.eval_batches(val, spec, batch_size=4))
   mask = np.concatenate([b["mask"] for b in batches])
   np.testing.assert_array_equal(mask, [1] * 6 + [0] * 2)
-  inputs = np.concatenate([b["inputs"] for b in batches])[:6]
+  pixels = np.concatenate([b["inputs"] for b in batches])[:6]
   np.testing.assert_array_equal(np.concatenate([b["labels"] for b in batches])[:6], labels)
-  for image, got in zip(images, inputs):
-    np.testing.assert_allclose(got, _previous_eval(image), rtol=0, atol=ROUNDING)
+  _check_pixels(pixels, np.stack([_previous_eval(image) for image in images]))
   spec299 = data.dataset_spec("imagenet2012", 299)
   assert next(iter(data.eval_batches(val, spec299, batch_size=2)))["inputs"].shape == (
     2,

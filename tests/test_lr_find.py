@@ -71,6 +71,19 @@ def test_largest_stable_is_the_last_rate_within_rise_of_the_running_minimum():
   assert lr_find.suggest(rates, loss, rise=0.25).largest_stable == 10.0
 
 
+def test_skip_start_leaves_the_noisy_first_steps_out_of_the_steepest_descent():
+  loss = synthetic_loss(RATES)
+  loss[:3] = [4.0, 2.0, 4.0]  # one lucky batch: the steepest fall of the curve
+  assert lr_find.suggest(RATES, loss).steepest == RATES[0]
+  found = lr_find.suggest(RATES, loss, skip_start=len(RATES) // 10)
+  step = RATES[1] / RATES[0]
+  assert 1e-2 / step <= found.steepest <= 1e-2 * step
+  assert found.minimum == RATES[np.argmin(loss[: found.diverged])]
+  # never fewer than three steps read: a short test reads its last three
+  short = lr_find.suggest([1.0, 2.0, 4.0, 8.0], [3.0, 2.0, 1.0, 0.9], skip_start=10)
+  assert short.steepest in (2.0, 4.0, 8.0) and short.minimum == 8.0
+
+
 def test_suggest_ignores_what_comes_after_the_divergence():
   loss = synthetic_loss(RATES)
   loss[150:] = np.nan  # the test stopped: nothing recorded, or NaN
@@ -165,6 +178,7 @@ def test_explain_prints_the_arithmetic():
     (lambda: lr_find.suggest([1.0, 0.5, 2.0], [1.0, 1.0, 1.0]), "rates: must be positive"),
     (lambda: lr_find.suggest([1.0, 2.0, 3.0], [1.0, 1.0]), "smoothed: needs one loss per rate"),
     (lambda: lr_find.suggest([1.0, 2.0, 3.0], [1.0, 9.0, 1.0]), "smoothed: the loss diverges"),
+    (lambda: lr_find.suggest([1.0, 2.0, 3.0], [1.0, 1.0, 1.0], skip_start=-1), "skip_start:"),
     (lambda: lr_find.fit_noise_scale((128,), (0.1,)), "batch_sizes: needs two or more"),
     (lambda: lr_find.fit_noise_scale((128, 128), (0.1, 0.2)), "batch_sizes: must be distinct"),
     (lambda: lr_find.fit_noise_scale((128, 256), (0.1,)), "best_rates: needs one positive"),

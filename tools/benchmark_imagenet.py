@@ -2,25 +2,26 @@
 
 usage: python tools/benchmark.py --imagenet-input [--repeats 2] [--imagenet-dir DIR] [--out DIR]
 
-Contenders, each producing training batches of 128 224x224x3 float32
-normalised images with a random-resized crop and a flip:
+Contenders, each producing training batches of 128 224x224x3 images with a
+random-resized crop and a flip:
 
   bigbatch  `bigbatch.data.train_batches` on the ArrayRecord files: the
             position-indexed stream, one read per batch in a reader process,
-            decode of the crop only in tf.data.
+            decode of the crop only in tf.data, uint8 pixels out (the train
+            step normalises them on the device).
   flax      flax's examples/imagenet input pipeline on the TFRecord files of
             the same images: interleave, shuffle, extract_jpeg_shape +
             sample_distorted_bounding_box + decode_and_crop_jpeg, flip,
             normalise, batch, AUTOTUNE (tf.data's default thread pool).
   previous  bigbatch before per-batch reads: one `tf.numpy_function` per example
-            that reads the record and decodes the whole JPEG with PIL.
-  bigbatch-uint8  bigbatch's pipeline with uint8 images out (rounded), the
-            normalisation left to the device: what shipping uint8 saves the host.
+            that reads the record and decodes the whole JPEG with PIL; float32.
+  bigbatch-float32  bigbatch's pipeline normalising on the host, float32 out,
+            as before it shipped uint8: what shipping uint8 saves the host.
 
 Every measurement is a fresh process whose CPU affinity is set before
 TensorFlow starts (its reader processes inherit it): pinned to one core, and
 on all the cores this process may use. Measurements are interleaved (A B C, C
-B A, ...) and each reports examples/s after a warm-up, and on all cores also
+B A, ...) and each reports examples/s after a warm-up, and also
 examples per CPU-second of the process and its readers (which another load on
 the machine neither lends nor takes, unlike wall time). Then, on all cores,
 py-spy samples the training process (`--gil`: only samples in which a thread
@@ -48,7 +49,7 @@ import sys
 import tempfile
 import time
 
-CONTENDERS = ("bigbatch", "flax", "previous", "bigbatch-uint8")
+CONTENDERS = ("bigbatch", "flax", "previous", "bigbatch-float32")
 BATCH, WARMUP, COUNT, GIL_SECONDS, GIL_RATE = 128, 4, 12, 6, 200
 MEAN_RGB, STDDEV_RGB = (
   (0.485 * 255, 0.456 * 255, 0.406 * 255),
@@ -78,25 +79,26 @@ def ensure_data(root: str, train: int = 5000, val: int = 100) -> None:
 # ---- the contenders (run inside a worker process) ----
 
 
-def bigbatch_batches(root: str, steps: int, uint8: bool = False):
+def bigbatch_batches(root: str, steps: int, float32: bool = False):
   import dataclasses
 
   import tensorflow as tf
 
-  from bigbatch import data
+  from bigbatch import data, inputs
   from bigbatch.data import preprocess
 
   source = data.load_split(
     {"name": "imagenet2012", "data_dir": os.path.join(root, "array_record")}, "train"
   )
   spec = data.dataset_spec("imagenet2012")
-  if uint8:
+  if float32:  # the host's normalisation before uint8 out: one multiply, one subtract
+    scale, shift = inputs.scale_and_shift(spec.device_normalisation)
 
-    def pixels(example, seed):
+    def normalised(example, seed):
       image = tf.clip_by_value(preprocess.imagenet_crop(example, seed), 0.0, 255.0)
-      return tf.cast(tf.round(image), tf.uint8)
+      return image * scale - shift
 
-    spec = dataclasses.replace(spec, train_preprocess=pixels)
+    spec = dataclasses.replace(spec, train_preprocess=normalised)
   return data.train_batches(
     source, spec, seed=0, batch_size=BATCH, start_position=0, num_steps=steps
   )
@@ -249,7 +251,7 @@ def worker(contender: str, root: str, cores: str, gil: bool) -> dict:
     "bigbatch": bigbatch_batches,
     "flax": flax_batches,
     "previous": previous_batches,
-    "bigbatch-uint8": functools.partial(bigbatch_batches, uint8=True),
+    "bigbatch-float32": functools.partial(bigbatch_batches, float32=True),
   }
   iterator = iter(batches[contender](root, 1_000_000 if gil else WARMUP + COUNT))
   for _ in range(WARMUP):
@@ -312,17 +314,17 @@ def run(repeats: int, out: str, root: str | None = None, contenders=CONTENDERS) 
   root = root or default_dir()
   ensure_data(root)
   first = str(min(os.sched_getaffinity(0)))
-  rates = {(c, k): [] for c in contenders for k in ("one", "all", "cpu")}
+  rates = {(c, k): [] for c in contenders for k in ("one", "all", "cpu_one", "cpu")}
   for repeat in range(repeats):
     order = contenders if repeat % 2 == 0 else contenders[::-1]  # A B C, then C B A
     for cores, key in ((first, "one"), ("all", "all")):
       for contender in order:
         result = measure(contender, root, cores)
         rates[contender, key].append(result["examples_per_second"])
-        if key == "all":
-          rates[contender, "cpu"].append(result["examples_per_cpu_second"])
-  # uint8 out changes no Python: its GIL time is bigbatch's
-  sampled = [c for c in contenders if c != "bigbatch-uint8"]
+        cpu = "cpu" if key == "all" else "cpu_one"
+        rates[contender, cpu].append(result["examples_per_cpu_second"])
+  # float32 out changes no Python: its GIL time is bigbatch's
+  sampled = [c for c in contenders if c != "bigbatch-float32"]
   gil = {c: measure(c, root, "all", gil=True) for c in sampled} if _py_spy() else {}
   cores = len(os.sched_getaffinity(0))
   results = {"cores": cores, "repeats": repeats, "batch": BATCH, "contenders": {}}
@@ -332,6 +334,7 @@ def run(repeats: int, out: str, root: str | None = None, contenders=CONTENDERS) 
       "one_core": {"median": statistics.median(one), "min": min(one), "max": max(one)},
       "all_cores": {"median": statistics.median(every), "min": min(every), "max": max(every)},
       "per_core_all": statistics.median(every) / cores,
+      "per_cpu_second_one": statistics.median(rates[c, "cpu_one"]),
       "per_cpu_second_all": statistics.median(rates[c, "cpu"]),
       "gil": gil.get(c),
     }
@@ -349,12 +352,13 @@ def _table(results: dict, contenders) -> str:
   anchor = results["contenders"]["flax"]
   cores = results["cores"]
   lines = [
-    f"ImageNet input, batch {results['batch']} at 224x224, float32; {results['repeats']} "
+    f"ImageNet input, batch {results['batch']} at 224x224; {results['repeats']} "
     f"interleaved repeats; examples/s median [min, max]; {cores} cores",
     "",
-    "| pipeline | 1 core | 1 core / flax | all cores | all / flax | per CPU-second, all "
-    "| per CPU-second / flax | GIL-held us / example | ceiling, examples/s / process |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| pipeline | 1 core | 1 core / flax | per CPU-second, 1 core | / flax | all cores "
+    "| all / flax | per CPU-second, all | / flax | GIL-held us / example "
+    "| ceiling, examples/s / process |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for c in contenders:
     r = results["contenders"][c]
@@ -365,6 +369,8 @@ def _table(results: dict, contenders) -> str:
     lines.append(
       f"| {c} | {one['median']:,.0f} [{one['min']:,.0f}, {one['max']:,.0f}] "
       f"| {one['median'] / anchor['one_core']['median']:.2f} "
+      f"| {r['per_cpu_second_one']:,.0f} "
+      f"| {r['per_cpu_second_one'] / anchor['per_cpu_second_one']:.2f} "
       f"| {every['median']:,.0f} [{every['min']:,.0f}, {every['max']:,.0f}] "
       f"| {every['median'] / anchor['all_cores']['median']:.2f} "
       f"| {r['per_cpu_second_all']:,.0f} "

@@ -11,8 +11,11 @@ import os
 import sys
 
 from bigbatch.cli.args import fail
+from bigbatch.cli.ensemble import ensemble
+from bigbatch.cli.lr_find import lr_find
 from bigbatch.cli.noise import noise
 from bigbatch.cli.plan import plan, probe
+from bigbatch.cli.sharpness import sharpness
 from bigbatch.cli.train import train
 
 USAGE = """usage: bigbatch COMMAND --config FILE[:VARIANT] [--config.FIELD=VALUE ...] [options]
@@ -25,9 +28,15 @@ commands:
           (per-device batch -> bytes needed vs available, and the global cap)
   noise   draw a run's batch, measured gradient noise scale and planned noise scale
           against epochs: --workdir DIR [--out PNG] (default DIR/noise.png)
+  lr-find the learning-rate range test from the config's initial state: --start 1e-7 --end 10
+          --steps 100 [--out PNG] [--json]; --batch-sizes B1,B2: fit lr_opt(B), propose a start
   train   train a config's plan, resuming from the workdir's latest checkpoint
           (no --config: MNIST-1D with increasing batch size, on CPU)
           options: --workdir DIR (default workdir/CONFIG), --noprogress
+  ensemble  test accuracy of the mean of the last M snapshots' softmaxes (restarting
+          schedules), beside each snapshot's: --workdir DIR [--last M] [--json]
+  sharpness Hessian top eigenvalue and Keskar's epsilon-sharpness at a checkpoint:
+          --workdir DIR [--step N] [--examples 2048] [--epsilon 1e-3] [--iterations 20] [--json]
 
 examples:
   bigbatch plan --config configs/cifar10_5_2_increase_batch.py
@@ -39,7 +48,8 @@ examples:
       --config.dataset.data_dir=/data/tfds
 """
 
-COMMANDS = {"plan": plan, "train": train, "probe": probe, "noise": noise}
+COMMANDS = {"plan": plan, "train": train, "probe": probe, "noise": noise, "lr-find": lr_find}
+COMMANDS |= {"ensemble": ensemble, "sharpness": sharpness}
 
 
 def main(argv: list[str] | None = None) -> int:

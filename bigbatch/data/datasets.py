@@ -55,6 +55,9 @@ class DatasetSpec:
     train_preprocess, eval_preprocess: `fn(example, seed) -> input`, in
       TensorFlow; `seed` is a stateless seed pair unique to the example's
       position in the stream.
+    device_normalisation: the per-channel (mean, std) the step normalises
+      the inputs with on the device, which then arrive as uint8 pixels; None:
+      they arrive normalised, as float32.
   """
 
   tfds_name: str
@@ -65,6 +68,12 @@ class DatasetSpec:
   in_memory: bool
   train_preprocess: Callable[..., tf.Tensor]
   eval_preprocess: Callable[..., tf.Tensor]
+  device_normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+  @property
+  def input_dtype(self) -> np.dtype:
+    """The dtype of a batch's `inputs` as the pipeline yields them."""
+    return np.dtype(np.uint8 if self.device_normalisation else np.float32)
 
 
 DATASETS = {
@@ -81,6 +90,7 @@ DATASETS = {
     False,
     pre.imagenet_train,
     pre.imagenet_eval,
+    device_normalisation=(IMAGENET_MEAN, IMAGENET_STD),
   ),
 }
 

@@ -3,7 +3,8 @@
 `seed` is a stateless seed pair unique to the example's stream position, so an
 example's crop and flip are a function of (run seed, position) only.
 
-ImageNet's functions take the *encoded* JPEG. Training decodes only its crop's
+ImageNet's functions take the *encoded* JPEG and return uint8 pixels (`to_pixels`),
+which the step normalises on the device. Training decodes only its crop's
 pixels (`tf.io.decode_and_crop_jpeg`), yet gets the pixels that decoding the
 whole image and cropping it gives (bigbatch decoded whole images with PIL until
 it read ImageNet per batch; `tests/test_imagenet_input.py` holds the two equal):
@@ -22,7 +23,8 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-# Per-channel statistics of the training images, in [0, 1] units.
+# Per-channel statistics of the training images, in [0, 1] units: CIFAR-10's normalise
+# its images here, ImageNet's on the device (`DatasetSpec.device_normalisation`).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENET_SIZE, IMAGENET_RESIZE = 224, 256
@@ -44,18 +46,16 @@ def normalise(image: tf.Tensor, mean, std) -> tf.Tensor:
   return (image - tf.constant(mean)) / tf.constant(std)
 
 
-def imagenet_normalise(image: tf.Tensor) -> tf.Tensor:
-  """`normalise(clip(image, 0, 255), IMAGENET_MEAN, IMAGENET_STD)` with one multiply and
-  one subtract instead of two divisions and a subtraction.
+def to_pixels(image: tf.Tensor) -> tf.Tensor:
+  """A resized float image as uint8 pixels: clipped to [0, 255], rounded to the nearest level.
 
-  On a 224x224x3 float image these passes are not small: on one core, the
-  three cost about 0.45 ms of a 1.7 ms example, and the two 0.25 ms.
-  `x * (1 / (255 std)) - mean / std` equals the three up to float32 rounding
-  (below 1e-5; one pixel level is 0.017 after normalisation).
+  ImageNet's images leave the host as these and are normalised on the device
+  (`bigbatch.inputs`): a float32 image is four times the bytes to batch and to
+  send, and the host's two normalisation passes (a multiply and a subtract) cost
+  about 0.25 ms of a 1.7 ms example on one core (docs/BENCHMARKS.md). Rounding moves a pixel by at most
+  half a level, 0.0087 after ImageNet's normalisation.
   """
-  scale = tf.constant([1 / (255 * s) for s in IMAGENET_STD], tf.float32)
-  shift = tf.constant([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], tf.float32)
-  return tf.clip_by_value(image, 0.0, 255.0) * scale - shift
+  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
 def stream_seeds(seed: tf.Tensor, count: int) -> list[tf.Tensor]:
@@ -96,14 +96,14 @@ def decode_window(encoded: tf.Tensor, top, left, height, width, image_width) -> 
 def imagenet_train(
   example: Mapping[str, tf.Tensor], seed: tf.Tensor, size: int = IMAGENET_SIZE
 ) -> tf.Tensor:
-  """Random-resized crop (8-100% of the area, aspect 3/4-4/3) to `size`, random flip."""
-  return imagenet_normalise(imagenet_crop(example, seed, size))
+  """Random-resized crop (8-100% of the area, aspect 3/4-4/3) to `size`, random flip: uint8."""
+  return to_pixels(imagenet_crop(example, seed, size))
 
 
 def imagenet_crop(
   example: Mapping[str, tf.Tensor], seed: tf.Tensor, size: int = IMAGENET_SIZE
 ) -> tf.Tensor:
-  """`imagenet_train` before normalisation: float32 pixels, not yet clipped to [0, 255]."""
+  """`imagenet_train` before `to_pixels`: float32, not yet clipped to [0, 255] or rounded."""
   box_seed, flip_seed = stream_seeds(seed, 2)
   encoded = example["image"]
   shape = tf.io.extract_jpeg_shape(encoded)
@@ -120,7 +120,7 @@ def imagenet_crop(
 def imagenet_eval(
   example: Mapping[str, tf.Tensor], seed: tf.Tensor, size: int = IMAGENET_SIZE
 ) -> tf.Tensor:
-  """Resize the shorter side to size x 256/224, then the centre `size` x `size` crop.
+  """Resize the shorter side to size x 256/224, then the centre `size` x `size` crop: uint8.
 
   This one decodes the whole JPEG. A decode of only the rows and columns the
   centre crop's bicubic taps reach, resampled with the resize kernel's own
@@ -135,4 +135,4 @@ def imagenet_eval(
   scale = round(size * IMAGENET_RESIZE / IMAGENET_SIZE) / tf.reduce_min(shape)
   image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), method="bicubic")
   image = tf.image.resize_with_crop_or_pad(image, size, size)
-  return imagenet_normalise(image)
+  return to_pixels(image)

@@ -1,0 +1,71 @@
+"""`bigbatch sharpness`: the Hessian's top eigenvalue and Keskar's ε-sharpness at a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+from absl import flags
+
+from bigbatch.cli import args
+
+
+def sharpness(argv: list[str]) -> int:
+  """`bigbatch sharpness --workdir DIR [--step N] [--examples 2048] [--epsilon 1e-3]
+  [--iterations 20] [--json]`."""
+  from bigbatch import checkpoint, data, sharding
+  from bigbatch import sharpness as measure
+  from bigbatch.config import ConfigError
+
+  values = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "the run's workdir", flag_values=values)
+  flags.DEFINE_integer("step", None, "the checkpoint's step (default: latest)", flag_values=values)
+  flags.DEFINE_integer(
+    "examples", 2048, "first training examples the loss covers", flag_values=values
+  )
+  flags.DEFINE_float("epsilon", 1e-3, "Keskar's relative box size", flag_values=values)
+  flags.DEFINE_integer(
+    "iterations", 20, "power-iteration products and box-ascent steps", flag_values=values
+  )
+  flags.DEFINE_bool("json", False, "print the results as JSON", flag_values=values)
+  try:
+    values(["bigbatch sharpness", *argv])
+  except flags.Error as error:
+    return args.fail("sharpness", str(error))
+  if not values.workdir:
+    return args.fail("sharpness", "--workdir is required: the workdir of a run")
+  known = (
+    measure.SharpnessInputError,
+    ConfigError,
+    data.DataError,
+    sharding.ShardingError,
+    checkpoint.CheckpointError,
+  )
+  try:
+    result = measure.at_checkpoint(
+      values.workdir,
+      step=values.step,
+      examples=values.examples,
+      epsilon=values.epsilon,
+      iterations=values.iterations,
+    )
+  except known as error:
+    return args.fail("sharpness", str(error))
+  if values.json:
+    print(json.dumps({"workdir": values.workdir, **result}))
+  else:
+    print(format_sharpness(values.workdir, result))
+  return 0
+
+
+def format_sharpness(workdir: str, result: dict) -> str:
+  converged = "converged" if result["converged"] else "not converged: raise --iterations"
+  return "\n".join(
+    [
+      f"sharpness at step {result['step']:,} of {workdir}, over the first "
+      f"{result['examples']:,} training examples (loss {result['loss']:.6g})",
+      f"  Hessian top eigenvalue  {result['eigenvalue']:.6g}  "
+      f"({result['eigen_iterations']} Hessian-vector products, {converged})",
+      f"  ε-sharpness (ε={result['epsilon']:g})  {result['sharpness']:.6g} %  "
+      f"(largest loss in the box {result['max_loss']:.6g})",
+    ]
+  )

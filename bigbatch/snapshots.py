@@ -1,0 +1,200 @@
+"""Snapshot ensembles (Huang et al. 2017): the model at the end of every cycle.
+
+Huang et al., "Snapshot Ensembles: Train 1, get M for free" (2017), train with
+a learning rate that restarts and keep the model at the end of each cycle,
+where the rate is lowest and the model sits in a minimum; the models of
+successive cycles disagree enough for the mean of their softmax outputs to
+beat each of them, at the cost of one training run.
+
+The cycles come from the schedule, in epochs: SGDR (`sgdr`) ends one at each
+restart; Smith's cyclical rates (`triangular`, `triangular2`, `exp_range`)
+are lowest at every second corner of their triangle wave (epochs 2s, 4s, ...).
+The end of training ends the last cycle, whole or not. A cycle that ends at
+epoch E is kept at the first step whose data position reaches `round(E N)`
+examples: the state after the cycle's last update (with SGDR, a phase
+boundary, since the planner cuts phases at restarts). Positions, not steps,
+so that a plan whose batch changes, or an adaptive one, keeps the same cycles.
+
+Snapshots live in WORKDIR/snapshots, apart from the rolling checkpoints and
+never deleted: each holds the parameters and batch-norm statistics, checked
+by the same checksums as a checkpoint, and a record (step, epoch, cycle, the
+config). A snapshot is written synchronously, before the checkpoint of its
+step, so a checkpoint at step S implies that every snapshot up to S is on
+disk; a run killed anywhere and resumed recomputes the same steps bit for bit
+and skips a snapshot that already exists, so it keeps the same snapshots.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bigbatch import checkpoint as ckpt
+from bigbatch import config as bbconfig
+from bigbatch import data
+from bigbatch import sharding as shd
+from bigbatch import step as st
+from bigbatch.evaluate import split_sums
+from bigbatch.inputs import model_inputs
+from bigbatch.saved import Setup
+from bigbatch.schedules import CYCLICAL_MODES, Cyclical, Schedule, WarmRestarts, Warmup
+
+# `snapshots` config field: auto keeps them when the schedule restarts.
+MODES = ("auto", "on", "off")
+RESTARTING = ("sgdr", *CYCLICAL_MODES)
+
+
+def cycle_end_epochs(schedule: Schedule, epochs: float) -> tuple[float, ...]:
+  """The epochs where the cycles of a restarting schedule end (empty: it does not restart).
+
+  The last is the end of training, which ends the last cycle.
+  """
+  inner = schedule.inner if isinstance(schedule, Warmup) else schedule
+  if isinstance(inner, WarmRestarts):
+    ends = inner.breakpoints()
+  elif isinstance(inner, Cyclical):
+    ends = inner.knots()[2::2]  # troughs: the knots alternate trough (even) and peak
+  else:
+    return ()
+  return (*(end for end in ends if 0.0 < end < epochs), float(epochs))
+
+
+def snapshot_epochs(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """The epochs where a run of `config` keeps a snapshot (empty: none).
+
+  Raises:
+    ConfigError: naming `snapshots` (not one of `MODES`, or `on` with a
+      schedule that does not restart), or the schedule's field.
+  """
+  mode = config.get("snapshots", "auto")
+  if mode not in MODES:
+    raise bbconfig.ConfigError(f"snapshots: {mode!r} is not one of {', '.join(MODES)}")
+  if mode == "off":
+    return ()
+  ends = cycle_end_epochs(bbconfig.schedule_from_config(config), float(config.num_epochs))
+  if not ends and mode == "on":
+    raise bbconfig.ConfigError(
+      f"snapshots: 'on' needs a restarting schedule.name ({', '.join(RESTARTING)}), "
+      f"got {config.schedule.name!r}"
+    )
+  return ends
+
+
+def open_store(directory: str | pathlib.Path) -> ckpt.Checkpoints:
+  """The snapshots of a workdir (`WORKDIR/snapshots`): every one kept, saved synchronously."""
+  return ckpt.Checkpoints(directory, keep=None, async_save=False)
+
+
+class Keeper:
+  """Keeps a run's snapshots as it trains.
+
+  Args:
+    directory: `WORKDIR/snapshots` (created at the first snapshot).
+    end_epochs: `snapshot_epochs` of the config.
+    dataset_size: training examples `N`.
+    config: the run's config, written into every snapshot's record.
+  """
+
+  def __init__(
+    self, directory: pathlib.Path, end_epochs: Sequence[float], dataset_size: int, config
+  ):
+    self.directory = directory
+    self.end_epochs = tuple(end_epochs)
+    self.ends = tuple(round(epoch * dataset_size) for epoch in self.end_epochs)
+    self.dataset_size = dataset_size
+    self._config = json.loads(config.to_json_best_effort())
+    self._store: ckpt.Checkpoints | None = None
+
+  def due(self, before: int, after: int) -> int | None:
+    """The cycle (from 1) whose end lies in data positions (before, after], if any."""
+    crossed = [i for i, end in enumerate(self.ends) if before < end <= after]
+    return crossed[-1] + 1 if crossed else None
+
+  def save(self, state, step: int, position: int, cycle: int) -> None:
+    """Writes the snapshot of `cycle` at `step` (no-op if it exists); returns once on disk."""
+    if self._store is None:
+      self._store = open_store(self.directory)
+    record = {
+      "step": step,
+      "position": position,
+      "epoch": position / self.dataset_size,
+      "cycle": cycle,
+      "cycle_end_epoch": self.end_epochs[cycle - 1],
+      "config": self._config,
+    }
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    self._store.save(step, variables, record, fault="snapshot")
+    self._store.wait()
+
+  def close(self) -> None:
+    if self._store is not None:
+      self._store.close()
+
+
+def make_ensemble_step(model, *, normalisation=None, members: int):
+  """The ensemble's eval step: sums over the real examples for each member and their mean.
+
+  Returns:
+    `step(variables, batch) -> {"correct", "loss", "count"}`: `variables` a
+    tuple of `members` `{"params", "batch_stats"}`; `correct` and `loss` have
+    `members + 1` entries, the members' then the ensemble's, whose prediction
+    is the mean of the members' softmax outputs (its loss: minus the log of
+    that mean's probability of the label).
+  """
+
+  def ensemble_step(variables, batch):
+    inputs = model_inputs(batch["inputs"], normalisation)
+    logits = [model.apply(v, inputs, train=False).astype(jnp.float32) for v in variables]
+    log_probs = jnp.stack([jax.nn.log_softmax(x) for x in logits])
+    # log of the mean of the softmaxes, without leaving log space
+    mean = jax.nn.logsumexp(log_probs, axis=0) - jnp.log(float(members))
+    labels, mask = batch["labels"], batch["mask"].astype(jnp.int32)
+    correct = [jnp.argmax(x, -1) == labels for x in logits]
+    correct.append(jnp.argmax(mean, -1) == labels)
+    losses = [st.cross_entropy(x, labels) for x in logits]
+    losses.append(-jnp.take_along_axis(mean, labels[:, None], axis=-1)[:, 0])
+    return {
+      "correct": jnp.stack([jnp.sum(c.astype(jnp.int32) * mask) for c in correct]),
+      "loss": jnp.stack([jnp.sum(jnp.where(mask > 0, x, 0.0)) for x in losses]),
+      "count": jnp.sum(mask),
+    }
+
+  return ensemble_step
+
+
+def evaluate_ensemble(setup: Setup, members: Sequence[Any]) -> dict[str, Any]:
+  """Test accuracy and loss of each member and of their ensemble, sharded like evaluation.
+
+  Args:
+    setup: the run's dataset, model and mesh (`saved.set_up`).
+    members: `{"params", "batch_stats"}` of each snapshot, placed on the mesh.
+
+  Returns:
+    `{"members": [{"eval_accuracy", "eval_loss"}, ...], "ensemble": {...}}`.
+  """
+  config, members = setup.config, tuple(members)
+  batch_size = int(config.eval_batch_size)
+  shd.check_batch_size(batch_size, setup.mesh, field="eval_batch_size")
+  step = make_ensemble_step(
+    setup.model, normalisation=setup.spec.device_normalisation, members=len(members)
+  )
+  example = {**data.example_batch(setup.spec), "mask": jax.ShapeDtypeStruct((), np.int32)}
+  compiled = st.CompiledSteps(step, members, example, setup.mesh, returns_state=False)
+  try:
+    source = data.load_split(config.dataset, "eval")
+    sums = split_sums(compiled, members, source, setup.spec, setup.mesh, batch_size)
+  finally:
+    compiled.close()
+  count = max(int(sums["count"]), 1)
+  results = [
+    {"eval_accuracy": int(c) / count, "eval_loss": float(x) / count}
+    for c, x in zip(np.asarray(sums["correct"]), np.asarray(sums["loss"]))
+  ]
+  return {"members": results[:-1], "ensemble": results[-1]}
