@@ -52,17 +52,15 @@ def read_rows(workdir: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def per_epoch_noise(rows: list[dict], epochs: int) -> dict[str, list[float]]:
-  """The batch used and the measured B_simple at the end of each epoch (last row before it)."""
-  train = [r for r in rows if "batch_size" in r and "grad_noise_scale" in r]
-  out = {"epoch": [], "batch": [], "measured": []}
-  for epoch in range(1, epochs + 1):
-    before = [r for r in train if r["epoch"] <= epoch + 1e-9]
-    if before:
-      out["epoch"].append(epoch)
-      out["batch"].append(before[-1]["batch_size"])
-      out["measured"].append(before[-1]["grad_noise_scale"])
-  return out
+def per_epoch_noise(rows: list[dict]) -> dict[str, list[float]]:
+  """The batch and the measured B_simple at each evaluation (every epoch): the rows where
+  an evaluation joined its step's training metrics."""
+  evals = [r for r in rows if "eval_accuracy" in r and "grad_noise_scale" in r]
+  return {
+    "epoch": [round(r["epoch"]) for r in evals],
+    "batch": [int(r["batch_size"]) for r in evals],
+    "measured": [r["grad_noise_scale"] for r in evals],
+  }
 
 
 def decisions(rows: list[dict]) -> list[dict]:
@@ -89,17 +87,24 @@ def train_one(run: reproduce.Run, common: dict, seed: int, args) -> dict:
   )
   result = reproduce.train(run, reproduce.make_config(run, common, seed, args.data_dir), where)
   rows = read_rows(where)
-  result["noise"] = per_epoch_noise(rows, args.epochs)
+  result["noise"] = per_epoch_noise(rows)
   result["decisions"] = decisions(rows)
   return result
 
 
-def _geomean(values: list[float]) -> float:
-  return statistics.geometric_mean(values) if values else float("nan")
+def _typical(values: list[float]) -> float:
+  """The median over seeds of a measured B_simple; NaN when most seeds' estimate of |G|² is
+  not positive (the gradient is too small against the noise to measure at this batch)."""
+  positive = [v for v in values if v > 0 and v == v]
+  return statistics.median(positive) if len(positive) * 2 > len(values) else float("nan")
+
+
+def _cell(value: float) -> str:
+  return f"{value:,.0f}" if value == value else "unmeasurable"
 
 
 def noise_table(results: dict[str, dict]) -> list[str]:
-  """Measured B_simple (geometric mean over seeds) beside the planned batch, per epoch."""
+  """Measured B_simple (median over seeds) beside the planned batch, per epoch."""
   lines = [
     "| epoch | "
     + " | ".join(f"{results[n]['label']}: batch / measured B_simple" for n in FIXED)
@@ -112,8 +117,8 @@ def noise_table(results: dict[str, dict]) -> list[str]:
     cells = []
     for name in FIXED:
       seeds = list(results[name]["per_seed"].values())
-      measured = _geomean([s["noise"]["measured"][i] for s in seeds])
-      cells.append(f"{seeds[0]['noise']['batch'][i]:,} / {measured:,.0f}")
+      measured = _typical([s["noise"]["measured"][i] for s in seeds])
+      cells.append(f"{int(seeds[0]['noise']['batch'][i]):,} / {_cell(measured)}")
     lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
   return lines
 
@@ -146,7 +151,12 @@ def tables(results: dict[str, dict], settings: dict) -> str:
   for result in results.values():
     lines.append(reproduce._row(result, base))
   if all(n in results for n in FIXED):
-    lines += ["", "**Measured B_simple against the planned batch** (end of each epoch)", ""]
+    lines += [
+      "",
+      "**Measured B_simple against the planned batch** (end of each epoch, median over "
+      "seeds; unmeasurable: most seeds' smoothed |G|² estimate was not positive)",
+      "",
+    ]
     lines += noise_table(results)
   said = decision_lines(results)
   if said:
@@ -167,10 +177,17 @@ def noise_figure(results: dict[str, dict], path: pathlib.Path) -> None:
       continue
     seeds = list(results[name]["per_seed"].values())
     epochs = seeds[0]["noise"]["epoch"]
-    measured = [_geomean([s["noise"]["measured"][i] for s in seeds]) for i in range(len(epochs))]
+    measured = [_typical([s["noise"]["measured"][i] for s in seeds]) for i in range(len(epochs))]
     label = results[name]["label"]
     ax.plot(epochs, measured, "o-", color=color, label=f"{label}: measured B_simple")
-    ax.plot(epochs, seeds[0]["noise"]["batch"], "--", color=color, label=f"{label}: batch")
+    ax.plot(
+      epochs,
+      seeds[0]["noise"]["batch"],
+      "--",
+      color=color,
+      drawstyle="steps-pre",
+      label=f"{label}: batch",
+    )
   ax.set_yscale("log")
   ax.set_xlabel("epoch")
   ax.set_ylabel("examples")

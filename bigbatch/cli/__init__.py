@@ -36,7 +36,7 @@ commands:
   ensemble  test accuracy of the mean of the last M snapshots' softmaxes (restarting
           schedules), beside each snapshot's: --workdir DIR [--last M] [--json]
   sharpness Hessian top eigenvalue and Keskar's epsilon-sharpness at a checkpoint:
-          --workdir DIR [--step N] [--examples 2048] [--epsilon 1e-3] [--iterations 20] [--json]
+          --workdir DIR [--step N] [--examples 2048] [--epsilon 1e-3] [--iterations 50] [--json]
 
 examples:
   bigbatch plan --config configs/cifar10_5_2_increase_batch.py

@@ -161,3 +161,22 @@ def define_workdir(values) -> None:
     "checkpoints, metrics, probe cache (default: workdir/CONFIG)",
     flag_values=values,
   )
+
+
+def parse_workdir_command(command: str, argv: list[str], define) -> flags.FlagValues:
+  """Parses a command that reads a run's workdir: `--workdir` (required) and the flags
+  `define(values)` adds.
+
+  Raises:
+    SystemExit: with status 2 and a one-line message, for any bad argument.
+  """
+  values = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "the run's workdir", flag_values=values)
+  define(values)
+  try:
+    values([f"bigbatch {command}", *argv])
+  except flags.Error as error:
+    raise SystemExit(fail(command, str(error))) from None
+  if not values.workdir:
+    raise SystemExit(fail(command, "--workdir is required: the workdir of a run"))
+  return values

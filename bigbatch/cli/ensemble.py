@@ -16,18 +16,13 @@ def ensemble(argv: list[str]) -> int:
   from bigbatch import snapshots as snaps
   from bigbatch.config import ConfigError
 
-  values = flags.FlagValues()
-  flags.DEFINE_string("workdir", None, "the run's workdir", flag_values=values)
-  flags.DEFINE_integer(
-    "last", None, "ensemble of the last M snapshots (default: all)", flag_values=values
-  )
-  flags.DEFINE_bool("json", False, "print the results as JSON", flag_values=values)
-  try:
-    values(["bigbatch ensemble", *argv])
-  except flags.Error as error:
-    return args.fail("ensemble", str(error))
-  if not values.workdir:
-    return args.fail("ensemble", "--workdir is required: the workdir of a run")
+  def define(values):
+    flags.DEFINE_integer(
+      "last", None, "ensemble of the last M snapshots (default: all)", flag_values=values
+    )
+    flags.DEFINE_bool("json", False, "print the results as JSON", flag_values=values)
+
+  values = args.parse_workdir_command("ensemble", argv, define)
   directory = pathlib.Path(values.workdir) / "snapshots"
   if not directory.is_dir():
     return args.fail(

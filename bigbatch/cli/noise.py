@@ -15,15 +15,10 @@ def noise(argv: list[str]) -> int:
   from bigbatch import checkpoint, report, runlog
   from bigbatch.workdir import WorkdirError
 
-  values = flags.FlagValues()
-  flags.DEFINE_string("workdir", None, "the run's workdir", flag_values=values)
-  flags.DEFINE_string("out", None, "the PNG (default: WORKDIR/noise.png)", flag_values=values)
-  try:
-    values(["bigbatch noise", *argv])
-  except flags.Error as error:
-    return args.fail("noise", str(error))
-  if not values.workdir:
-    return args.fail("noise", "--workdir is required: the workdir of a run")
+  def define(values):
+    flags.DEFINE_string("out", None, "the PNG (default: WORKDIR/noise.png)", flag_values=values)
+
+  values = args.parse_workdir_command("noise", argv, define)
   workdir = pathlib.Path(values.workdir)
   metrics = workdir / "metrics.jsonl"
   if not metrics.is_file():

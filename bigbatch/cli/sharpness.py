@@ -11,28 +11,25 @@ from bigbatch.cli import args
 
 def sharpness(argv: list[str]) -> int:
   """`bigbatch sharpness --workdir DIR [--step N] [--examples 2048] [--epsilon 1e-3]
-  [--iterations 20] [--json]`."""
+  [--iterations 50] [--json]`."""
   from bigbatch import checkpoint, data, sharding
   from bigbatch import sharpness as measure
   from bigbatch.config import ConfigError
 
-  values = flags.FlagValues()
-  flags.DEFINE_string("workdir", None, "the run's workdir", flag_values=values)
-  flags.DEFINE_integer("step", None, "the checkpoint's step (default: latest)", flag_values=values)
-  flags.DEFINE_integer(
-    "examples", 2048, "first training examples the loss covers", flag_values=values
-  )
-  flags.DEFINE_float("epsilon", 1e-3, "Keskar's relative box size", flag_values=values)
-  flags.DEFINE_integer(
-    "iterations", 20, "power-iteration products and box-ascent steps", flag_values=values
-  )
-  flags.DEFINE_bool("json", False, "print the results as JSON", flag_values=values)
-  try:
-    values(["bigbatch sharpness", *argv])
-  except flags.Error as error:
-    return args.fail("sharpness", str(error))
-  if not values.workdir:
-    return args.fail("sharpness", "--workdir is required: the workdir of a run")
+  def define(values):
+    flags.DEFINE_integer(
+      "step", None, "the checkpoint's step (default: latest)", flag_values=values
+    )
+    flags.DEFINE_integer(
+      "examples", 2048, "first training examples the loss covers", flag_values=values
+    )
+    flags.DEFINE_float("epsilon", 1e-3, "Keskar's relative box size", flag_values=values)
+    flags.DEFINE_integer(
+      "iterations", 50, "power-iteration products and box-ascent steps", flag_values=values
+    )
+    flags.DEFINE_bool("json", False, "print the results as JSON", flag_values=values)
+
+  values = args.parse_workdir_command("sharpness", argv, define)
   known = (
     measure.SharpnessInputError,
     ConfigError,
