@@ -302,7 +302,7 @@ def figure(results: dict[str, dict], names: list[str], title: str, path: pathlib
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   handles, labels = axes[0, 0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
+  fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3))
   fig.suptitle(title)
   fig.savefig(path, dpi=90)
   plt.close(fig)

@@ -1,17 +1,19 @@
 """Phases decided while training, against fixed plans, on MNIST-1D.
 
 usage: python tools/study_adaptive.py [--seeds 3] [--epochs 20] [--only SUBSTRING ...]
-                                      [--workdir workdir/reproduce] [--out docs/results/adaptive]
+                                      [--workdir workdir/adaptive] [--out docs/results/adaptive]
 
 The same setting as tools/reproduce.py (MNIST-1D at CIFAR-10 size, `cnn1d`,
 momentum SGD, 20 epochs, evaluation every epoch) and the same step structure.
-Five schedules, each measuring B_simple over half an epoch of examples:
+Six schedules, each measuring B_simple over half an epoch of examples:
 
 - the fixed `decay_lr` and `increase_batch` plans (noise scale / 5 at epochs
   6, 12 and 16), with the gradient noise scale B_simple measured in the step;
 - `plateau` (the batch grows x5 at a plateau of the smoothed training loss),
-  `plateau_lr` (the learning rate falls / 5 there: ReduceLROnPlateau) and
-  `noise` (the batch grows x5 when the measured B_simple passes the batch),
+  `plateau_lr` (the learning rate falls / 5 there: ReduceLROnPlateau),
+  `plateau` with patience 0 (a decision after one evaluation without a 10%
+  improvement instead of two), and
+  `noise` (the batch grows x5 when the measured B_simple passes 16x the batch),
   from configs/mnist1d_plateau.py, mnist1d_plateau_lr.py and
   mnist1d_noise.py: none of them is told where the schedule's steps are.
 
@@ -39,6 +41,13 @@ RUNS = (
     "fixed/increase_batch", "increasing batch (fixed)", "mnist1d_increase_batch.py", None
   ),
   reproduce.Run("adaptive/plateau", "plateau: batch grows", "mnist1d_plateau.py", None),
+  reproduce.Run(
+    "adaptive/plateau_eager",
+    "plateau, patience 0: batch grows",
+    "mnist1d_plateau.py",
+    None,
+    (("plan.adapt.patience", 0),),
+  ),
   reproduce.Run("adaptive/plateau_lr", "plateau: lr decays", "mnist1d_plateau_lr.py", None),
   reproduce.Run("adaptive/noise", "measured noise scale", "mnist1d_noise.py", None),
 )
@@ -192,7 +201,8 @@ def noise_figure(results: dict[str, dict], path: pathlib.Path) -> None:
   ax.set_xlabel("epoch")
   ax.set_ylabel("examples")
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend()
   ax.set_title("Measured gradient noise scale against the planned batch (MNIST-1D)")
   fig.savefig(path, dpi=90)
   plt.close(fig)
