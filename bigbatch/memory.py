@@ -216,6 +216,42 @@ def format_probe(result: ProbeResult) -> str:
   return "\n".join(lines)
 
 
+def _probed(config: Any, spec: Any, mesh: Any) -> dict[str, Any]:
+  """What a probe's result depends on besides the budget and the batch grid (its cache key)."""
+  return {
+    "model": config.model.to_dict(),
+    "input": spec.input_shape,
+    "input_dtype": spec.input_dtype.name,
+    "optimizer": config.optimizer.name,
+    "dtype": str(config.get("compute_dtype", "auto")),
+    "backend": jax.default_backend(),
+    "device_kind": mesh.devices.flat[0].device_kind,
+    "mesh": dict(mesh.shape),
+    "processes": jax.process_count(),
+  }
+
+
+def _compiled_steps(config, model, optimizer, plan, mesh, spec, inputs):
+  """The config's train step over abstract state, compiled on demand per batch size."""
+  from bigbatch import config as bbconfig
+  from bigbatch import data
+  from bigbatch import step as st
+
+  mesh_block = config.get("mesh") or {}
+  shardings = st.train_state_shardings(
+    model, optimizer, inputs, mesh, fsdp_min_size=int(mesh_block.get("fsdp_min_size", 2**14))
+  )
+  abstract = jax.eval_shape(
+    lambda: st.init_train_state(model, optimizer, inputs, jax.random.key(0))
+  )
+  state = st.abstract_state(shardings, abstract)
+  train_step, _ = bbconfig.train_step_from_config(
+    config, model, optimizer, plan, mesh, normalisation=spec.device_normalisation
+  )
+  ghost = int(config.get("ghost_batch_size") or 1)
+  return st.CompiledSteps(train_step, state, data.example_batch(spec), mesh, ghost_batch_size=ghost)
+
+
 def probe_config(
   config: Any,
   *,
@@ -235,7 +271,6 @@ def probe_config(
   from bigbatch import config as bbconfig
   from bigbatch import data
   from bigbatch import sharding as shd
-  from bigbatch import step as st
 
   block = dict(config.get("memory") or {})
   margin = float(block.get("margin", 0.1))
@@ -265,16 +300,8 @@ def probe_config(
   limit = int(config.dataset.num_train_examples) // shards
   key = cache_key(
     {
-      "model": config.model.to_dict(),
+      **_probed(config, spec, mesh),
       "ghost": ghost,
-      "input": spec.input_shape,
-      "input_dtype": spec.input_dtype.name,
-      "optimizer": config.optimizer.name,
-      "dtype": str(config.get("compute_dtype", "auto")),
-      "backend": jax.default_backend(),
-      "device_kind": device.device_kind,
-      "mesh": dict(mesh.shape),
-      "processes": jax.process_count(),
       "usable": usable,
       "unit": unit,
       "limit": limit,
@@ -286,19 +313,7 @@ def probe_config(
     return hit
 
   inputs = jax.ShapeDtypeStruct((1, *spec.input_shape), np.float32)
-  shardings = st.train_state_shardings(
-    model, optimizer, inputs, mesh, fsdp_min_size=int(mesh_block.get("fsdp_min_size", 2**14))
-  )
-  abstract = jax.eval_shape(
-    lambda: st.init_train_state(model, optimizer, inputs, jax.random.key(0))
-  )
-  state = st.abstract_state(shardings, abstract)
-  train_step, _ = bbconfig.train_step_from_config(
-    config, model, optimizer, plan, mesh, normalisation=spec.device_normalisation
-  )
-  steps = st.CompiledSteps(
-    train_step, state, data.example_batch(spec), mesh, ghost_batch_size=ghost
-  )
+  steps = _compiled_steps(config, model, optimizer, plan, mesh, spec, inputs)
   warned = []
 
   def needs(batch: int) -> Measurement:

@@ -328,13 +328,21 @@ class SharpnessInputError(ValueError):
   """A workdir, step or setting a measurement cannot use; the message names the flag."""
 
 
+def _check_arguments(examples: int, iterations: int, epsilon: float) -> None:
+  for name, value in (("examples", examples), ("iterations", iterations)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise SharpnessInputError(f"--{name}: must be a positive whole number, got {value!r}")
+  if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
+    raise SharpnessInputError("--epsilon: must be a positive number (Keskar's: 1e-3, 5e-4)")
+
+
 def at_checkpoint(
   workdir: str | pathlib.Path,
   *,
   step: int | None = None,
   examples: int = 2048,
   epsilon: float = 1e-3,
-  iterations: int = 20,
+  iterations: int = 50,
   devices: Sequence[jax.Device] | None = None,
 ) -> dict[str, Any]:
   """Both measures at a checkpoint of a run, on its first `examples` training examples.
@@ -362,11 +370,7 @@ def at_checkpoint(
     SharpnessInputError: naming `--workdir`, `--step` or `--examples`.
     CheckpointError: the checkpoint cannot be read back as written.
   """
-  for name, value in (("examples", examples), ("iterations", iterations)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise SharpnessInputError(f"--{name}: must be a positive whole number, got {value!r}")
-  if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
-    raise SharpnessInputError("--epsilon: must be a positive number (Keskar's: 1e-3, 5e-4)")
+  _check_arguments(examples, iterations, epsilon)
   directory = pathlib.Path(workdir) / "checkpoints"
   if not directory.is_dir():
     raise SharpnessInputError(f"--workdir: {directory} does not exist: no run has saved there")
