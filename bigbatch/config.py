@@ -19,7 +19,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from bigbatch import adaptive, optim
+from bigbatch import adaptive, gradients, optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import create_model
@@ -444,6 +444,21 @@ def check_plan_on_mesh(config: ml_collections.ConfigDict, plan: Plan, mesh: Mesh
       raise ConfigError(f"{error} (phase {phase.index + 1})") from None
 
 
+def _halves_fit(config: ml_collections.ConfigDict, plan: Plan, mesh: Mesh) -> bool:
+  """Whether each half of the smallest batch holds whole ghost batches on every device.
+
+  With one data-parallel group and no accumulation, measuring the noise scale
+  cuts the batch in two halves (`gradients.data_parallel_grads`); a half
+  smaller than a ghost batch cannot be normalised, so such a run is not
+  measured (e.g. batch 16 with ghost batch 16 on one device).
+  """
+  ghost = config.get("ghost_batch_size")
+  if not ghost or gradients.groups_of(mesh)[1] > 1 or plan.strategy == "accumulate":
+    return True
+  shards = shd.data_parallel_size(mesh)
+  return (min(plan.batch_sizes) // 2) % (int(ghost) * shards) == 0
+
+
 def train_step_from_config(
   config: ml_collections.ConfigDict,
   model: nn.Module,
@@ -462,10 +477,12 @@ def train_step_from_config(
   devices at once: with ghost batches, or a model without batch norm. A model
   with whole-batch batch norm (`ghost_batch_size` unset) on several devices
   keeps the compiler-partitioned step, which normalises over the global batch.
+  It does not measure where the halves it would cut cannot hold whole ghost
+  batches (`_halves_fit`).
   """
   block = config.get("noise") or {}
   per_device = config.get("ghost_batch_size") is not None or shd.data_parallel_size(mesh) == 1
-  measure = bool(block.get("measure", True)) and per_device
+  measure = bool(block.get("measure", True)) and per_device and _halves_fit(config, plan, mesh)
   horizon = float(block.get("horizon_epochs", 0.1)) * plan.dataset_size
   step = st.make_train_step(
     model,

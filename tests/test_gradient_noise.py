@@ -103,3 +103,24 @@ def test_estimates_and_smoothing_by_hand():
   expected = (decay * (1 - decay) * 2.0 + (1 - decay) * 4.0) / (decay * (1 - decay) + (1 - decay))
   assert float(gn.read(noise)["grad_sq_norm"]) == pytest.approx(expected, rel=1e-6)
   assert np.isnan(float(gn.read(gn.GradientNoise.zeros())["grad_noise_scale"]))
+
+
+def test_a_batch_whose_halves_cannot_hold_a_ghost_batch_is_not_measured(tmp_path):
+  """One device, no accumulation: measuring cuts the batch in halves, and a half of 16
+  examples cannot be normalised in ghost batches of 16, so the step does not measure."""
+  from small_run import small_config
+
+  from bigbatch import config as bbconfig
+  from bigbatch.models import create_model
+
+  mesh = shd.make_mesh(1, 1, devices=jax.devices()[:1])
+  measured = {}
+  for batch in (16, 32):
+    config = small_config(str(tmp_path), batch_size=batch, ghost_batch_size=16)
+    config.plan.strategy = "decay_lr"
+    config.plan.batch_multiple = 16
+    plan = bbconfig.plan_from_config(config)
+    model = create_model("cnn1d", num_classes=10, ghost_batch_size=16)
+    tx = bbconfig.optimizer_from_config(config, plan)
+    measured[batch] = bbconfig.train_step_from_config(config, model, tx, plan, mesh)[1]
+  assert measured == {16: False, 32: True}
