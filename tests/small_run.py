@@ -5,6 +5,7 @@ and 2): 32 + 7 + 2 = 41 steps, a checkpoint every 10 and an evaluation every
 epoch.
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -59,3 +60,9 @@ def start(workdir, data_dir, *extra, fault=None, devices=1):
     stderr=subprocess.STDOUT,
     text=True,
   )
+
+
+def metrics_rows(workdir) -> list[dict]:
+  """The rows of a run's metrics.jsonl."""
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in lines]

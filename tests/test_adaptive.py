@@ -1,11 +1,10 @@
 """Phases decided while training: the rules by hand, and a run that decides, stops and resumes."""
 
 import dataclasses
-import json
 import signal
 
 import pytest
-from small_run import small_config, start
+from small_run import metrics_rows, small_config, start
 
 from bigbatch import adaptive
 from bigbatch import checkpoint as ckpt
@@ -93,15 +92,6 @@ def test_the_plan_is_a_function_of_the_decisions():
   assert bbtrain._position(plan, 46) == 2240 and bbtrain._position(plan, 48) == 3840
 
 
-def rows(workdir):
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 @pytest.fixture(scope="module")
 def decided(data_dir, tmp_path_factory):
   """An uninterrupted plateau run."""
@@ -119,7 +109,7 @@ def test_a_plateau_run_grows_the_batch_then_the_learning_rate_takes_the_rest(dec
   batches = [32] + [d["batch_size"] for d in decisions]
   assert batches[:3] == [32, 160, 800] and set(batches[3:]) <= {800}
   assert all(d["learning_rate"] < 0.1 for d in decisions[2:])  # at the cap
-  logged = [r for r in rows(workdir) if "decision_batch_size" in r]
+  logged = [r for r in metrics_rows(workdir) if "decision_batch_size" in r]
   assert [r["step"] for r in logged] == [d["step"] for d in decisions]
   assert summary["status"] == "completed" and summary["updates"] == summary["step"]
   assert [p["batch_size"] for p in summary["phases"]][:3] == [32, 160, 800]
@@ -163,7 +153,7 @@ def test_a_kill_right_after_a_decision_before_its_checkpoint_resumes_bitwise(
   again.close()
   assert record["policy"]["decisions"] == final["policy"]["decisions"]
   assert record["fingerprint"] == final["fingerprint"]
-  steps = [(r["step"], k) for r in rows(tmp_path) for k in r if k != "step"]
+  steps = [(r["step"], k) for r in metrics_rows(tmp_path) for k in r if k != "step"]
   assert len(steps) == len(set(steps))  # each (step, metric) once
 
 

@@ -28,11 +28,6 @@ from bigbatch import workdir as wd
 from bigbatch.cli import main
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def files(path):
   path = pathlib.Path(path)
   if path.is_file():

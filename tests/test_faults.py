@@ -17,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from small_run import small_config, start
+from small_run import metrics_rows, small_config, start
 
 from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
@@ -46,14 +46,10 @@ def train(workdir, data_dir, *extra, fault=None, devices=1, kill_after=None, tim
   return proc.returncode, output
 
 
-def rows(workdir):
-  return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
-
-
 def logged(workdir):
   """{(step, metric): value} of metrics.jsonl, asserting each pair appears once."""
   values = {}
-  for row in rows(workdir):
+  for row in metrics_rows(workdir):
     for key, value in row.items():
       if key == "step":
         continue
@@ -68,11 +64,6 @@ def final_fingerprint(workdir):
   record = checkpoints.record(step)
   checkpoints.close()
   return step, record["fingerprint"], record.get("final_eval")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
 
 
 @pytest.fixture(scope="module")

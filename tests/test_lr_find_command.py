@@ -12,11 +12,6 @@ from bigbatch import lr_find, range_test
 from bigbatch.cli import main
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def files(path):
   return {p: p.read_bytes() for p in pathlib.Path(path).rglob("*") if p.is_file()}
 

@@ -33,11 +33,6 @@ CYCLE_ENDS = [16, 32, 48, 64]  # 32 steps an epoch
 SMALL_MODEL = {"model.channels": (8, 8), "model.strides": (2, 2)}  # in-process runs only
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def train(data_dir, workdir, **options):
   config = small_config(data_dir, **SGDR, **SMALL_MODEL)
   return bbtrain.train_and_evaluate(

@@ -19,11 +19,6 @@ from bigbatch.cli import main
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def small_config(data_dir, *, examples=2048, epochs=6):
   """MNIST-1D, increasing batch 32 -> 160 -> 800 (noise /5 at epochs 2 and 4), ghost 4."""
   config = bbconfig.load_sibling(str(CONFIGS / "x.py"), "mnist1d_increase_batch").get_config()
