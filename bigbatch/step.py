@@ -189,6 +189,41 @@ def _hyper_metrics(opt_state, dataset_size: int | None, batch_size: int) -> dict
   return out
 
 
+def _loss_and_grad(model: nn.Module, label_smoothing: float, normalisation):
+  """`grad_fn(params, batch_stats, batch) -> ((mean loss, (correct, new stats)), grads)`."""
+
+  def grad_fn(params, state_stats, batch):
+    def loss_fn(params):
+      variables = {"params": params, "batch_stats": state_stats}
+      # per micro-batch: a float32 copy of the whole batch would be 4x its uint8 bytes
+      inputs = model_inputs(batch["inputs"], normalisation)
+      logits, updates = model.apply(variables, inputs, train=True, mutable=["batch_stats"])
+      losses = cross_entropy(logits, batch["labels"], label_smoothing)
+      correct = jnp.argmax(logits, -1) == batch["labels"]  # no gradient flows through it
+      # One reduction for both sums: over a sharded batch each reduction is a
+      # cross-device all-reduce, and a second one for the accuracy alone cost
+      # about 12% of a small model's step.
+      sums = jnp.sum(jnp.stack([losses, correct.astype(losses.dtype)]), axis=1)
+      return sums[0] / losses.shape[0], (sums[1], updates.get("batch_stats", state_stats))
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+  return grad_fn
+
+
+def _gradient(grad_fn, state: TrainState, batch: Batch, count: int, *, mesh, data_shards, measure):
+  """((loss, (correct per piece, batch stats)), grads, pieces, noise sums) of a batch cut in
+  `count` micro-batches: per data-parallel group with a mesh, else partitioned."""
+  inputs = {"inputs": batch["inputs"], "labels": batch["labels"]}
+  piece_grad = lambda params, piece: grad_fn(params, state.batch_stats, piece)  # noqa: E731
+  if mesh is None:
+    return *accumulate(piece_grad, state.params, inputs, count, data_shards), count, None
+  (loss, aux), grads, noise = gn.data_parallel_grads(
+    piece_grad, state.params, inputs, mesh=mesh, micro_batches=count, measure=measure
+  )
+  return (loss, aux), grads, round(noise["b_big"] / noise["b_small"]), noise
+
+
 def make_train_step(
   model: nn.Module,
   optimizer: optax.GradientTransformation,
@@ -211,77 +246,39 @@ def make_train_step(
     dataset_size: training examples N, for the noise-scale metric
       `lr (N/B - 1) / (1 - m)`; None leaves the metric out.
     label_smoothing: weight of the uniform distribution in the targets.
-    micro_batch_size: the largest global batch computed at once; a larger
-      batch (a multiple of it) is split into B / micro_batch_size
-      micro-batches whose gradients are accumulated (`bigbatch.accumulate`).
-      None: never split.
+    micro_batch_size: the largest global batch computed at once; a larger one
+      (a multiple of it) sums its micro-batches' gradients
+      (`bigbatch.accumulate`). None: never split.
     data_shards: devices the batch is split over (for cutting micro-batches
       without moving examples between devices).
-    mesh: with a mesh, each data-parallel group takes the gradient of its own
-      examples and one all-reduce sums them (`gradients.data_parallel_grads`);
-      batch norm then normalises within each device's examples, which ghost
-      batches that never straddle devices already do. None: the gradient of
-      the whole batch, partitioned by the compiler.
-    measure_noise: measure the gradient noise scale (needs `mesh`): the
-      step adds `grad_noise_scale`, `grad_sq_norm` and `grad_trace` (the
-      smoothed B_simple, |G|^2 and tr(S)) to its metrics and keeps the
-      smoothing in `state.noise`.
+    mesh: each data-parallel group takes the gradient of its own examples and
+      one all-reduce sums them (`gradients.data_parallel_grads`), batch norm
+      normalising within each device's examples, as ghost batches do. None:
+      the whole batch's gradient, partitioned by the compiler.
+    measure_noise: measure the gradient noise scale (needs `mesh`): metrics
+      `grad_noise_scale`, `grad_sq_norm`, `grad_trace` (the smoothed B_simple,
+      |G|^2, tr(S)); the smoothing lives in `state.noise`.
     noise_horizon: the smoothing's horizon in examples (needed to measure).
     normalisation: the (mean, std) that uint8 inputs are normalised with on
       the device (`DatasetSpec.device_normalisation`); float inputs ignore it.
 
   Returns:
-    `train_step(state, batch) -> (state, metrics)`; metrics are scalars:
-    `loss`, `accuracy`, `batch_size`, `micro_batches`, `grad_norm`,
-    `update_norm`, `param_norm`, and `learning_rate`, `momentum`,
-    `noise_scale` where the optimizer reports them.
+    `train_step(state, batch) -> (state, metrics)`, scalar metrics `loss`,
+    `accuracy`, `batch_size`, `micro_batches`, `grad_norm`, `update_norm`,
+    `param_norm`, and `learning_rate`, `momentum`, `noise_scale` where the
+    optimizer reports them.
   """
   if measure_noise and (mesh is None or not noise_horizon or noise_horizon <= 0):
     raise ValueError("measure_noise: needs a mesh and a positive noise_horizon (examples)")
 
-  def grad_fn(params, state_stats, batch):
-    def loss_fn(params):
-      variables = {"params": params, "batch_stats": state_stats}
-      # per micro-batch: a float32 copy of the whole batch would be 4x its uint8 bytes
-      inputs = model_inputs(batch["inputs"], normalisation)
-      logits, updates = model.apply(variables, inputs, train=True, mutable=["batch_stats"])
-      losses = cross_entropy(logits, batch["labels"], label_smoothing)
-      correct = jnp.argmax(logits, -1) == batch["labels"]  # no gradient flows through it
-      # One reduction for both sums: over a sharded batch each reduction is a
-      # cross-device all-reduce, and a second one for the accuracy alone cost
-      # about 12% of a small model's step.
-      sums = jnp.sum(jnp.stack([losses, correct.astype(losses.dtype)]), axis=1)
-      return sums[0] / losses.shape[0], (sums[1], updates.get("batch_stats", state_stats))
-
-    return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-  def gradient(state: TrainState, batch: Batch, count: int):
-    """((loss, (correct per piece, batch stats)), grads, pieces, noise sums)."""
-    inputs = {"inputs": batch["inputs"], "labels": batch["labels"]}
-    if mesh is None:
-      result = accumulate(
-        lambda params, piece: grad_fn(params, state.batch_stats, piece),
-        state.params,
-        inputs,
-        count,
-        data_shards,
-      )
-      return *result, count, None
-    (loss, aux), grads, noise = gn.data_parallel_grads(
-      lambda params, piece: grad_fn(params, state.batch_stats, piece),
-      state.params,
-      inputs,
-      mesh=mesh,
-      micro_batches=count,
-      measure=measure_noise,
-    )
-    pieces = round(noise["b_big"] / noise["b_small"])
-    return (loss, aux), grads, pieces, noise
+  grad_fn = _loss_and_grad(model, label_smoothing, normalisation)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     batch_size = batch["labels"].shape[0]
     count = _micro_batch_count(batch_size, micro_batch_size, data_shards)
-    (loss, (correct, batch_stats)), grads, pieces, noise = gradient(state, batch, count)
+    (loss, (correct, batch_stats)), grads, pieces, noise = _gradient(
+      grad_fn, state, batch, count, mesh=mesh, data_shards=data_shards, measure=measure_noise
+    )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
