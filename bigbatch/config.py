@@ -22,10 +22,9 @@ from jax.sharding import Mesh
 from bigbatch import adaptive, gradients, optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.models import create_model
+from bigbatch.models import compute_dtype, create_model
 from bigbatch.planner import Plan, PlanError, plan_phases
 from bigbatch.schedules import SCHEDULES, Schedule, make_schedule
-from bigbatch.step import compute_dtype
 
 # Planner arguments and the config fields they come from, for error messages.
 _PLAN_FIELDS = {

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bigbatch.config import ConfigError
-from bigbatch.step import COMPUTE_DTYPES
+from bigbatch.models import COMPUTE_DTYPES
 
 _Check = Callable[[str, Any], None]
 

@@ -237,14 +237,8 @@ def _compiled_steps(config, model, optimizer, plan, mesh, spec, inputs):
   from bigbatch import data
   from bigbatch import step as st
 
-  mesh_block = config.get("mesh") or {}
-  shardings = st.train_state_shardings(
-    model, optimizer, inputs, mesh, fsdp_min_size=int(mesh_block.get("fsdp_min_size", 2**14))
-  )
-  abstract = jax.eval_shape(
-    lambda: st.init_train_state(model, optimizer, inputs, jax.random.key(0))
-  )
-  state = st.abstract_state(shardings, abstract)
+  fsdp_min_size = int((config.get("mesh") or {}).get("fsdp_min_size", 2**14))
+  state = st.abstract_train_state(model, optimizer, inputs, mesh, fsdp_min_size=fsdp_min_size)
   train_step, _ = bbconfig.train_step_from_config(
     config, model, optimizer, plan, mesh, normalisation=spec.device_normalisation
   )
@@ -283,10 +277,7 @@ def probe_config(
   optimizer = bbconfig.optimizer_from_config(planning, plan)
   spec = data.dataset_spec(config.dataset.get("name"), config.dataset.get("image_size"))
   model = bbconfig.model_from_config(config, spec.num_classes)
-  mesh_block = config.get("mesh") or {}
-  mesh = shd.make_mesh(
-    int(mesh_block.get("data", -1)), int(mesh_block.get("fsdp", 1)), devices=devices
-  )
+  mesh = shd.mesh_from_config(config, devices)
   shards = shd.data_parallel_size(mesh)
   device = mesh.devices.flat[0]
   budget, source = device_budget(

@@ -119,7 +119,7 @@ def _set_up(config, batch_sizes: Sequence[int], field: str, workdir, devices, sa
   spec = data.dataset_spec(config.dataset.get("name"), config.dataset.get("image_size"))
   model = bbconfig.model_from_config(config, spec.num_classes)
   block = config.get("mesh") or {}
-  mesh = shd.make_mesh(int(block.get("data", -1)), int(block.get("fsdp", 1)), devices=devices)
+  mesh = shd.mesh_from_config(config, devices)
   for batch_size in batch_sizes:
     shd.check_batch_size(
       batch_size, mesh, ghost_batch_size=config.get("ghost_batch_size"), field=field

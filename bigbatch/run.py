@@ -75,8 +75,7 @@ def _checked_setup(config, workdir: pathlib.Path, devices, say) -> dict[str, Any
   optimizer = bbconfig.optimizer_from_config(config, plan)
   spec = data.dataset_spec(config.dataset.get("name"), config.dataset.get("image_size"))
   model = bbconfig.model_from_config(config, spec.num_classes)
-  block = config.get("mesh") or {}
-  mesh = shd.make_mesh(int(block.get("data", -1)), int(block.get("fsdp", 1)), devices=devices)
+  mesh = shd.mesh_from_config(config, devices)
   bbconfig.check_plan_on_mesh(config, plan, mesh)
   shd.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
   if int(config.get("eval_train_examples", 0)) < 0:
@@ -140,13 +139,10 @@ def set_up(config, workdir: pathlib.Path, devices, say) -> Run:
   )
   inputs = jax.ShapeDtypeStruct((1, *parts["spec"].input_shape), np.float32)
   fsdp_min = int((config.get("mesh") or {}).get("fsdp_min_size", 2**14))
-  shardings = st.train_state_shardings(model, optimizer, inputs, mesh, fsdp_min_size=fsdp_min)
   record = None
   if checkpoints.latest_step() is not None:
-    abstract = jax.eval_shape(
-      lambda: st.init_train_state(model, optimizer, inputs, jax.random.key(0))
-    )
-    state, record = restore_latest(checkpoints, config, ckpt.abstract_state(shardings, abstract))
+    target = st.abstract_train_state(model, optimizer, inputs, mesh, fsdp_min_size=fsdp_min)
+    state, record = restore_latest(checkpoints, config, target)
   else:
     state = st.create_train_state(
       model, optimizer, inputs, mesh, seed=int(config.seed), fsdp_min_size=fsdp_min

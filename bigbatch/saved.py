@@ -76,13 +76,9 @@ def state_target(setup: Setup) -> st.TrainState:
   config = setup.config
   plan = bbconfig.plan_from_config(config)
   optimizer = bbconfig.optimizer_from_config(config, plan)
-  shardings = st.train_state_shardings(
+  return st.abstract_train_state(
     setup.model, optimizer, setup.example_inputs, setup.mesh, fsdp_min_size=setup.fsdp_min_size
   )
-  abstract = jax.eval_shape(
-    lambda: st.init_train_state(setup.model, optimizer, setup.example_inputs, jax.random.key(0))
-  )
-  return st.abstract_state(shardings, abstract)
 
 
 def variables_target(setup: Setup) -> dict[str, Any]:

@@ -67,10 +67,12 @@ def make_mesh(
   return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=auto, devices=devices)
 
 
-def mesh_from_config(config: Mapping[str, Any]) -> Mesh:
-  """The mesh of a config's `mesh` block (`data`, `fsdp`); all devices by default."""
+def mesh_from_config(
+  config: Mapping[str, Any], devices: Sequence[jax.Device] | None = None
+) -> Mesh:
+  """The mesh of a config's `mesh` block (`data`, `fsdp`) over `devices` (default: all)."""
   block = config.get("mesh") or {}
-  return make_mesh(int(block.get("data", -1)), int(block.get("fsdp", 1)))
+  return make_mesh(int(block.get("data", -1)), int(block.get("fsdp", 1)), devices=devices)
 
 
 def initialize_distributed(config: Mapping[str, Any] | None = None) -> bool:

@@ -33,10 +33,11 @@ from bigbatch import gradients as gn
 from bigbatch import sharding as shd
 from bigbatch.accumulate import accumulate
 from bigbatch.inputs import Normalisation, model_inputs
+from bigbatch.models import COMPUTE_DTYPES as COMPUTE_DTYPES  # re-exported
+from bigbatch.models import compute_dtype as compute_dtype  # re-exported
 from bigbatch.optim import current_hyperparams, state_shardings
 
 Batch = Mapping[str, Any]
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -65,15 +66,6 @@ def abstract_state(shardings: Any, like: Any) -> Any:
     like,
     shardings,
   )
-
-
-def compute_dtype(name: str = "auto") -> Any:
-  """The dtype activations are computed in: `auto` is bfloat16 on GPU/TPU, float32 on CPU."""
-  if name not in COMPUTE_DTYPES:
-    raise ValueError(f"compute_dtype: {name!r} is not one of {', '.join(COMPUTE_DTYPES)}")
-  if name == "auto":
-    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-  return jnp.dtype(name)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -139,6 +131,22 @@ def train_state_shardings(
   )
 
 
+def abstract_train_state(
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  example_inputs: jax.ShapeDtypeStruct,
+  mesh: Mesh,
+  *,
+  fsdp_min_size: int = 2**14,
+) -> TrainState:
+  """A fresh train state's shapes, dtypes and shardings, nothing allocated (a restore target)."""
+  shardings = train_state_shardings(
+    model, optimizer, example_inputs, mesh, fsdp_min_size=fsdp_min_size
+  )
+  init = lambda: init_train_state(model, optimizer, example_inputs, jax.random.key(0))  # noqa: E731
+  return abstract_state(shardings, jax.eval_shape(init))
+
+
 def create_train_state(
   model: nn.Module,
   optimizer: optax.GradientTransformation,
@@ -150,14 +158,9 @@ def create_train_state(
 ) -> TrainState:
   """Initialises the train state directly in place on `mesh` (no host copy).
 
-  Args:
-    model: a flax module called as `model.apply(variables, x, train=...)`.
-    optimizer: any optax transformation.
-    example_inputs: shape and dtype of the model's input, e.g.
-      `jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)`.
-    mesh: the device mesh.
-    seed: the parameters' initialisation seed.
-    fsdp_min_size: smallest parameter split along `fsdp` (elements).
+  `example_inputs` is the shape and dtype of the model's input, e.g.
+  `jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)`; `seed` seeds the
+  parameters; `fsdp_min_size` is the smallest parameter split along `fsdp`.
   """
   shardings = train_state_shardings(
     model, optimizer, example_inputs, mesh, fsdp_min_size=fsdp_min_size
@@ -326,10 +329,7 @@ def make_eval_step(
   def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     logits = model.apply(variables, model_inputs(batch["inputs"], normalisation), train=False)
-    mask = batch.get("mask")
-    if mask is None:
-      mask = jnp.ones(batch["labels"].shape, jnp.int32)
-    mask = mask.astype(jnp.int32)
+    mask = batch.get("mask", jnp.ones(batch["labels"].shape, jnp.int32)).astype(jnp.int32)
     correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.int32)
     loss = cross_entropy(logits, batch["labels"])
     return {
@@ -415,12 +415,12 @@ class CompiledSteps:
     self._abstract_state = abstract_state(self.state_shardings, state)
     self._example_batch = dict(example_batch)
     self._ghost = ghost_batch_size
-    replicated = shd.replicated(mesh)
     self._batch_sharding = shd.batch_sharding(mesh)
+    out = shd.replicated(mesh)
     self._jitted = jax.jit(
       fn,
       in_shardings=(self.state_shardings, self._batch_sharding),
-      out_shardings=(self.state_shardings, replicated) if returns_state else replicated,
+      out_shardings=(self.state_shardings, out) if returns_state else out,
       donate_argnums=(0,) if returns_state else (),
     )
     # by batch size: shapes, dtypes and shardings of a batch follow from it here

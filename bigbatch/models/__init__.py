@@ -10,12 +10,25 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bigbatch.models.ghost_norm import GhostBatchNorm
 from bigbatch.models.inception import InceptionResNetV2
 from bigbatch.models.resnet import ResNet, WideResNet
 from bigbatch.models.small import MLP, ConvNet
+
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def compute_dtype(name: str = "auto") -> Any:
+  """The dtype activations are computed in: `auto` is bfloat16 on GPU/TPU, float32 on CPU."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"compute_dtype: {name!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return jnp.dtype(name)
+
 
 # name -> (class, default fields)
 MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
