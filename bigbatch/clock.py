@@ -13,7 +13,10 @@ from typing import Any
 from bigbatch import step as st
 from bigbatch.planner import Plan
 
-_NOTES = ("grad_noise_scale",)  # per-phase values a checkpoint carries besides the times
+# per-phase values a checkpoint carries besides the times
+_NOTES = ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high")
+# seconds of a phase spent outside its train steps (part of its `seconds`)
+_SPENT = ("eval_seconds", "checkpoint_seconds", "compile_wait_seconds")
 
 
 class Clock:
@@ -35,20 +38,28 @@ class Clock:
       self._entry(phase.index, phase.batch_size)
     for saved in elapsed.get("phases", []):
       entry = self._entry(int(saved["phase"]), int(saved["batch_size"]))
-      for key in ("steps", "seconds", "compile_seconds", *_NOTES):
+      for key in ("steps", "seconds", "compile_seconds", *_SPENT, *_NOTES):
         if key in saved:
           entry[key] = saved[key]
     self._session: dict[int, dict[str, float]] = {}
     self._current: tuple[int, int, float] | None = None  # phase, first step, start time
     self._notes: dict[int, dict[str, float]] = {}
+    self._spent: dict[int, dict[str, float]] = {}  # this session's, by phase
 
   def _entry(self, phase: int, batch_size: int) -> dict[str, Any]:
-    empty = {"steps": 0, "seconds": 0.0, "compile_seconds": 0.0}
+    empty = {"steps": 0, "seconds": 0.0, "compile_seconds": 0.0, **dict.fromkeys(_SPENT, 0.0)}
     return self._base.setdefault(phase, {"phase": phase, "batch_size": batch_size, **empty})
 
   def note(self, phase: int, key: str, value: float) -> None:
     """Records a value of a phase (the latest wins), kept in the totals across restarts."""
     self._notes.setdefault(phase, {})[key] = value
+
+  def spend(self, phase: int, key: str, seconds: float) -> None:
+    """Adds `seconds` of a phase spent on `key`, one of `_SPENT`: evaluation, checkpoints,
+    and waiting for the phase's step to compile (in the foreground, or the rest of a
+    background compile)."""
+    spent = self._spent.setdefault(phase, dict.fromkeys(_SPENT, 0.0))
+    spent[key] += seconds
 
   def start_phase(self, phase: int, step: int, batch_size: int) -> None:
     self._entry(phase, batch_size)
@@ -80,12 +91,14 @@ class Clock:
     phases = []
     for index in sorted(self._base):
       base, now = self._base[index], session.get(index, {"steps": 0, "seconds": 0.0})
+      spent = self._spent.get(index, {})
       phases.append(
         {
           **base,
           "steps": base["steps"] + now["steps"],
           "seconds": base["seconds"] + now["seconds"],
           "compile_seconds": base["compile_seconds"] + compile_seconds.get(index, 0.0),
+          **{key: base.get(key, 0.0) + spent.get(key, 0.0) for key in _SPENT},
           **self._notes.get(index, {}),
         }
       )

@@ -171,8 +171,10 @@ def set_run_fields(
   `compute_dtype` ("auto": bfloat16 on GPU/TPU, float32 on CPU; parameters
   float32), `label_smoothing` 0, `mesh` (batch over all devices, parameters
   replicated), `distributed`, `memory` (the batch-size probe's budget),
-  `log_every_steps` 50, `keep_checkpoints` 3, `background_compile` (compile
-  the next phase while this one trains), `noise` (the measured gradient
+  `log_every_steps` 50, `keep_checkpoints` 3, `background_compile` ("auto":
+  compile the next phase while this one trains on a GPU or TPU, not on a CPU,
+  where the compiler runs on the threads that run the step; "on"; "off"),
+  `noise` (the measured gradient
   noise scale, `default_noise_config`), `compilation_cache_dir` (JAX's
   persistent cache; unset) and `eval_train_examples` (0: off; K > 0: each
   evaluation also measures the loss and accuracy of the first K training
@@ -194,7 +196,7 @@ def set_run_fields(
   config.checkpoint_every_steps = int(checkpoint_every_steps)
   config.keep_checkpoints = 3
   config.snapshots = "auto"
-  config.background_compile = True
+  config.background_compile = "auto"
   config.noise = default_noise_config()
   config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
   return config

@@ -91,7 +91,7 @@ RUN_FIELDS: dict[str, _Check] = {
   "checkpoint_every_steps": integer(1),
   "keep_checkpoints": integer(1),
   "snapshots": one_of("auto", "on", "off"),
-  "background_compile": boolean,
+  "background_compile": one_of("auto", "on", "off", True, False),
   "dataset.num_train_examples": integer(1),
   "dataset.generator_seed": integer(0),
   "dataset.image_size": integer(1, optional=True),

@@ -58,6 +58,10 @@ class DatasetSpec:
     device_normalisation: the per-channel (mean, std) the step normalises
       the inputs with on the device, which then arrive as uint8 pixels; None:
       they arrive normalised, as float32.
+    host_preprocess: the same preprocessing in NumPy, `fn(inputs) -> inputs`
+      on a whole batch, for a split held in memory whose training examples
+      are not augmented; the pipeline then gathers each batch in NumPy, with
+      no tf.data threads competing with the step for the cores. None: tf.data.
   """
 
   tfds_name: str
@@ -69,6 +73,7 @@ class DatasetSpec:
   train_preprocess: Callable[..., tf.Tensor]
   eval_preprocess: Callable[..., tf.Tensor]
   device_normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+  host_preprocess: Callable[[np.ndarray], np.ndarray] | None = None
 
   @property
   def input_dtype(self) -> np.dtype:
@@ -77,7 +82,17 @@ class DatasetSpec:
 
 
 DATASETS = {
-  "mnist1d": DatasetSpec("mnist1d", 10, (40,), "train", "test", True, pre.identity, pre.identity),
+  "mnist1d": DatasetSpec(
+    "mnist1d",
+    10,
+    (40,),
+    "train",
+    "test",
+    True,
+    pre.identity,
+    pre.identity,
+    host_preprocess=pre.identity_numpy,
+  ),
   "cifar10": DatasetSpec(
     "cifar10", 10, (32, 32, 3), "train", "test", True, pre.cifar_train, pre.cifar_eval
   ),
@@ -215,6 +230,10 @@ class ArraySource:
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs and labels at `indices`, in NumPy."""
+    return self.inputs[indices], self.labels[indices]
 
   def lookup(self, indices: tf.Tensor) -> dict[str, tf.Tensor]:
     """The examples at `indices` (any shape), in TensorFlow."""

@@ -15,6 +15,10 @@ Both sources get one request per batch: an in-memory split gathers the
 batch's indices in the graph, a split in ArrayRecord files (ImageNet) reads
 the batch's raw records in a reader process (`records.RecordSource`). Each
 example's preprocessing then runs in tf.data's threads, seeded by its position.
+An in-memory split that is not augmented and has a NumPy twin of its
+preprocessing (MNIST-1D) skips tf.data: a batch is one NumPy gather in the
+trainer's thread, which costs microseconds, where tf.data's threads took a
+core from the step (about 3 ms of a 3 ms step at batch 128 on 2 cores).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from bigbatch.data import allocator
 from bigbatch.data.datasets import ArraySource, DatasetSpec
 from bigbatch.data.records import RecordSource
 
@@ -60,6 +65,23 @@ def _options() -> tf.data.Options:
   options.deterministic = True
   options.threading.private_threadpool_size = 0  # tf.data's shared pool
   return options
+
+
+def _on_host(source: Source, spec: DatasetSpec, preprocess) -> bool:
+  """Whether batches are gathered in NumPy: a split in memory, not augmented, with a
+  NumPy twin of its preprocessing (`DatasetSpec.host_preprocess`)."""
+  return (
+    isinstance(source, ArraySource)
+    and spec.host_preprocess is not None
+    and preprocess is spec.eval_preprocess
+  )
+
+
+def _host_batch(source: ArraySource, spec: DatasetSpec, index: np.ndarray, *, with_index=False):
+  """The examples at `index`, preprocessed in NumPy."""
+  inputs, labels = source.gather(index)
+  batch = {"inputs": spec.host_preprocess(inputs), "labels": labels}
+  return {**batch, "index": index} if with_index else batch
 
 
 def train_batches(
@@ -115,6 +137,10 @@ def train_batches(
       positions(), signature, example, options=_options(), prefetch=prefetch
     )
     return
+  if _on_host(source, spec, spec.train_preprocess):
+    for index, _ in positions():
+      yield _host_batch(source, spec, index, with_index=with_index)
+    return
   ds = tf.data.Dataset.from_generator(positions, output_signature=signature)
 
   def lookup(index, position):
@@ -126,7 +152,7 @@ def train_batches(
   else:  # no augmentation: gather whole batches
     ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.with_options(_options()).prefetch(prefetch)
-  yield from ds.as_numpy_iterator()
+  yield from allocator.numpy_iterator(ds)
 
 
 def eval_batches(
@@ -170,13 +196,17 @@ def eval_batches(
       positions(), signature, example, options=_options(), prefetch=prefetch
     )
     return
+  if _on_host(source, spec, spec.eval_preprocess):
+    for index, mask in positions():
+      yield {**_host_batch(source, spec, index), "mask": mask}
+    return
   ds = tf.data.Dataset.from_generator(positions, output_signature=signature)
   ds = ds.unbatch().map(
     lambda index, mask: example(source.lookup(index), index, mask),
     num_parallel_calls=tf.data.AUTOTUNE,
   )
   ds = ds.batch(len(offsets), drop_remainder=True).with_options(_options()).prefetch(prefetch)
-  yield from ds.as_numpy_iterator()
+  yield from allocator.numpy_iterator(ds)
 
 
 def example_batch(spec: DatasetSpec) -> Mapping[str, Any]:

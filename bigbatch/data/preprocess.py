@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import tensorflow as tf
 
 # Per-channel statistics of the training images, in [0, 1] units: CIFAR-10's normalise
@@ -66,6 +67,11 @@ def stream_seeds(seed: tf.Tensor, count: int) -> list[tf.Tensor]:
 def identity(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
   del seed
   return tf.cast(example["signal"], tf.float32)
+
+
+def identity_numpy(inputs: np.ndarray) -> np.ndarray:
+  """`identity` on a batch in NumPy (the same float32 values)."""
+  return np.asarray(inputs, np.float32)
 
 
 def cifar_train(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from bigbatch.data import allocator
+
 READER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "record_reader.py")
 
 
@@ -227,7 +229,7 @@ class RecordSource:
       )
       ds = ds.unbatch().map(read, num_parallel_calls=tf.data.AUTOTUNE)
       ds = ds.batch(size, drop_remainder=True).with_options(options).prefetch(prefetch)
-      iterator = ds.as_numpy_iterator()
+      iterator = allocator.numpy_iterator(ds)
       try:
         for key, batch in enumerate(iterator):
           readers.release(key)
