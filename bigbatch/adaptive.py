@@ -10,12 +10,18 @@ decide):
   **batch** grows by `factor` instead of the learning rate falling.
 * `plateau_lr`: the classic ReduceLROnPlateau (the learning rate falls by
   `factor`, the batch stays): the baseline to compare with.
-* `noise`: the batch grows by `factor` when the smoothed, measured gradient
-  noise scale B_simple exceeds `noise_ratio` times the batch, the phase has
+* `noise`: the batch grows by `factor` when the measured gradient noise
+  scale B_simple is confidently above `noise_ratio` times the batch: the
+  lower bound of its confidence interval (`gradients.interval`) clears
+  `noise_ratio` x B. It also grows when |G|^2 has not been resolved at any
+  evaluation of the phase while tr(S) has been: the gradient never stood out
+  of its noise, so B_simple is far above the batch (an unbiased |G|^2 near
+  zero is what made the old point estimate negative, and a negative estimate
+  read as "do not grow", the wrong way round). Either way the phase must have
   lasted `min_phase_epochs`, and the predicted saving of steps
-  (1 + B_noise/B) / (1 + B_noise/B') - 1 is at least `min_gain` (AdaptDL
-  re-decides at epoch ends and only for a gain over 5%; the same guards keep
-  this rule from thrashing on a noisy estimate).
+  (1 + B_noise/B) / (1 + B_noise/B') - 1 at B_noise = the lower bound must be
+  at least `min_gain` (AdaptDL re-decides at epoch ends and only for a gain
+  over 5%; the same guards keep this rule from thrashing on a noisy estimate).
 
 Every strategy grows the batch by a whole factor, rounded down to
 `batch_multiple`, never past `max_batch_size` (or the dataset) and never
@@ -57,7 +63,7 @@ class Decision:
   batch_size: int
   learning_rate: float
   reason: str
-  measurement: float
+  measurement: float | None  # what the reason names; None: not a number (unbounded)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -230,6 +236,10 @@ class Policy:
     self.cooldown_left = int(state.get("cooldown_left", 0))
     self.loss_ema = float(state.get("loss_ema", 0.0))
     self.loss_weight = float(state.get("loss_weight", 0.0))
+    # the noise rule, over the phase's evaluations so far: was |G|^2 ever resolved, and
+    # was tr(S) (some lower bound known)?
+    self.resolved_in_phase = bool(state.get("resolved_in_phase", False))
+    self.measured_in_phase = bool(state.get("measured_in_phase", False))
 
   def state_dict(self) -> dict[str, Any]:
     return {
@@ -239,6 +249,8 @@ class Policy:
       "cooldown_left": self.cooldown_left,
       "loss_ema": self.loss_ema,
       "loss_weight": self.loss_weight,
+      "resolved_in_phase": self.resolved_in_phase,
+      "measured_in_phase": self.measured_in_phase,
     }
 
   def observe_loss(self, loss: float, batch_size: int) -> None:
@@ -276,21 +288,31 @@ class Policy:
       return True
     return False
 
-  def _noise_says_grow(self, phase: Phase, position: int, measured: float | None) -> bool:
+  def _noise_says_grow(
+    self, phase: Phase, position: int, values: Mapping[str, Any]
+  ) -> tuple[str, float | None] | None:
+    """The noise rule at an evaluation: (reason, measurement) to grow, or None."""
     s = self.settings
-    if measured is None or not math.isfinite(measured) or measured <= 0:
-      return False
+    low = noise.known(values.get("grad_noise_scale_low"))
+    resolved = noise.known(values.get("grad_noise_scale_high")) is not None
+    self.resolved_in_phase |= resolved
+    self.measured_in_phase |= low is not None
     long_enough = position - phase.first_example >= s.min_phase_epochs * self.dataset_size
-    if not long_enough or measured < s.noise_ratio * phase.batch_size:
-      return False
     change = next_phase(s, phase, self.dataset_size)
-    if change is None:
-      return False
-    if change[0] == phase.batch_size:  # at the cap: the learning rate takes the factor
-      return True
-    steps_now, _ = noise.critical_batch_costs(phase.batch_size, measured)
-    steps_then, _ = noise.critical_batch_costs(change[0], measured)
-    return steps_now / steps_then - 1.0 >= s.min_gain
+    if not long_enough or change is None:
+      return None
+    if low is not None and low >= s.noise_ratio * phase.batch_size:
+      reason = f"B_simple >= {low:,.0f} (its lower bound) >= {s.noise_ratio:g} x batch"
+    elif self.measured_in_phase and not self.resolved_in_phase:
+      reason = "|G|^2 not resolved at any evaluation of the phase: B_simple far above the batch"
+    else:
+      return None
+    if change[0] != phase.batch_size and low is not None:  # below the cap: worth the steps?
+      steps_now, _ = noise.critical_batch_costs(phase.batch_size, low)
+      steps_then, _ = noise.critical_batch_costs(change[0], low)
+      if steps_now / steps_then - 1.0 < s.min_gain:
+        return None
+    return reason, low
 
   def decide(
     self, step: int, position: int, phase: Phase, values: Mapping[str, float]
@@ -306,10 +328,10 @@ class Policy:
     """
     s = self.settings
     if s.strategy == "noise":
-      measured = values.get("grad_noise_scale")
-      if not self._noise_says_grow(phase, position, measured):
+      grow = self._noise_says_grow(phase, position, values)
+      if grow is None:
         return None
-      reason, measurement = f"B_simple {measured:,.0f} >= {s.noise_ratio:g} x batch", measured
+      reason, measurement = grow
     else:
       monitored = self.smoothed_loss if s.monitor == "train_loss" else values.get(s.monitor)
       if monitored is None or not math.isfinite(monitored) or not self._plateau(monitored):
@@ -319,8 +341,10 @@ class Policy:
     change = next_phase(s, phase, self.dataset_size)
     if change is None:
       return None
-    decision = Decision(step, position, change[0], change[1], reason, float(measurement))
+    measurement = None if measurement is None else float(measurement)
+    decision = Decision(step, position, change[0], change[1], reason, measurement)
     self.decisions.append(decision)
+    self.resolved_in_phase = self.measured_in_phase = False  # a new phase
     return decision
 
 
@@ -356,8 +380,9 @@ def describe(settings: Settings, plan: Plan, eval_every_epochs: float) -> str:
     )
   if s.strategy == "noise":
     rule = (
-      f"when the measured B_simple >= {s.noise_ratio:g} x batch, after {s.min_phase_epochs:g} "
-      f"epochs in a phase, for a predicted saving of steps >= {s.min_gain:.0%}"
+      f"when the lower bound of the measured B_simple >= {s.noise_ratio:g} x batch (or |G|^2 "
+      f"is not resolved at any evaluation of a phase), after {s.min_phase_epochs:g} epochs in "
+      f"a phase, for a predicted saving of steps >= {s.min_gain:.0%}"
     )
   else:
     rule = (

@@ -8,13 +8,12 @@ and what is allowed, before any long work starts.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import pathlib
-from types import ModuleType
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh
@@ -24,6 +23,22 @@ from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import compute_dtype, create_model
 from bigbatch.planner import Plan, PlanError, plan_phases
+
+# The blocks recipes are built from, and the config's error, where recipes and
+# callers have always imported them.
+from bigbatch.recipe import (  # noqa: F401  (re-exported)
+  OPTIMIZER_VARIANTS,
+  ConfigError,
+  default_distributed_config,
+  default_memory_config,
+  default_mesh_config,
+  default_noise_config,
+  default_plan_config,
+  default_schedule_config,
+  load_sibling,
+  set_run_fields,
+  with_optimizer_variant,
+)
 from bigbatch.schedules import SCHEDULES, Schedule, make_schedule
 
 # Planner arguments and the config fields they come from, for error messages.
@@ -49,188 +64,6 @@ _OPTIMIZER_FIELDS = {
 }
 # The field that a plan's momentum feeds, where it is not Adam's `b1`.
 _MOMENTUM_FIELDS = {"sgd_momentum": "momentum", "power_sign": "beta", "add_sign": "beta"}
-
-
-class ConfigError(ValueError):
-  """A config field with a value bigbatch cannot use; the message names it."""
-
-
-def load_sibling(config_file: str, name: str) -> ModuleType:
-  """Imports the config file `name` that sits beside `config_file`.
-
-  Config files are loaded by path, not as a package, so a variant finds its
-  base with `load_sibling(__file__, "cifar10_base")`.
-  """
-  path = pathlib.Path(config_file).with_name(f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"bigbatch_configs.{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def default_schedule_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
-  """A `schedule` block holding every field of `make_schedule`, `fields` set.
-
-  All fields are present (at their defaults) so that any schedule can be
-  chosen on the command line, e.g. `--config.schedule.name=cosine`.
-  """
-  block = ml_collections.ConfigDict({"name": name})
-  for key, parameter in inspect.signature(make_schedule).parameters.items():
-    if key in ("name", "epochs"):
-      continue
-    default = fields.pop(key, parameter.default)
-    block[key] = ml_collections.config_dict.placeholder(tuple) if default is None else default
-  if fields:
-    raise ConfigError(f"schedule.{next(iter(fields))}: unknown field")
-  return block
-
-
-def default_plan_config(batch_multiple: int = 1) -> ml_collections.ConfigDict:
-  """The `plan` block of a config, as a baseline (`decay_lr`) by default.
-
-  Fields: `strategy` (decay_lr | increase_batch | hybrid | accumulate, or the
-  phases decided while training: plateau | plateau_lr | noise, whose fields
-  are in `adapt`, see `bigbatch.adaptive`),
-  `max_batch_size` (the cap, needed by hybrid and accumulate; -1 or `auto`
-  on the command line: measured by the memory probe), `batch_multiple`
-  (devices x ghost batch),
-  `noise_rule` (approx: batch x decay factor, as the paper; exact: N/B - 1)
-  and `min_phase_epochs` (shortest phase cut from a continuous schedule).
-  """
-  return ml_collections.ConfigDict(
-    {
-      "strategy": "decay_lr",
-      "max_batch_size": ml_collections.config_dict.placeholder(int),
-      "batch_multiple": batch_multiple,
-      "noise_rule": "approx",
-      "min_phase_epochs": ml_collections.config_dict.placeholder(float),
-      "adapt": adaptive.default_config(),
-    }
-  )
-
-
-def default_mesh_config() -> ml_collections.ConfigDict:
-  """The `mesh` block: `data` devices split the batch (-1: all), `fsdp` devices
-  shard parameters and optimizer state (1: replicate them), `fsdp_min_size`
-  is the smallest parameter (in elements) worth sharding."""
-  return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2**14})
-
-
-def default_memory_config() -> ml_collections.ConfigDict:
-  """The `memory` block of the batch-size probe (`bigbatch probe`, `max_batch_size: auto`).
-
-  `budget_bytes`: what one CPU device may use (default: `cpu_fraction` of the
-  RAM shared among the CPU devices; GPU/TPU report their own); `margin`: the
-  fraction of the budget kept free.
-  """
-  placeholder = ml_collections.config_dict.placeholder
-  return ml_collections.ConfigDict(
-    {"budget_bytes": placeholder(int), "cpu_fraction": 0.5, "margin": 0.1}
-  )
-
-
-def default_distributed_config() -> ml_collections.ConfigDict:
-  """The `distributed` block: multi-host JAX (`jax.distributed.initialize`).
-
-  `enabled` is "auto" (on a TPU pod, or when `JAX_COORDINATOR_ADDRESS` is
-  set), True or False; the other fields default to the environment's
-  `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`.
-  """
-  placeholder = ml_collections.config_dict.placeholder
-  return ml_collections.ConfigDict(
-    {
-      "enabled": "auto",
-      "coordinator_address": placeholder(str),
-      "num_processes": placeholder(int),
-      "process_id": placeholder(int),
-    }
-  )
-
-
-def default_noise_config() -> ml_collections.ConfigDict:
-  """The `noise` block: the gradient noise scale measured in the train step.
-
-  `measure` (on by default; its cost is in docs/BENCHMARKS.md);
-  `horizon_epochs`, the smoothing's horizon as a fraction of an epoch of
-  examples (the same at every batch size); `warn_ratio`, how far a phase's
-  batch may exceed the measured B_simple before the trainer says so.
-  """
-  return ml_collections.ConfigDict({"measure": True, "horizon_epochs": 0.1, "warn_ratio": 8.0})
-
-
-def set_run_fields(
-  config: ml_collections.ConfigDict,
-  *,
-  eval_every_epochs: float,
-  eval_batch_size: int,
-  checkpoint_every_steps: int,
-) -> ml_collections.ConfigDict:
-  """Adds the fields of a training run that every recipe shares (returns `config`).
-
-  The three arguments differ by dataset; the rest are the same everywhere:
-  `compute_dtype` ("auto": bfloat16 on GPU/TPU, float32 on CPU; parameters
-  float32), `label_smoothing` 0, `mesh` (batch over all devices, parameters
-  replicated), `distributed`, `memory` (the batch-size probe's budget),
-  `log_every_steps` 50, `keep_checkpoints` 3, `background_compile` ("auto":
-  compile the next phase while this one trains on a GPU or TPU, not on a CPU,
-  where the compiler runs on the threads that run the step; "on"; "off"),
-  `noise` (the measured gradient
-  noise scale, `default_noise_config`), `compilation_cache_dir` (JAX's
-  persistent cache; unset) and `eval_train_examples` (0: off; K > 0: each
-  evaluation also measures the loss and accuracy of the first K training
-  examples, unaugmented, logged as `train_eval_loss` and
-  `train_eval_accuracy`), `snapshots` ("auto": keep the model at the end of
-  each cycle when the schedule restarts, see `bigbatch.snapshots`; "on"; "off").
-  Checkpoints are also saved at every phase boundary and at the end;
-  evaluation covers the whole test split.
-  """
-  config.compute_dtype = "auto"
-  config.label_smoothing = 0.0
-  config.mesh = default_mesh_config()
-  config.distributed = default_distributed_config()
-  config.memory = default_memory_config()
-  config.eval_every_epochs = float(eval_every_epochs)
-  config.eval_batch_size = int(eval_batch_size)
-  config.eval_train_examples = 0
-  config.log_every_steps = 50
-  config.checkpoint_every_steps = int(checkpoint_every_steps)
-  config.keep_checkpoints = 3
-  config.snapshots = "auto"
-  config.background_compile = "auto"
-  config.noise = default_noise_config()
-  config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
-  return config
-
-
-# The optimizer variants of the paper's section 5.1, chosen with `--config=FILE:VARIANT`.
-OPTIMIZER_VARIANTS = ("momentum", "nesterov", "sgd", "adam")
-
-
-def with_optimizer_variant(
-  config: ml_collections.ConfigDict, variant: str | None = None
-) -> ml_collections.ConfigDict:
-  """Applies a section 5.1 optimizer variant to an SGD-momentum config (returns it).
-
-  `momentum` (the default) leaves the config as it is; `nesterov` switches on
-  Nesterov momentum; `sgd` drops momentum and multiplies the learning rate by
-  1 / (1 - m), so the effective learning rate and the noise scale stay the
-  same; `adam` uses Adam with the paper's lr 1e-3, b1 0.9, b2 0.999 (the same
-  schedule steps and batch sizes).
-  """
-  variant = variant or "momentum"
-  if variant not in OPTIMIZER_VARIANTS:
-    raise ConfigError(f"config variant: {variant!r} is not one of {', '.join(OPTIMIZER_VARIANTS)}")
-  if variant == "nesterov":
-    config.optimizer.nesterov = True
-  elif variant == "sgd":
-    momentum = float(config.optimizer.momentum)
-    config.optimizer.learning_rate = float(config.optimizer.learning_rate) / (1.0 - momentum)
-    config.optimizer.momentum = 0.0
-  elif variant == "adam":
-    config.optimizer = ml_collections.ConfigDict(
-      {"name": "adam", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
-    )
-  return config
 
 
 def _require(config: ml_collections.ConfigDict, path: str) -> Any:
@@ -264,13 +97,27 @@ def schedule_from_config(config: ml_collections.ConfigDict) -> Schedule:
   if name not in SCHEDULES:
     raise ConfigError(f"schedule.name: {name!r} is not one of {', '.join(SCHEDULES)}")
   allowed = set(inspect.signature(make_schedule).parameters) - {"name", "epochs"}
-  for key in fields:
+  for key, value in fields.items():
     if key not in allowed:
       raise ConfigError(f"schedule.{key}: unknown field; allowed: {', '.join(sorted(allowed))}")
+    _check_numbers(f"schedule.{key}", value)
   try:
     return make_schedule(name, float(_require(config, "num_epochs")), **fields)
   except (TypeError, ValueError) as error:
     raise ConfigError(str(error)) from None
+
+
+def _check_numbers(field: str, value: Any) -> None:
+  """A list field (`boundaries`, `factor`, `momentum_range`) holds numbers only.
+
+  The command line reads `--config.schedule.boundaries=abc` as the tuple
+  ("abc",); a number is needed in every place.
+  """
+  if not isinstance(value, tuple | list):
+    return
+  if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+    text = ",".join(map(str, value))
+    raise ConfigError(f"{field}: {text!r} is not a list of numbers")
 
 
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:
@@ -460,6 +307,16 @@ def _halves_fit(config: ml_collections.ConfigDict, plan: Plan, mesh: Mesh) -> bo
   return (min(plan.batch_sizes) // 2) % (int(ghost) * shards) == 0
 
 
+def whole_batch_norm(model: nn.Module, input_shape: tuple[int, ...], ghost: int | None) -> bool:
+  """Whether `model` normalises over the whole batch: it keeps batch statistics and no
+  ghost batch size is set (read from `jax.eval_shape` of its init: nothing is allocated)."""
+  if ghost is not None:
+    return False
+  inputs = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), inputs)
+  return bool(jax.tree.leaves(variables.get("batch_stats", {})))
+
+
 def train_step_from_config(
   config: ml_collections.ConfigDict,
   model: nn.Module,
@@ -467,22 +324,25 @@ def train_step_from_config(
   plan: Plan,
   mesh: Mesh,
   *,
+  input_shape: tuple[int, ...],
   normalisation: Any = None,
 ) -> tuple[Any, bool]:
   """The config's train step on `mesh`, and whether it measures the gradient noise scale.
 
+  `input_shape` is one example's model input (`DatasetSpec.input_shape`);
   `normalisation` is the dataset's `DatasetSpec.device_normalisation`.
 
   The step takes each device's gradient on its own examples (and so can
   measure the noise scale) when batch norm never needs examples of two
-  devices at once: with ghost batches, or a model without batch norm. A model
-  with whole-batch batch norm (`ghost_batch_size` unset) on several devices
-  keeps the compiler-partitioned step, which normalises over the global batch.
-  It does not measure where the halves it would cut cannot hold whole ghost
-  batches (`_halves_fit`).
+  devices at once: with ghost batches, or a model without batch norm (an MLP).
+  A model with whole-batch batch norm (`ghost_batch_size` unset) on several
+  devices keeps the compiler-partitioned step, which normalises over the
+  global batch, and is not measured. Nor is a run whose halves (cut to
+  measure on one device) cannot hold whole ghost batches (`_halves_fit`).
   """
   block = config.get("noise") or {}
-  per_device = config.get("ghost_batch_size") is not None or shd.data_parallel_size(mesh) == 1
+  ghost = config.get("ghost_batch_size")
+  per_device = shd.data_parallel_size(mesh) == 1 or not whole_batch_norm(model, input_shape, ghost)
   measure = bool(block.get("measure", True)) and per_device and _halves_fit(config, plan, mesh)
   horizon = float(block.get("horizon_epochs", 0.1)) * plan.dataset_size
   step = st.make_train_step(
@@ -495,6 +355,7 @@ def train_step_from_config(
     mesh=mesh if per_device else None,
     measure_noise=measure,
     noise_horizon=horizon if measure else None,
+    noise_confidence=float(block.get("confidence", 0.95)),
     normalisation=normalisation,
   )
   return step, measure

@@ -103,6 +103,7 @@ RUN_FIELDS: dict[str, _Check] = {
   "memory.margin": real(0.0, 1.0),
   "noise.measure": boolean,
   "noise.horizon_epochs": positive,
+  "noise.confidence": real(0.5, 1.0),
   "noise.warn_ratio": real(1.0),
   "distributed.num_processes": integer(1, optional=True),
   "distributed.process_id": integer(0, optional=True),

@@ -27,10 +27,25 @@ The two estimates are noisy step to step, so each is smoothed with an
 exponential moving average whose decay per step is exp(-B / H) for a horizon
 of H examples (so it means the same at every batch size), debiased as Adam's
 moments are, and B_simple is the ratio of the smoothed values.
+
+|G|^2's estimate is unbiased, so it falls below zero whenever the true
+gradient is small against the noise (late in training, at small batches),
+and then the ratio means nothing. So the state also keeps the EMAs of the
+estimates' squares and product, and the squared weights: they give each
+smoothed mean its standard error over the effective number of steps
+averaged (weight^2 / sum of squared weights), and the two means' covariance.
+B_simple then gets Fieller's confidence interval for a ratio of two
+correlated means (`interval`), the exact counterpart of the delta method that
+stays right when the denominator is near zero: while |G|^2 is resolved (its
+interval excludes zero) B_simple has both bounds; while it is not, B_simple
+is at least the lower bound and has no upper one; with fewer than two
+effective steps, or tr(S) not resolved, nothing is known.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,20 +63,40 @@ from bigbatch import sharding as shd
 class GradientNoise(flax.struct.PyTreeNode):
   """The smoothed estimates: part of the train state, checkpointed with it.
 
+  Every field is an EMA with the same decays, none debiased; dividing by
+  `weight` debiases them.
+
   Attributes:
-    sq_norm: EMA of the |G|^2 estimates (not debiased).
-    trace: EMA of the tr(S) estimates (not debiased).
-    weight: 1 - prod(decays): what the EMAs are divided by to debias them.
+    sq_norm: EMA of the |G|^2 estimates.
+    trace: EMA of the tr(S) estimates.
+    weight: 1 - prod(decays), the EMA of 1.
+    sq_norm_sq: EMA of the squared |G|^2 estimates.
+    trace_sq: EMA of the squared tr(S) estimates.
+    product: EMA of the products of the two estimates.
+    weight_sq: the sum of each step's squared weight in the EMA, so that
+      weight^2 / weight_sq is the effective number of steps averaged.
   """
 
   sq_norm: jax.Array
   trace: jax.Array
   weight: jax.Array
+  sq_norm_sq: jax.Array
+  trace_sq: jax.Array
+  product: jax.Array
+  weight_sq: jax.Array
 
   @classmethod
   def zeros(cls) -> GradientNoise:
-    zero = jnp.zeros((), jnp.float32)
-    return cls(sq_norm=zero, trace=zero, weight=zero)
+    # one array per field: the state is donated, and a buffer cannot be donated twice
+    return cls(*(jnp.zeros((), jnp.float32) for _ in dataclasses.fields(cls)))
+
+
+class GradientNoiseFormat1(flax.struct.PyTreeNode):
+  """`GradientNoise` as checkpoints before state format 2 hold it (the means alone)."""
+
+  sq_norm: jax.Array
+  trace: jax.Array
+  weight: jax.Array
 
 
 def estimates(small_sq: jax.Array, big_sq: jax.Array, b_small: float, b_big: float):
@@ -74,18 +109,103 @@ def estimates(small_sq: jax.Array, big_sq: jax.Array, b_small: float, b_big: flo
 def smooth(noise: GradientNoise, sq_norm, trace, examples: float, horizon: float):
   """The EMAs after a step of `examples` examples, with a horizon of `horizon` examples."""
   decay = jnp.exp(-examples / horizon).astype(jnp.float32)
+
+  def ema(old, new):
+    return decay * old + (1 - decay) * new
+
   return GradientNoise(
-    sq_norm=decay * noise.sq_norm + (1 - decay) * sq_norm,
-    trace=decay * noise.trace + (1 - decay) * trace,
-    weight=decay * noise.weight + (1 - decay),
+    sq_norm=ema(noise.sq_norm, sq_norm),
+    trace=ema(noise.trace, trace),
+    weight=ema(noise.weight, 1.0),
+    sq_norm_sq=ema(noise.sq_norm_sq, jnp.square(sq_norm)),
+    trace_sq=ema(noise.trace_sq, jnp.square(trace)),
+    product=ema(noise.product, sq_norm * trace),
+    weight_sq=decay**2 * noise.weight_sq + (1 - decay) ** 2,
   )
 
 
-def read(noise: GradientNoise) -> dict[str, jax.Array]:
-  """The debiased |G|^2 and tr(S), and B_simple = tr(S) / |G|^2 (NaN before any step)."""
+def moments(noise: GradientNoise) -> dict[str, jax.Array]:
+  """The debiased means of |G|^2 and tr(S), their standard errors and covariance, and the
+  effective number of steps (NaN where undefined: no step yet, or fewer than two)."""
   weight = jnp.where(noise.weight > 0, noise.weight, jnp.nan)
-  sq_norm, trace = noise.sq_norm / weight, noise.trace / weight
-  return {"grad_sq_norm": sq_norm, "grad_trace": trace, "grad_noise_scale": trace / sq_norm}
+  mean_g, mean_t = noise.sq_norm / weight, noise.trace / weight
+  steps = weight**2 / noise.weight_sq
+  # the weighted variance of one step's estimate, made unbiased by n / (n - 1),
+  # over n effective steps: the variance of the mean is that over n
+  scale = jnp.where(steps > 1.0, 1.0 / (steps - 1.0), jnp.nan)
+  var_g = jnp.maximum(noise.sq_norm_sq / weight - mean_g**2, 0.0) * scale
+  var_t = jnp.maximum(noise.trace_sq / weight - mean_t**2, 0.0) * scale
+  cov = (noise.product / weight - mean_g * mean_t) * scale
+  return {
+    "sq_norm": mean_g,
+    "trace": mean_t,
+    "var_sq_norm": var_g,
+    "var_trace": var_t,
+    "cov": cov,
+    "steps": steps,
+  }
+
+
+def interval(stats: Mapping[str, jax.Array], z: float) -> dict[str, jax.Array]:
+  """B_simple = tr(S) / |G|^2 with Fieller's confidence interval at `z` standard errors.
+
+  The interval is every ratio r with (T - r G)^2 <= z^2 Var(T - r G), for the
+  means G of |G|^2 and T of tr(S): the roots of a r^2 - 2 b r + c with
+  a = G^2 - z^2 Var G, b = T G - z^2 Cov, c = T^2 - z^2 Var T. With a > 0
+  and G > 0 (G resolved) it is the interval between the roots, cut at 0; with
+  a <= 0 and c > 0 it is the upper root and up (B_simple is at least that, no
+  upper bound); with G confidently below zero, where no positive ratio fits,
+  B_simple is at least T's lower bound over G's upper one (z standard errors
+  above 0, since |G|^2 >= 0); with c <= 0 (T not resolved) it is unknown.
+
+  Returns:
+    `value` (T / G; NaN unless G is resolved and T > 0), `low` (NaN: unknown)
+    and `high` (+inf: unbounded; NaN: unknown).
+  """
+  g, t = stats["sq_norm"], stats["trace"]
+  z2 = z * z
+  a = g * g - z2 * stats["var_sq_norm"]
+  b = t * g - z2 * stats["cov"]
+  c = t * t - z2 * stats["var_trace"]
+  root = jnp.sqrt(jnp.maximum(b * b - a * c, 0.0))
+  safe_a = jnp.where(a == 0, 1.0, a)
+  resolved = (a > 0) & (g > 0)
+  known = resolved | (c > 0)  # (NaN moments make both False)
+  fieller = jnp.where(a > 0, jnp.maximum((b - root) / safe_a, 0.0), (b - root) / safe_a)
+  # |G|^2 confidently below zero fits no positive ratio, but |G|^2 >= 0: then B_simple is at
+  # least tr(S)'s lower bound over |G|^2's upper one, z standard errors above zero
+  below = (a > 0) & (g <= 0)
+  floor = (t - z * jnp.sqrt(stats["var_trace"])) / (z * jnp.sqrt(stats["var_sq_norm"]))
+  low = jnp.where(below, floor, fieller)
+  high = jnp.where(resolved, (b + root) / safe_a, jnp.inf)
+  nan = jnp.float32(jnp.nan)
+  return {
+    "value": jnp.where(resolved & (t > 0), t / jnp.where(resolved, g, 1.0), nan),
+    "low": jnp.where(known, low, nan),
+    "high": jnp.where(known, high, nan),
+  }
+
+
+def read(noise: GradientNoise, confidence: float = 0.95) -> dict[str, jax.Array]:
+  """The step's noise metrics: the debiased |G|^2 and tr(S) with their standard errors,
+  and B_simple with its two-sided `confidence` interval (`interval`).
+
+  Non-finite values mark what is not known: NaN where there is no value (the
+  host writes null), +inf for an upper bound that does not exist.
+  """
+  stats = moments(noise)
+  z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
+  ratio = interval(stats, z)
+  return {
+    "grad_sq_norm": stats["sq_norm"],
+    "grad_sq_norm_se": jnp.sqrt(stats["var_sq_norm"]),
+    "grad_trace": stats["trace"],
+    "grad_trace_se": jnp.sqrt(stats["var_trace"]),
+    "grad_noise_scale": ratio["value"],
+    "grad_noise_scale_low": ratio["low"],
+    "grad_noise_scale_high": ratio["high"],
+    "grad_noise_steps": stats["steps"],
+  }
 
 
 def groups_of(mesh: Mesh) -> tuple[tuple[str, ...], int]:

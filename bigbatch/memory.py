@@ -240,7 +240,13 @@ def _compiled_steps(config, model, optimizer, plan, mesh, spec, inputs):
   fsdp_min_size = int((config.get("mesh") or {}).get("fsdp_min_size", 2**14))
   state = st.abstract_train_state(model, optimizer, inputs, mesh, fsdp_min_size=fsdp_min_size)
   train_step, _ = bbconfig.train_step_from_config(
-    config, model, optimizer, plan, mesh, normalisation=spec.device_normalisation
+    config,
+    model,
+    optimizer,
+    plan,
+    mesh,
+    input_shape=spec.input_shape,
+    normalisation=spec.device_normalisation,
   )
   ghost = int(config.get("ghost_batch_size") or 1)
   return st.CompiledSteps(train_step, state, data.example_batch(spec), mesh, ghost_batch_size=ghost)

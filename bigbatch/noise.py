@@ -15,6 +15,9 @@ the planner and in configs, never inside a compiled step.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 def _check_batch(batch_size: float, dataset_size: int, name: str = "batch_size") -> None:
   if dataset_size <= 0:
@@ -159,12 +162,28 @@ def critical_batch_costs(batch_size: float, measured_noise_scale: float) -> tupl
   return 1.0 + measured_noise_scale / batch_size, 1.0 + batch_size / measured_noise_scale
 
 
-def batch_above_noise_scale_note(phase: int, batch_size: int, measured_noise_scale: float) -> str:
-  """The trainer's one line when a phase's batch far exceeds the measured B_simple."""
-  steps, examples = critical_batch_costs(batch_size, measured_noise_scale)
+def batch_above_noise_scale_note(
+  phase: int, batch_size: int, high: float, value: float | None = None
+) -> str:
+  """The trainer's one line when a phase's batch far exceeds the measured B_simple.
+
+  `high` is the upper bound of B_simple's confidence interval (and `value`
+  its estimate, where known): with B_noise at most `high`, the steps are at
+  most 1 + high/B of the minimum and the examples at least 1 + B/high.
+  """
+  steps, examples = critical_batch_costs(batch_size, high)
+  estimate = f"{value:,.0f}, " if value is not None else ""
   return (
-    f"phase {phase}: batch {batch_size:,} is {batch_size / measured_noise_scale:.1f}x the "
-    f"measured gradient noise scale B_simple = {measured_noise_scale:,.0f}; predicted: "
-    f"{steps:.2f}x the minimum steps (1 + B_noise/B), {examples:.1f}x the minimum examples "
-    f"(1 + B/B_noise), so most of this phase's examples buy no fewer steps"
+    f"phase {phase}: batch {batch_size:,} is {batch_size / high:.1f}x the upper bound of the "
+    f"measured gradient noise scale B_simple ({estimate}at most {high:,.0f}); predicted: at "
+    f"most {steps:.2f}x the minimum steps (1 + B_noise/B), at least {examples:.1f}x the minimum "
+    f"examples (1 + B/B_noise), so most of this phase's examples buy no fewer steps"
   )
+
+
+def known(value: Any) -> float | None:
+  """A metric as a float; None where it is missing, unknown (NaN) or unbounded (inf)."""
+  if value is None:
+    return None
+  value = float(value)
+  return value if math.isfinite(value) else None

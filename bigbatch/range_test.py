@@ -131,7 +131,13 @@ def _set_up(config, batch_sizes: Sequence[int], field: str, workdir, devices, sa
       f"has {len(train_source):,} examples"
     )
   train_step, _ = bbconfig.train_step_from_config(
-    config, model, optimizer, plan, mesh, normalisation=spec.device_normalisation
+    config,
+    model,
+    optimizer,
+    plan,
+    mesh,
+    input_shape=spec.input_shape,
+    normalisation=spec.device_normalisation,
   )
   return _Start(
     config=config,

@@ -21,6 +21,33 @@ def _changing(start: float, end: float) -> str:
   return f"{_number(start)}→{_number(end)}"
 
 
+def _phase_values(fn, steps: int, points: int) -> np.ndarray:
+  """`fn` (of the step within a phase) at `points` steps spread over the phase."""
+  at = np.unique(np.linspace(0, max(steps - 1, 0), min(points, max(steps, 1))).round())
+  return np.broadcast_to(np.asarray(fn(at.astype(int)), np.float64), at.shape)
+
+
+def _learning_rate_cell(plan: Plan, phase: Phase) -> str:
+  """The phase's learning rate: first→last, or for a cycle inside the phase its range and
+  the cycle's length (first→last would hide it)."""
+  cycle = plan.baseline_schedule.period_epochs
+  if cycle is not None and phase.end_epoch - phase.start_epoch > cycle / 2:
+    values = _phase_values(phase.learning_rate_fn, phase.steps, 1_000_000)  # every step
+    low, high = float(values.min()), float(values.max())
+    if not np.isclose(low, high, rtol=1e-6, atol=0.0):
+      return f"{_number(low)}–{_number(high)}, cycle {cycle:g} ep"
+  return _changing(phase.learning_rate, phase.final_learning_rate)
+
+
+def saving_words(plan: Plan) -> str:
+  """The plan's updates against the baseline's, in words that fit the case."""
+  if plan.total_steps == plan.baseline_total_steps:
+    return "as many as the baseline"
+  if plan.total_steps < plan.baseline_total_steps:
+    return f"{plan.saving:.2f}x fewer than the baseline"
+  return f"{1 / plan.saving:.2f}x more than the baseline"
+
+
 def _epochs(phase: Phase) -> str:
   return f"{phase.start_epoch:g}–{phase.end_epoch:g}"
 
@@ -54,7 +81,7 @@ def format_plan(plan: Plan) -> str:
         _epochs(p),
         f"{p.batch_size:,}",
         *micro,
-        _changing(p.learning_rate, p.final_learning_rate),
+        _learning_rate_cell(plan, p),
         _changing(p.momentum, p.final_momentum),
         _number(p.noise_scale),
         f"{p.noise_deviation:+.1%}",
@@ -80,10 +107,14 @@ def format_plan(plan: Plan) -> str:
     f"plan: {plan.strategy} (noise rule {plan.noise_rule}{cap}), "
     f"N = {plan.dataset_size:,}, {plan.epochs:g} epochs"
   )
-  total = (
-    f"updates: {plan.total_steps:,} vs {plan.baseline_total_steps:,} for the baseline "
-    f"({plan.saving:.2f}x fewer); batch sizes: " + ", ".join(f"{b:,}" for b in plan.batch_sizes)
-  )
+  if plan.total_steps == plan.baseline_total_steps:
+    updates = f"updates: {plan.total_steps:,}, as many as the baseline (none saved)"
+  else:
+    words = saving_words(plan).removesuffix(" than the baseline")
+    updates = (
+      f"updates: {plan.total_steps:,} vs {plan.baseline_total_steps:,} for the baseline ({words})"
+    )
+  total = f"{updates}; batch sizes: " + ", ".join(f"{b:,}" for b in plan.batch_sizes)
   note = "noise = lr (N/B - 1) / (1 - m) at each phase's first step; Δnoise vs the baseline"
   extra = []
   if accumulating:
@@ -98,11 +129,18 @@ def format_plan(plan: Plan) -> str:
 
 
 def _plan_curves(plan: Plan, points: int = 64):
-  """Epochs, learning rate, batch size and noise scale along the plan's steps."""
+  """Epochs, learning rate, batch size and noise scale along the plan's steps.
+
+  A cyclical schedule gets 64 points a cycle, so that the drawing shows each.
+  """
   epochs, lrs, batches, noises = [], [], [], []
   n = plan.dataset_size
+  cycle = plan.baseline_schedule.period_epochs
   for p in plan.phases:
-    steps = np.unique(np.linspace(0, p.steps - 1, min(points, p.steps)).round().astype(int))
+    count = points
+    if cycle is not None:
+      count = max(points, round(64 * (p.end_epoch - p.start_epoch) / cycle))
+    steps = np.unique(np.linspace(0, p.steps - 1, min(count, p.steps)).round().astype(int))
     lr = np.broadcast_to(np.asarray(p.learning_rate_fn(steps), np.float64), steps.shape)
     mom = np.broadcast_to(np.asarray(p.momentum_fn(steps), np.float64), steps.shape)
     epochs.append((p.first_example + steps * p.batch_size) / n)
@@ -145,10 +183,7 @@ def plot_plan(plan: Plan, path: str) -> None:
       axis.axvline(phase.start_epoch, color="0.85", linewidth=0.8, zorder=0)
   axes[0].legend(loc="best")
   axes[-1].set_xlabel("epoch")
-  fig.suptitle(
-    f"{plan.strategy}: {plan.total_steps:,} updates vs "
-    f"{plan.baseline_total_steps:,} ({plan.saving:.2f}x fewer)"
-  )
+  fig.suptitle(f"{plan.strategy}: {plan.total_steps:,} updates, {saving_words(plan)}")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -172,6 +207,28 @@ def format_batch_arithmetic(
   return "\n".join(lines)
 
 
+def format_noise_scale(value: float | None, low: float | None, high: float | None) -> str:
+  """B_simple as a reader should see it: the estimate with its interval, a lower bound
+  (`> L`: |G|^2 not resolved), or `—` (nothing known)."""
+  if low is None:
+    return "—"
+  if high is None:
+    return f"> {low:,.0f}"
+  if value is None:  # |G|^2 resolved but tr(S) not: only the upper bound says something
+    return f"< {high:,.0f}"
+  return f"{value:,.0f} [{low:,.0f}, {high:,.0f}]"
+
+
+def _phase_rate(phase: Mapping[str, Any]) -> str:
+  """Training examples per second: the phase's seconds less evaluations, checkpoints and
+  the wait for its compile (`—` where nothing is left to time)."""
+  spent = sum(phase.get(k, 0.0) for k in ("eval_seconds", "checkpoint_seconds"))
+  seconds = phase["seconds"] - spent - phase.get("compile_wait_seconds", 0.0)
+  if phase["steps"] < 2 or seconds <= 1e-3:
+    return "—"
+  return f"{phase['steps'] * phase['batch_size'] / seconds:,.0f}"
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
   """The end-of-run summary as a few lines of text."""
   sessions = summary.get("sessions", 1)
@@ -185,18 +242,45 @@ def format_summary(summary: Mapping[str, Any]) -> str:
       f"final test accuracy {summary['final_test_accuracy']:.4f}, "
       f"test loss {summary['final_test_loss']:.4f}"
     )
-  measured = any("grad_noise_scale" in phase for phase in summary["phases"])
-  lines.append("phase  batch    seconds  compile s" + ("  B_simple" if measured else ""))
+  measured = any("grad_noise_scale_low" in phase for phase in summary["phases"])
+  header = ("phase", "batch", "steps", "seconds", "train ex/s", "eval s", "ckpt s", "compile s")
+  rows = [header + (("B_simple",) if measured else ())]
   for phase in summary["phases"]:
-    value = phase.get("grad_noise_scale")
-    noise = f"  {value:8,.0f}" if value is not None else ("         -" if measured else "")
-    lines.append(
-      f"{phase['phase']:5d}  {phase['batch_size']:6,d}  {phase['seconds']:8.1f}  "
-      f"{phase['compile_seconds']:9.2f}{noise}"
+    noise = (
+      format_noise_scale(*(phase.get(k) for k in _NOISE_KEYS))
+      if "grad_noise_scale_low" in phase
+      else "—"
     )
+    rows.append(
+      (
+        str(phase["phase"]),
+        f"{phase['batch_size']:,}",
+        f"{phase['steps']:,}",
+        f"{phase['seconds']:.1f}",
+        _phase_rate(phase),
+        f"{phase.get('eval_seconds', 0.0):.1f}",
+        f"{phase.get('checkpoint_seconds', 0.0):.1f}",
+        f"{phase['compile_seconds']:.2f}",
+        *((noise,) if measured else ()),
+      )
+    )
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+  lines.append(
+    "train ex/s: examples over the phase's seconds less its evaluations (eval s), "
+    "checkpoints (ckpt s) and the wait for its step to compile"
+  )
   if measured:
-    lines.append("B_simple: the measured gradient noise scale tr(S) / |G|^2 at the phase's end")
+    level = f"{summary.get('noise_confidence', 0.95):.0%}"
+    lines.append(
+      f"B_simple: the measured gradient noise scale tr(S) / |G|^2 at the phase's end, with "
+      f"its {level} interval; > L: |G|^2 not resolved, so B_simple is at least L; —: not "
+      "known (tr(S) not resolved, or under 2 steps' estimates in the smoothing horizon)"
+    )
   return "\n".join(lines)
+
+
+_NOISE_KEYS = ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high")
 
 
 def plot_noise(
@@ -230,10 +314,7 @@ def plot_noise(
   else:
     edges, batches = [r["epoch"] for r in train], [r["batch_size"] for r in train]
   top.plot(edges, batches, drawstyle="steps-post", label="batch used")
-  measured = [(r["epoch"], r.get("grad_noise_scale")) for r in train]
-  measured = [(e, v) for e, v in measured if v is not None and np.isfinite(v) and v > 0]
-  if measured:
-    top.plot(*zip(*measured), ".-", markersize=3, label="measured B_simple = tr(S) / |G|²")
+  _draw_measured(top, train)
   top.set_yscale("log")
   top.set_ylabel("examples")
   top.legend(loc="best")
@@ -252,3 +333,33 @@ def plot_noise(
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _draw_measured(axis, train: list[Mapping[str, Any]]) -> None:
+  """The measured B_simple: its estimate, its confidence interval as a band, and its lower
+  bound alone where |G|^2 was not resolved."""
+
+  def column(key):
+    values = [r.get(key) for r in train]
+    return np.array([v if v is not None and np.isfinite(v) and v > 0 else np.nan for v in values])
+
+  epochs = np.array([r["epoch"] for r in train])
+  value, low, high = (column(k) for k in _NOISE_KEYS)
+  if not any("grad_noise_scale_low" in r for r in train):  # a run logged before the bounds
+    low = high = np.full(epochs.shape, np.nan)
+  both = ~np.isnan(low) & ~np.isnan(high)
+  if both.any():
+    axis.fill_between(
+      epochs, np.where(both, low, np.nan), np.where(both, high, np.nan), color="C1", alpha=0.25,
+      linewidth=0, label="its confidence interval",
+    )  # fmt: skip
+  if not np.isnan(value).all():
+    axis.plot(
+      epochs, value, ".-", color="C1", markersize=3, label="measured B_simple = tr(S) / |G|²"
+    )
+  only_low = ~np.isnan(low) & np.isnan(high)
+  if only_low.any():
+    axis.plot(
+      epochs[only_low], low[only_low], "^", color="C3", markersize=4,
+      label="lower bound only (|G|² not resolved)",
+    )  # fmt: skip

@@ -112,12 +112,12 @@ def restore_latest(
   latest = checkpoints.latest_step()
   try:
     record = checkpoints.check_compatible(latest, config)
-    return checkpoints.restore(latest, target), record
+    return st.restore_train_state(checkpoints, latest, target), record
   except ckpt.CorruptCheckpointError as error:
     broken = checkpoints.path(latest)
     for older in reversed([s for s in checkpoints.all_steps() if s < latest]):
       try:
-        checkpoints.restore(older, target)
+        st.restore_train_state(checkpoints, older, target)
       except ckpt.CorruptCheckpointError:
         continue
       hint = (
@@ -143,12 +143,23 @@ def set_up(config, workdir: pathlib.Path, devices, say) -> Run:
   if checkpoints.latest_step() is not None:
     target = st.abstract_train_state(model, optimizer, inputs, mesh, fsdp_min_size=fsdp_min)
     state, record = restore_latest(checkpoints, config, target)
+    if record.get("state_format", 1) < st.STATE_FORMAT:
+      say(
+        f"the checkpoint at step {record['step']:,} was written before B_simple had bounds: "
+        "its noise-scale smoothing starts again from here"
+      )
   else:
     state = st.create_train_state(
       model, optimizer, inputs, mesh, seed=int(config.seed), fsdp_min_size=fsdp_min
     )
   train_step, measures_noise = bbconfig.train_step_from_config(
-    config, model, optimizer, plan, mesh, normalisation=parts["spec"].device_normalisation
+    config,
+    model,
+    optimizer,
+    plan,
+    mesh,
+    input_shape=parts["spec"].input_shape,
+    normalisation=parts["spec"].device_normalisation,
   )
   initial, policy = plan, None
   if plan.strategy in adaptive.STRATEGIES:  # the phases decided so far, from the checkpoint

@@ -41,6 +41,7 @@ from jax.tree_util import Partial
 
 from bigbatch import checkpoint as ckpt
 from bigbatch import saved
+from bigbatch import step as st
 from bigbatch.inputs import Normalisation, model_inputs
 from bigbatch.step import cross_entropy
 
@@ -391,7 +392,7 @@ def at_checkpoint(
         f"--examples: must be at most the {size:,} examples of the training split, got {examples}"
       )
     setup = saved.set_up(config, devices)
-    state = checkpoints.restore(step, saved.state_target(setup))
+    state = st.restore_train_state(checkpoints, step, saved.state_target(setup))
   finally:
     checkpoints.close()
   loss_fn = model_loss(

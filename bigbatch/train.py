@@ -53,6 +53,10 @@ class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss; the message names the step."""
 
 
+# B_simple's estimate and its confidence bounds, as the step reports them
+NOISE_KEYS = ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high")
+
+
 def _position(plan: Plan, step: int) -> int:
   """Examples consumed before `step`: the one place steps become data positions."""
   if step >= plan.total_steps:
@@ -97,6 +101,7 @@ class _Loop:
     """What a checkpoint carries besides the state."""
     return {
       "step": step,
+      "state_format": st.STATE_FORMAT,
       "position": _position(self.plan, step),
       "seed": int(self.run.config.seed),
       "config": json.loads(self.run.config.to_json_best_effort()),
@@ -153,7 +158,7 @@ class _Loop:
       **(evaluation or {}),
     }
     self.logs.write(at, values)
-    self._watch_noise(at, phase, values.get("grad_noise_scale"))
+    self._watch_noise(at, phase, values)
     self.bar.set_postfix(
       phase=phase.index,
       epoch=f"{values['epoch']:.2f}",
@@ -166,17 +171,23 @@ class _Loop:
     self._pending.clear()
     return values
 
-  def _watch_noise(self, at: int, phase: Phase, measured: Any) -> None:
-    """Keeps each phase's latest B_simple for the summary; says once if the batch is far above it."""
-    if measured is None or not math.isfinite(float(measured)):
+  def _watch_noise(self, at: int, phase: Phase, values: Mapping[str, Any]) -> None:
+    """Keeps each phase's latest B_simple and its bounds for the summary; says once if the
+    batch is far above the upper bound."""
+    if "grad_noise_scale_low" not in values:  # not measured
       return
-    measured = float(measured)
-    self.clock.note(phase.index, "grad_noise_scale", measured)
+    known = {key: noise.known(values.get(key)) for key in NOISE_KEYS}
+    for key, value in known.items():
+      self.clock.note(phase.index, key, value)
+    high = known["grad_noise_scale_high"]
     settled = _position(self.plan, at) >= self._noise_horizon  # the EMA has seen a horizon
-    far = measured > 0 and phase.batch_size > self._warn_ratio * measured
+    far = high is not None and high > 0 and phase.batch_size > self._warn_ratio * high
     if settled and far and phase.index not in self._warned:
       self._warned.add(phase.index)
-      self.bar.write(noise.batch_above_noise_scale_note(phase.index, phase.batch_size, measured))
+      note = noise.batch_above_noise_scale_note(
+        phase.index, phase.batch_size, high, known["grad_noise_scale"]
+      )
+      self.bar.write(note)
 
   def _stop_non_finite(self, at: int, phase: Phase, metrics, loss: float) -> None:
     checkpoints = self.run.checkpoints
@@ -290,8 +301,9 @@ class _Loop:
       decision.step, {f"decision_{k}": v for k, v in decision.to_dict().items() if k != "step"}
     )
     self.bar.total = self.plan.total_steps
+    measured = f" ({decision.measurement:.4g})" if decision.measurement is not None else ""
     self.bar.write(
-      f"step {decision.step:,}: {decision.reason} ({decision.measurement:.4g}); batch "
+      f"step {decision.step:,}: {decision.reason}{measured}; batch "
       f"{decision.batch_size:,}, lr {decision.learning_rate:.4g} from here"
     )
     faults.point("decision", decision.step)
@@ -349,6 +361,7 @@ def _summary(run: Run, status: str, step: int, elapsed: Mapping[str, Any], final
     "sessions": elapsed["sessions"],
     "wall_seconds": elapsed["wall_seconds"],
     "phases": elapsed["phases"],
+    "noise_confidence": float((run.config.get("noise") or {}).get("confidence", 0.95)),
   }
 
 

@@ -66,3 +66,27 @@ def metrics_rows(workdir) -> list[dict]:
   """The rows of a run's metrics.jsonl."""
   lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
   return [json.loads(line) for line in lines]
+
+
+def tensorboard_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar in a run's TensorBoard event files, by tag, as (step, value) in file order,
+  with the events of a purge applied as TensorBoard applies them (see `runlog`)."""
+  import tensorflow as tf
+  from tensorflow.core.util import event_pb2
+
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  files = sorted((pathlib.Path(workdir) / "tensorboard").glob("events.out.tfevents.*"))
+  started = False
+  for path in files:  # in name order, as TensorBoard reads them
+    for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+      event = event_pb2.Event.FromString(raw)
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        if started:  # a restart: TensorBoard drops every point at or after its step
+          scalars = {tag: [p for p in pts if p[0] < event.step] for tag, pts in scalars.items()}
+        started = True
+      for value in event.summary.value:
+        number = (
+          tf.make_ndarray(value.tensor).item() if value.HasField("tensor") else value.simple_value
+        )
+        scalars.setdefault(value.tag, []).append((event.step, float(number)))
+  return scalars

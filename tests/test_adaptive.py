@@ -61,18 +61,58 @@ def test_a_decision_lowers_the_noise_scale_by_the_factor():
   assert adaptive.next_phase(classic, phase_of(32, 0.005), 1024) is None
 
 
-def test_the_noise_rule_grows_when_the_measured_noise_scale_passes_the_batch():
+def measured(value, low, high):
+  """A step's noise metrics as the step reports them (NaN: unknown, inf: unbounded)."""
+  return {
+    "grad_noise_scale": value,
+    "grad_noise_scale_low": low,
+    "grad_noise_scale_high": high,
+  }
+
+
+def test_the_noise_rule_grows_when_the_lower_bound_passes_the_batch():
   s = settings(strategy="noise", factor=2.0, noise_ratio=1.0, min_phase_epochs=1.0)
   policy = adaptive.Policy(s, 1024, None)
   phase = phase_of(32)
-  assert policy.decide(10, 512, phase, {"grad_noise_scale": 500.0}) is None  # phase too short
-  assert policy.decide(40, 1280, phase, {"grad_noise_scale": 20.0}) is None  # B_simple < B
-  decision = policy.decide(40, 1280, phase, {"grad_noise_scale": 500.0})
+  sure = measured(500.0, 400.0, 700.0)
+  assert policy.decide(10, 512, phase, sure) is None  # the phase is too short
+  assert policy.decide(40, 1280, phase, measured(20.0, 15.0, 26.0)) is None  # B_simple < B
+  # the estimate is above the batch but its interval reaches below it: not yet
+  assert policy.decide(40, 1280, phase, measured(500.0, 20.0, 4000.0)) is None
+  decision = policy.decide(40, 1280, phase, sure)
   assert (decision.batch_size, decision.learning_rate) == (64, pytest.approx(0.1))
-  # the predicted saving of steps, (1 + 500/32) / (1 + 500/64) - 1 = 0.89, passes 5%;
-  # at B_simple 33 it is (1 + 33/32) / (1 + 33/64) - 1 = 0.34, and a min_gain of 0.5 refuses
+  assert decision.measurement == 400.0 and "lower bound" in decision.reason
+  # the predicted saving of steps at B_noise = the lower bound, (1 + 400/32) / (1 + 400/64)
+  # - 1 = 0.86, passes 5%; at 33 it is (1 + 33/32) / (1 + 33/64) - 1 = 0.34, and a
+  # min_gain of 0.5 refuses
   strict = adaptive.Policy(settings(strategy="noise", factor=2.0, min_gain=0.5), 1024, None)
-  assert strict.decide(40, 1280, phase, {"grad_noise_scale": 33.0}) is None
+  assert strict.decide(40, 1280, phase, measured(40.0, 33.0, 50.0)) is None
+
+
+def test_the_noise_rule_grows_where_the_gradient_never_stands_out_of_its_noise():
+  """|G|^2 not resolved at any evaluation of a phase (only a lower bound, here below the
+  batch): B_simple is far above the batch, so the batch grows; a negative point estimate
+  (which the rule once read as "do not grow") is never a value here."""
+  nan, inf = float("nan"), float("inf")
+  s = settings(strategy="noise", factor=2.0, noise_ratio=1.0, min_phase_epochs=1.0)
+  phase = phase_of(32)
+  policy = adaptive.Policy(s, 1024, None)
+  assert policy.decide(10, 512, phase, measured(nan, 12.0, inf)) is None  # too short
+  decision = policy.decide(40, 1280, phase, measured(nan, 12.0, inf))
+  assert decision.batch_size == 64 and "not resolved" in decision.reason
+  assert decision.measurement == 12.0
+  # once resolved in the phase, a later unresolved evaluation alone does not grow it
+  policy = adaptive.Policy(s, 1024, None)
+  assert policy.decide(10, 512, phase, measured(20.0, 12.0, 30.0)) is None
+  assert policy.decide(40, 1280, phase, measured(nan, 12.0, inf)) is None
+  # nothing known (tr(S) not resolved either) is no reason to grow
+  policy = adaptive.Policy(s, 1024, None)
+  assert policy.decide(40, 1280, phase, measured(nan, nan, nan)) is None
+  # the phase's record travels in the checkpoint: a resumed policy decides the same
+  policy = adaptive.Policy(s, 1024, None)
+  assert policy.decide(10, 512, phase, measured(20.0, 12.0, 30.0)) is None
+  resumed = adaptive.Policy(s, 1024, policy.state_dict())
+  assert resumed.decide(40, 1280, phase, measured(nan, 12.0, inf)) is None
 
 
 def test_the_plan_is_a_function_of_the_decisions():

@@ -58,6 +58,14 @@ CONFIG_FILES = {
   "import": ("import no_such_module_here\n", "import.py line 1: ModuleNotFoundError"),
   "no_get_config": ("X = 1\n", "no_get_config.py defines no get_config() function"),
   "raises": ("def get_config():\n  return 1 / 0\n", "raises.py line 2: ZeroDivisionError"),
+  "returns_none": (
+    "def get_config():\n  return None\n",
+    "returns_none.py: get_config() returned None, not a ConfigDict",
+  ),
+  "returns_dict": (
+    "def get_config():\n  return {'seed': 0}\n",
+    "returns_dict.py: get_config() returned a dict, not a ConfigDict",
+  ),
 }
 
 
@@ -92,13 +100,35 @@ BAD_VALUES = [
   ("--config.distributed.enabled=true", "distributed.coordinator_address: not set"),
   ("--config.distributed.process_id=3", "distributed.process_id"),
   ("--config.eval_batch_size=12", "eval_batch_size: 12 must be a positive multiple of 8"),
-  ("--config.no_such_field=1", "no such field 'no_such_field'"),
+  ("--config.no_such_field=1", "no_such_field: no such field; the config has: "),
   ("--config.ghost_batch_size=48", "batch_size: 32 must be a positive multiple of 384"),
   ("--config.dataset.name=svhn", "dataset.name: 'svhn' is not one of"),
   ("--config.model.name=vgg", "model.name: 'vgg' is not one of"),
   ("--config.mesh.fsdp=3", "mesh.fsdp: must divide the 8 devices"),
   ("--config.log_every_steps=0", "log_every_steps: must be a whole number >= 1"),
   ("--config.eval_train_examples=-1", "eval_train_examples: must be a whole number >= 0"),
+  # every way an override can fail to parse: lists, tuples, booleans, nested fields
+  ("--config.schedule.boundaries=abc", "schedule.boundaries: 'abc' is not a list of numbers"),
+  (
+    "--config.schedule.boundaries=(1,abc)",
+    "schedule.boundaries: '(1,abc)' is not a list of numbers",
+  ),
+  ("--config.schedule.boundaries=[1,2", "schedule.boundaries: '[1,2' is not a list of numbers"),
+  ("--config.schedule.boundaries=(1,2", "schedule.boundaries: '(1,2' is not a list of numbers"),
+  ("--config.schedule.factor=(5,x)", "schedule.factor: '(5,x)' is not a valid number"),
+  ("--config.mesh.data=(1,2)", "mesh.data: '(1,2)' is not a valid whole number"),
+  ("--config.seed=true", "seed: 'true' is not a valid whole number"),
+  ("--config.batch_size=", "batch_size: '' is not a valid whole number"),
+  ("--config.noise.measure=maybe", "noise.measure: 'maybe' is not true or false"),
+  ("--config.noise.measure=", "noise.measure: '' is not true or false"),
+  ("--config.optimizer.nesterov=yes", "optimizer.nesterov: 'yes' is not true or false"),
+  ("--config.noise=3", "noise: is a block of fields, not a value; set one of them"),
+  ("--config.dataset=abc", "dataset: is a block of fields, not a value"),
+  ("--config.noise.measure.x=1", "noise.measure.x: no such field (noise.measure is a value"),
+  ("--config.model.channels=(4,8)", "model.channels: no such field; model has: name"),
+  ("--config.plan.adapt.no_such=1", "plan.adapt.no_such: no such field; plan.adapt has: "),
+  ("--config.plan.adapt.factor=x", "plan.adapt.factor: 'x' is not a valid number"),
+  ("--config.noise.confidence=1.5", "noise.confidence: must be a number in [0.5, 1.0)"),
 ]
 
 

@@ -171,7 +171,7 @@ def test_plan_plot_draws_a_png(capsys, tmp_path):
     (["--config.schedule.boundaries=(60,250)"], "schedule.boundaries: must lie before"),
     (["--config.schedule.name=linear"], "schedule.name: 'linear' is not one of"),
     (["--config.optimizer.name=lion"], "optimizer.name: 'lion' is not one of"),
-    (["--config.schedule.nme=cosine"], "no such field 'nme'"),
+    (["--config.schedule.nme=cosine"], "schedule.nme: no such field; schedule has: "),
     (
       ["--config.plan.max_batch_size=abc"],
       "plan.max_batch_size: 'abc' is not a valid whole number",
@@ -236,3 +236,15 @@ def test_console_script_runs():
   assert "updates: 6,407 vs 15,625" in result.stdout
   usage = subprocess.run([str(script)], capture_output=True, text=True, check=False, timeout=60)
   assert usage.returncode == 2 and "usage: bigbatch COMMAND" in usage.stdout
+
+
+def test_a_field_given_twice_takes_its_last_value():
+  """As every flag does; the flag parser alone would join two tuples into one."""
+  from bigbatch.cli import args
+
+  config = str(pathlib.Path(__file__).parents[1] / "configs" / "mnist1d_increase_batch.py")
+  argv = ["--config", config, "--config.schedule.boundaries=(1.0,2.0)", "--config.seed", "3"]
+  argv += ["--config.schedule.boundaries=(5.0,)", "--config.seed", "4"]
+  values = args.parse("train", argv, lambda values: None)
+  assert values.config.schedule.boundaries == (5.0,)
+  assert values.config.seed == 4

@@ -153,6 +153,33 @@ def test_bigbatch_plan_turns_a_cyclical_config_into_phases(capsys):
   np.testing.assert_allclose(lr, expected, rtol=1e-5, atol=1e-7)
 
 
+def test_the_plan_table_shows_the_cycle_and_says_when_nothing_is_saved(capsys, tmp_path):
+  """First→last would read 0.025→0.02505 over five cycles: the row gives the range the
+  rate spans in the phase (every step's value) and the cycle's length instead."""
+  from bigbatch import report
+
+  path = CONFIGS / "mnist1d_decay_lr.py"
+  args = ["--config.schedule.name=triangular", "--config.schedule.step_size_epochs=4"]
+  assert cli.main(["plan", "--config", str(path), *args, "--plot", str(tmp_path / "p.png")]) == 0
+  out = capsys.readouterr().out
+  cfg = load(path, ("schedule.name", "triangular"), ("schedule.step_size_epochs", 4.0))
+  plan = config.plan_from_config(cfg)
+  steps = np.arange(plan.total_steps)
+  every = smith_clr(steps, 4 * 50_000 / 128, 0.025, 0.1, "triangular")
+  row = next(line for line in out.splitlines() if line.lstrip().startswith("0  0–40"))
+  assert f"0.025–{every.max():.4g}, cycle 8 ep" in row and "0.02505" not in row
+  assert "updates: 15,625, as many as the baseline (none saved)" in out
+  assert "fewer" not in out
+  # the drawing samples each cycle 64 times, so that every peak is there
+  epochs, lrs, _, _ = report._plan_curves(plan)
+  peaks = [lrs[(epochs > 8 * k) & (epochs < 8 * k + 8)].max() for k in range(5)]
+  assert min(peaks) > 0.098  # 12 points a cycle (64 a phase) miss a peak by up to 0.006
+  # a plan that saves nothing, saves some, or spends more, in words
+  saved = config.plan_from_config(load(CONFIGS / "mnist1d_increase_batch.py"))
+  assert report.saving_words(saved) == f"{saved.saving:.2f}x fewer than the baseline"
+  assert report.saving_words(plan) == "as many as the baseline"
+
+
 @pytest.mark.parametrize(
   "kwargs, match",
   [

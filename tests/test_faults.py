@@ -16,8 +16,9 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
-from small_run import metrics_rows, small_config, start
+from small_run import metrics_rows, small_config, start, tensorboard_scalars
 
 from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
@@ -86,9 +87,26 @@ def assert_same_run(workdir, reference):
   for key, value in theirs.items():
     if key[1] not in TIMING_KEYS:
       assert ours[key] == value, key
+  assert_tensorboard_shows_each_step_once(workdir, ours)
   summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
   assert summary["status"] == "completed" and summary["step"] == ref_step
   return summary
+
+
+def assert_tensorboard_shows_each_step_once(workdir, values):
+  """The curves TensorBoard draws from the event files of every start (a restart's
+  points dropped from its step on): each (step, metric) once, as metrics.jsonl has it."""
+  curves = tensorboard_scalars(workdir)
+  seen = {}
+  for tag, points in curves.items():
+    for step, value in points:
+      assert (step, tag) not in seen, f"TensorBoard shows ({step}, {tag}) twice"
+      seen[step, tag] = value
+  numbers = {k: v for k, v in values.items() if isinstance(v, int | float)}
+  assert seen.keys() == numbers.keys()
+  for key, value in numbers.items():
+    if key[1] not in TIMING_KEYS:
+      assert seen[key] == np.float32(value), key
 
 
 def resume_to_completion(workdir, data_dir, limit=8):

@@ -314,3 +314,31 @@ def test_an_accumulated_update_equals_the_whole_batch_update(model_name, ghost, 
   assert_trees_close(accumulated[1], whole[1], 1e-5)  # running averages too
   for key in ("loss", "accuracy", "grad_norm", "update_norm"):
     np.testing.assert_allclose(accumulated[2][key], whole[2][key], rtol=1e-5)
+
+
+def test_a_checkpoint_of_state_format_1_restores_with_a_fresh_noise_smoothing(tmp_path):
+  """Checkpoints written before B_simple had bounds hold the noise means alone: they
+  restore as written (checked against their checksums), with the smoothing started again."""
+  from bigbatch import checkpoint as ckpt
+  from bigbatch import gradients as gn
+
+  mesh = shd.make_mesh(devices=jax.devices()[:2])
+  model = create_model("cnn1d", num_classes=10, ghost_batch_size=4)
+  tx = optim.sgd_momentum(0.1)
+  inputs = jax.ShapeDtypeStruct((1, 40), jnp.float32)
+  state = st.create_train_state(model, tx, inputs, mesh, seed=3)
+  old = state.replace(
+    step=state.step + 7,
+    noise=gn.GradientNoiseFormat1(jnp.float32(0.5), jnp.float32(9.0), jnp.float32(0.8)),
+  )
+  checkpoints = ckpt.Checkpoints(tmp_path / "checkpoints", async_save=False)
+  checkpoints.save(7, old, {"step": 7})  # no `state_format`: format 1
+  target = st.abstract_train_state(model, tx, inputs, mesh)
+  restored = st.restore_train_state(checkpoints, 7, target)
+  checkpoints.close()
+  assert int(restored.step) == 7
+  for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert isinstance(restored.noise, gn.GradientNoise)
+  assert all(float(leaf) == 0.0 for leaf in jax.tree.leaves(restored.noise))
+  assert restored.noise.weight.sharding == target.noise.weight.sharding

@@ -67,10 +67,42 @@ def test_mnist1d_trains_well_above_chance_and_logs(data_dir, tmp_path):
   assert summary["final_test_accuracy"] > 0.6  # chance: 0.1
   assert [p["steps"] for p in summary["phases"]] == [p.steps for p in plan.phases]
   assert json.loads((tmp_path / "summary.json").read_text())["updates"] == plan.total_steps
-  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+  def strict(constant):  # NaN and Infinity are not JSON
+    raise ValueError(f"metrics.jsonl holds {constant}")
+
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  rows = [json.loads(line, parse_constant=strict) for line in lines]
   train_rows = [r for r in rows if "loss" in r]
   for key in ("learning_rate", "momentum", "batch_size", "noise_scale", "grad_norm", "epoch"):
     assert key in train_rows[-1]
+  # the measured noise scale: a positive number with its bounds, a lower bound only
+  # (null above), or null, never a negative or non-finite number
+  noise = [
+    (r["grad_noise_scale"], r["grad_noise_scale_low"], r["grad_noise_scale_high"])
+    for r in train_rows
+  ]
+  assert any(value is not None for value, _, _ in noise)
+  for value, low, high in noise:
+    assert value is None or (value > 0 and low is not None and low <= value <= high)
+    assert low is None or low >= 0
+    assert high is None or (low is not None and high >= low)
+  from small_run import tensorboard_scalars
+
+  board = tensorboard_scalars(tmp_path)
+  assert board["loss"] and "grad_noise_scale_low" in board
+  for tag in ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high"):
+    assert all(np.isfinite(v) and v >= 0 for _, v in board.get(tag, [])), tag
+  import re
+
+  from bigbatch import report
+
+  forms = re.compile(r"^(—|> [\d,]+|< [\d,]+|[\d,]+ \[[\d,]+, [\d,]+\])$")
+  keys = ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high")
+  for phase in summary["phases"]:  # what the summary prints is one of its forms
+    cell = report.format_noise_scale(*(phase.get(k) for k in keys))
+    assert forms.match(cell), cell
+    assert cell in bbtrain.format_summary(summary)
   assert {r["batch_size"] for r in train_rows} == {32.0, 160.0, 800.0}
   evals = [r for r in rows if "eval_accuracy" in r]
   assert [round(r["epoch"]) for r in evals] == [2, 4, 6]

@@ -8,7 +8,9 @@ import pathlib
 import re
 import sys
 import traceback
+from typing import Any
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -50,12 +52,16 @@ def config_variant(args: list[str]) -> str | None:
   return None
 
 
-def config_file_problem(path: str, variant: str | None) -> str | None:
-  """What stops the config file at `path` from giving a config, on one line (None: nothing).
+def load_config_file(path: str, variant: str | None) -> tuple[Any, str | None]:
+  """The config the file at `path` gives, or what stops it, on one line.
 
   The file is imported and its `get_config` called here, so that a syntax
-  error, a failing import or an exception names the file and its line
-  instead of ending in a traceback from inside the flag parser.
+  error, a failing import, an exception or a result that is not a config
+  names the file (and its line) instead of ending in a traceback from inside
+  the flag parser.
+
+  Returns:
+    `(config, None)`, or `(None, problem)`.
   """
   try:
     spec = importlib.util.spec_from_file_location("bigbatch_config_check", path)
@@ -63,15 +69,80 @@ def config_file_problem(path: str, variant: str | None) -> str | None:
     spec.loader.exec_module(module)
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
-      return f"{path} defines no get_config() function"
-    get_config(*([variant] if variant is not None else []))
+      return None, f"{path} defines no get_config() function"
+    config = get_config(*([variant] if variant is not None else []))
   except SyntaxError as error:
-    return f"{path} line {error.lineno}: SyntaxError: {error.msg}"
+    return None, f"{path} line {error.lineno}: SyntaxError: {error.msg}"
   except Exception as error:  # whatever the file raised, say where
     lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if f.filename == path]
     where = f" line {lines[-1]}" if lines else ""
     text = " ".join(str(error).split())
-    return f"{path}{where}: {type(error).__name__}: {text}"
+    return None, f"{path}{where}: {type(error).__name__}: {text}"
+  if not isinstance(config, ml_collections.ConfigDict):
+    what = "None" if config is None else f"a {type(config).__name__}"
+    return None, f"{path}: get_config() returned {what}, not a ConfigDict"
+  return config, None
+
+
+def overrides(args: list[str]) -> list[tuple[str, str]]:
+  """The `--config.FIELD=VALUE` (or `--config.FIELD VALUE`) arguments, as (field, value)."""
+  found = []
+  for i, arg in enumerate(args):
+    if not arg.startswith("--config."):
+      continue
+    field, sep, value = arg[len("--config.") :].partition("=")
+    if not sep:
+      value = args[i + 1] if i + 1 < len(args) else ""
+    found.append((field, value))
+  return found
+
+
+def _last_of_each(args: list[str]) -> list[str]:
+  """`args` with only the last `--config.FIELD` of each field.
+
+  A field given twice takes its last value, as every other flag does; the
+  flag parser would join two tuples given for one field into one.
+  """
+  last = {field: i for i, (field, _) in enumerate(overrides(args))}
+  kept, seen, skip = [], 0, False
+  for arg in args:
+    if skip:
+      skip = False
+      continue
+    if arg.startswith("--config."):
+      field = arg[len("--config.") :].partition("=")[0]
+      spaced = "=" not in arg
+      if last[field] != seen:
+        seen += 1
+        skip = spaced  # the value is the next argument
+        continue
+      seen += 1
+    kept.append(arg)
+  return kept
+
+
+def override_problem(config: ml_collections.ConfigDict, field: str) -> str | None:
+  """What is wrong with setting `field` of `config`, naming it (None: nothing).
+
+  Every part of the path but the last must be a block of fields, and the last
+  a field (not a block).
+  """
+  node, parts = config, field.split(".")
+  for depth, part in enumerate(parts):
+    where = ".".join(parts[:depth])
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f"{field}: no such field ({where} is a value, not a block of fields)"
+    if part not in node:
+      known = ", ".join(sorted(node.keys()))
+      return f"{field}: no such field; {where or 'the config'} has: {known}"
+    child = node[part]
+    if depth == len(parts) - 1 and isinstance(child, ml_collections.ConfigDict):
+      first = next(iter(child.keys()), "FIELD")
+      return (
+        f"{field}: is a block of fields, not a value; set one of them, "
+        f"e.g. --config.{field}.{first}=…"
+      )
+    node = child
   return None
 
 
@@ -88,14 +159,18 @@ def parse(command: str, args: list[str], define) -> flags.FlagValues:
     )
   if not os.path.isfile(path):
     raise SystemExit(fail(command, f"--config: no such file: {path}"))
-  problem = config_file_problem(path, config_variant(args))
+  config, problem = load_config_file(path, config_variant(args))
   if problem:
     raise SystemExit(fail(command, f"--config: {problem}"))
+  for field, _ in overrides(args):
+    problem = override_problem(config, field)
+    if problem:
+      raise SystemExit(fail(command, problem))
   values = flags.FlagValues()
   # `auto` (measure the cap) travels as memory.AUTO through the int-typed field
   args = [
     "--config.plan.max_batch_size=-1" if a == "--config.plan.max_batch_size=auto" else a
-    for a in args
+    for a in _last_of_each(args)
   ]
   argv = [f"bigbatch {command}", *args]
   config_flags.DEFINE_config_file(
@@ -111,43 +186,39 @@ def parse(command: str, args: list[str], define) -> flags.FlagValues:
     values(argv)
     values.config.keys()  # the config file loads lazily: fail here, not later
   except (flags.Error, KeyError, ValueError, TypeError, AttributeError, OSError) as error:
-    cause = error
-    while cause is not None and not isinstance(cause, KeyError):
-      cause = cause.__cause__ or cause.__context__
-    if cause is not None:  # ConfigDict's KeyError: an override of a field it lacks
-      name, *hint = str(cause.args[0]).splitlines()
-      hint = f"; {' '.join(hint)}" if hint else ""
-      raise SystemExit(
-        fail(
-          command,
-          f"--config.…: no such field '{name.strip(chr(39))}' "
-          f"(a config accepts only its file's fields{hint})",
-        )
-      ) from None
-    match = re.match(
-      r"flag --config\.(\S+?)=(.*?): (could not convert .*|invalid literal.*)", str(error)
-    )
-    if match:
-      field, value, _ = match.groups()
-      wanted = field_type(values, field)
-      raise SystemExit(
-        fail(command, f"{field}: {value!r} is not a valid {wanted} (--config.{field})")
-      ) from None
-    raise SystemExit(fail(command, one_line(error))) from None
+    raise SystemExit(fail(command, _value_problem(config, args, error))) from None
   return values
 
 
-def field_type(values: flags.FlagValues, field: str) -> str:
-  """The kind of value a config field holds, for an error message."""
+def _value_problem(config: ml_collections.ConfigDict, args: list[str], error: Exception) -> str:
+  """The one line for an override whose value does not parse, naming its field."""
+  text = str(error)
+  match = re.match(r"flag --config\.(\S+?)=(.*?): ", text)
+  if match:
+    field, value = match.groups()
+  else:  # a tuple's element that did not convert: the message shows the value, not the field
+    named = [(f, v) for f, v in overrides(args) if f"'{v}'" in text or f'"{v}"' in text]
+    if not named:
+      return one_line(error)
+    field, value = named[0]
+  return f"{field}: {value!r} is not {_kind(config, field)} (--config.{field})"
+
+
+def _kind(config: ml_collections.ConfigDict, field: str) -> str:
+  """What a config field holds, for an error message ("a valid number", ...)."""
   try:
-    node = values["config"].value
+    node = config
     *parents, name = field.split(".")
     for part in parents:
       node = node[part]
-    kind = node.get_type(name)  # a placeholder's type too
+    kind, default = node.get_type(name), node[name]
   except Exception:  # the message still names the field
-    return "value"
-  return {bool: "boolean", int: "whole number", float: "number"}.get(kind, "value")
+    return "a valid value"
+  if kind in (tuple, list):
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in default or ())
+    return "a list of numbers" if numbers else f"a valid {kind.__name__}"
+  names = {bool: "true or false", int: "a valid whole number", float: "a valid number"}
+  return names.get(kind, "a valid value")
 
 
 def workdir_of(values, args: list[str]) -> str:

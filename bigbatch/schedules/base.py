@@ -53,6 +53,12 @@ class Schedule:
   def drives_momentum(self) -> bool:
     return False
 
+  @property
+  def period_epochs(self) -> float | None:
+    """The length of one cycle, for a learning rate that goes up and down periodically
+    within a phase (a cyclical schedule); None otherwise."""
+    return None
+
 
 Constant = Schedule
 
@@ -97,3 +103,7 @@ class Warmup(Schedule):
   @property
   def drives_momentum(self) -> bool:
     return self.inner.drives_momentum
+
+  @property
+  def period_epochs(self) -> float | None:
+    return self.inner.period_epochs

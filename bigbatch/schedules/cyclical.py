@@ -83,3 +83,7 @@ class Cyclical(Schedule):
 
   def constant_between(self, start, end):
     return False
+
+  @property
+  def period_epochs(self) -> float:
+    return 2.0 * self.step_size_epochs
