@@ -25,8 +25,12 @@ def test_benchmark_quick_writes_the_table_and_results(tmp_path):
   results = json.loads((tmp_path / "benchmark.json").read_text())
   assert results["device"].endswith("x 2")
   assert set(results["optimizers"]) == {"sgd_momentum", "adam", "adamw", "amsgrad"}
-  assert set(results["phase_switch"]) == {"foreground", "background"}
-  ratios = [results["step"]["throughput_ratio"], results["input"]["ratio"]]
+  assert set(results["phase_switch"]) == {"foreground", "background", "decided"}
+  # row 1: the trainer's step on 1 and 2 devices, asked to measure and not
+  assert set(results["step"]) == {"1", "2"}
+  steps = [r for runs in results["step"].values() for r in runs.values()]
+  assert [r["measures_noise"] for r in steps] == [True, False, True, False]
+  ratios = [r["throughput_ratio"] for r in steps] + [results["input"]["ratio"]]
   ratios += [r["speed_ratio"] for r in results["optimizers"].values()]
   assert all(0 < r < 100 for r in ratios)
   cifar = results["input_cifar"]
@@ -36,5 +40,6 @@ def test_benchmark_quick_writes_the_table_and_results(tmp_path):
   for row in scaling["examples_per_second"].values():
     assert all(0 < row[n]["min"] <= row[n]["median"] <= row[n]["max"] for n in ("1", "2"))
   table = (tmp_path / "benchmark.md").read_text()
-  assert table.count("\n| ") == (1 + 9) + (1 + 2) and "| 1. step:" in table
+  assert table.count("\n| ") == (1 + 4 + 2 + 4 + 3) + (1 + 2)
+  assert "| 1. step (2 devices, noise measured): trainer's / minimal |" in table
   assert "| 128 | " in table and "| 2 / 1 |" in table

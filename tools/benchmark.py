@@ -7,8 +7,12 @@ ratio of their medians with its spread over the repeats, so that a shared,
 noisy machine affects both alike. Prints a table and writes `benchmark.json`
 (and the table as `benchmark.md`) to --out.
 
-1. step: bigbatch's compiled train step vs a minimal `jax.jit` + optax step
-   (same model, batch, devices, donation). Target >= 0.97 of its throughput.
+1. step: the train step the trainer runs (`config.train_step_from_config`:
+   each device's gradient and one all-reduce, measuring the noise scale where
+   the batch allows it) vs a minimal `jax.jit` + optax step (same model,
+   batch, devices, donation), with the noise measurement on and off, on 1
+   and on --cpu-devices devices (each in a process of its own). Target >= 0.97
+   of its throughput.
 2. phase switch: the first step at a new batch size over a steady step, with
    and without the next phase compiled in the background, and for a switch
    decided while training (adaptive plans: the batch the next decision
@@ -53,6 +57,7 @@ def parse() -> argparse.Namespace:
   parser.add_argument("--imagenet-dir", default=None, help="fake ImageNet (made if missing)")
   # internal: one device count's scaling measurement, printed as JSON
   parser.add_argument("--scaling-worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--step-worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--scaling-batches", default="16,64,256,1024", help=argparse.SUPPRESS)
   parser.add_argument("--scaling-examples", type=int, default=32768, help=argparse.SUPPRESS)
   return parser.parse_args()
@@ -64,6 +69,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", ARGS.cpu_devices)
 
+import benchmark_optimizers  # noqa: E402  (tools/benchmark_optimizers.py)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
@@ -73,6 +79,8 @@ from bigbatch import data, optim  # noqa: E402
 from bigbatch import sharding as shd  # noqa: E402
 from bigbatch import step as st  # noqa: E402
 from bigbatch.models import create_model  # noqa: E402
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def mnist_setup(batch_size: int):
@@ -113,10 +121,36 @@ def bigbatch_trainer(model, mesh, inputs, spec, batch, ghost_batch_size: int):
   return train, state, steps
 
 
-def bench_step(repeats: int, count: int, batch_size: int) -> dict:
-  """bigbatch's step vs a hand-written jit + optax step, same everything."""
+def trainers_step(mesh, model, inputs, batch, batch_size: int, measure: bool):
+  """The step the trainer builds for the MNIST-1D recipe (`train_step_from_config`), at
+  `batch_size`, with the noise measurement asked for or not; its `CompiledSteps` and
+  whether it measures."""
+  from bigbatch import config as bbconfig
+
+  config = bbconfig.load_sibling(str(CONFIGS / "mnist1d_base.py"), "mnist1d_base").get_config()
+  config.batch_size = batch_size
+  config.optimizer.weight_decay = 0.0  # as the minimal step's optax.sgd
+  config.noise.measure = measure
+  plan = bbconfig.plan_from_config(config)
+  tx = bbconfig.optimizer_from_config(config, plan)
+  step, measures = bbconfig.train_step_from_config(config, model, tx, plan, mesh, input_shape=(40,))
+  state = st.create_train_state(model, tx, inputs, mesh)
+  steps = st.CompiledSteps(
+    step, state, data.example_batch(data.dataset_spec("mnist1d")), mesh, ghost_batch_size=16
+  )
+  holder = {"state": state}
+
+  def train():
+    holder["state"], metrics = steps(holder["state"], batch)
+    return metrics
+
+  return train, state, steps, measures
+
+
+def bench_step(repeats: int, count: int, batch_size: int, measure: bool = True) -> dict:
+  """The trainer's step vs a hand-written jit + optax step, same everything."""
   mesh, model, inputs, batch = mnist_setup(batch_size)
-  ours, state, _ = bigbatch_trainer(model, mesh, inputs, data.dataset_spec("mnist1d"), batch, 16)
+  ours, state, _, measures = trainers_step(mesh, model, inputs, batch, batch_size, measure)
   plain_tx = optax.sgd(0.1, momentum=0.9)
   params = jax.device_put(jax.device_get(state.params), shd.replicated(mesh))
   stats = jax.device_put(jax.device_get(state.batch_stats), shd.replicated(mesh))
@@ -150,7 +184,30 @@ def bench_step(repeats: int, count: int, batch_size: int) -> dict:
   jax.block_until_ready(theirs())
   result = compare(ours, theirs, repeats, count)
   result["throughput_ratio"] = result.pop("ratio")  # ours / minimal, in examples per second
+  result["measures_noise"] = measures
   return result
+
+
+def step_worker(repeats: int, count: int, batch_size: int) -> dict:
+  """Row 1 on this process's devices: the trainer's step with and without measuring."""
+  return {
+    "measured": bench_step(repeats, count, batch_size, measure=True),
+    "not_measured": bench_step(repeats, count, batch_size, measure=False),
+  }
+
+
+def bench_steps(repeats: int, count: int, batch_size: int) -> dict:
+  """Row 1 on 1 and on --cpu-devices devices, each device count in a process of its own."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = {}
+  for n in sorted({1, ARGS.cpu_devices}):
+    command = [sys.executable, __file__, "--step-worker", "--cpu-devices", str(n)]
+    command += ["--repeats", str(repeats), "--scaling-examples", str(count)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+      raise RuntimeError(f"step worker on {n} devices failed: {done.stderr[-2000:]}")
+    out[str(n)] = json.loads(done.stdout.strip().splitlines()[-1])
+  return out
 
 
 def _switch_ratio(mode: str, batch_sizes: tuple[int, int], lead: float) -> tuple[float, float]:
@@ -205,8 +262,7 @@ def bbconfig_plan(batch_size: int):
   """A one-phase MNIST-1D plan at `batch_size` (the base an adaptive plan decides from)."""
   from bigbatch import config as bbconfig
 
-  configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
-  config = bbconfig.load_sibling(str(configs / "mnist1d_base.py"), "mnist1d_base").get_config()
+  config = bbconfig.load_sibling(str(CONFIGS / "mnist1d_base.py"), "mnist1d_base").get_config()
   config.batch_size = batch_size
   return bbconfig.plan_from_config(config)
 
@@ -293,7 +349,7 @@ def bench_input(repeats: int, count: int, batch_size: int) -> dict:
     block = {"name": "mnist1d", "num_train_examples": 50_000, "data_dir": tmp}
     source = data.load_split(block, "train")
     rates = input_rates(source, data.dataset_spec("mnist1d"), repeats, count, batch_size)
-  step = bench_step(repeats, count, batch_size)
+  step = bench_step(repeats, count, batch_size)  # the trainer's, on this process's devices
   return input_ratio(rates, batch_size / step["a_seconds"])
 
 
@@ -338,46 +394,6 @@ def bench_scaling(rounds: int, per_device: tuple[int, ...], examples: int) -> di
   return {"devices": counts, "rounds": rounds, "examples_per_second": table}
 
 
-def bench_optimizers(repeats: int, count: int) -> dict:
-  """Update time on a ResNet-50-sized tree (25.6M parameters), ours vs optax's."""
-  model = create_model("resnet50", num_classes=1000)
-  shapes = jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False)
-  )["params"]
-  device = jax.devices()[0]
-  params = jax.tree.map(lambda s: jax.device_put(jnp.full(s.shape, 0.01, s.dtype), device), shapes)
-  grads = jax.tree.map(lambda p: p * 0.1, params)
-  pairs = {
-    "sgd_momentum": (optim.sgd_momentum(0.1, momentum=0.9), optax.sgd(0.1, momentum=0.9)),
-    "adam": (optim.adam(1e-3), optax.adam(1e-3)),
-    "adamw": (optim.adamw(1e-3, weight_decay=1e-4), optax.adamw(1e-3, weight_decay=1e-4)),
-    "amsgrad": (optim.amsgrad(1e-3), optax.amsgrad(1e-3)),
-  }
-  out = {}
-  for name, (ours_tx, optax_tx) in pairs.items():
-    runners = []
-    for tx in (ours_tx, optax_tx):
-      state = {"s": jax.jit(tx.init)(params)}
-
-      def update(p, s, tx=tx):
-        updates, s = tx.update(grads, s, p)
-        return optax.apply_updates(p, updates), s
-
-      jitted = jax.jit(update, donate_argnums=(1,))
-      holder = {"p": params, "s": state["s"]}
-
-      def run(jitted=jitted, holder=holder):
-        new_p, holder["s"] = jitted(holder["p"], holder["s"])
-        return new_p
-
-      jax.block_until_ready(run())
-      runners.append(run)
-    result = compare(runners[0], runners[1], repeats, count)
-    result["speed_ratio"] = result.pop("ratio")  # ours / optax's, in updates per second
-    out[name] = result
-  return out
-
-
 def scaling_table(scaling: dict) -> list[str]:
   """The scaling results as a markdown table: examples/s per device count."""
   counts = scaling["devices"]
@@ -407,6 +423,9 @@ def main() -> int:
 
     benchmark_imagenet.run(ARGS.repeats, ARGS.out, ARGS.imagenet_dir)
     return 0
+  if ARGS.step_worker:
+    print(json.dumps(step_worker(ARGS.repeats, ARGS.scaling_examples, 1024)))
+    return 0
   if ARGS.scaling_worker:
     batches = tuple(int(b) for b in ARGS.scaling_batches.split(","))
     print(json.dumps(scaling_worker(batches, ARGS.repeats, ARGS.scaling_examples)))
@@ -417,22 +436,22 @@ def main() -> int:
   results = {
     "device": f"{jax.devices()[0].device_kind} x {jax.device_count()}",
     "repeats": repeats,
-    "step": bench_step(repeats, 4 * count, 1024),
+    "step": bench_steps(repeats, 4 * count, 1024),
     "phase_switch": bench_phase_switch(repeats, (1024, 4096)),
     "input": bench_input(repeats, count, 1024),
     "input_cifar": bench_input_cifar(repeats, 3 if quick else 20, 16 * jax.device_count()),
-    "optimizers": bench_optimizers(repeats, 3 if quick else 10),
+    "optimizers": benchmark_optimizers.run(repeats, 3 if quick else 10),
     "scaling": bench_scaling(
       1 if quick else repeats, (16, 128) if quick else (16, 64, 256, 1024), 2048 if quick else 32768
     ),
   }
-  rows = [
-    (
-      "1. step: bigbatch / minimal jit+optax throughput",
-      results["step"],
-      "throughput_ratio",
-      ">= 0.97",
-    ),
+  rows = []
+  for n, runs in results["step"].items():
+    for r in runs.values():
+      said = "measured" if r["measures_noise"] else "not measured"
+      label = f"1. step ({n} device{'s' if n != '1' else ''}, noise {said}): trainer's / minimal"
+      rows.append((label, r, "throughput_ratio", ">= 0.97"))
+  rows += [
     (
       "3. input: MNIST-1D pipeline / training examples per second",
       results["input"],

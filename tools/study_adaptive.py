@@ -68,7 +68,9 @@ def per_epoch_noise(rows: list[dict]) -> dict[str, list[float]]:
   return {
     "epoch": [round(r["epoch"]) for r in evals],
     "batch": [int(r["batch_size"]) for r in evals],
-    "measured": [r["grad_noise_scale"] for r in evals],
+    "measured": [r["grad_noise_scale"] for r in evals],  # None: |G|^2 not resolved
+    "low": [r.get("grad_noise_scale_low") for r in evals],  # None: nothing known
+    "high": [r.get("grad_noise_scale_high") for r in evals],  # None: no upper bound
   }
 
 
@@ -101,15 +103,23 @@ def train_one(run: reproduce.Run, common: dict, seed: int, args) -> dict:
   return result
 
 
-def _typical(values: list[float]) -> float:
-  """The median over seeds of a measured B_simple; NaN when most seeds' estimate of |G|² is
-  not positive (the gradient is too small against the noise to measure at this batch)."""
-  positive = [v for v in values if v > 0 and v == v]
-  return statistics.median(positive) if len(positive) * 2 > len(values) else float("nan")
+def _typical(values: list[float | None]) -> float:
+  """The median over seeds of a measured value; NaN unless most seeds have one (B_simple
+  has none while |G|^2 is not resolved: the gradient is too small against the noise to
+  measure at this batch)."""
+  known = [v for v in values if v is not None and v == v]
+  return statistics.median(known) if len(known) * 2 > len(values) else float("nan")
 
 
-def _cell(value: float) -> str:
-  return f"{value:,.0f}" if value == value else "unmeasurable"
+def _cell(seeds: list[dict], i: int) -> str:
+  """An epoch's B_simple over seeds: the medians of the value and its bounds; `> L` where
+  most seeds have only a lower bound (|G|^2 not resolved); `—` where nothing is known."""
+  value = _typical([s["noise"]["measured"][i] for s in seeds])
+  low = _typical([s["noise"].get("low", [None] * (i + 1))[i] for s in seeds])
+  high = _typical([s["noise"].get("high", [None] * (i + 1))[i] for s in seeds])
+  if value == value and high == high:
+    return f"{value:,.0f} [{low:,.0f}, {high:,.0f}]"
+  return f"> {low:,.0f}" if low == low else "—"
 
 
 def noise_table(results: dict[str, dict]) -> list[str]:
@@ -126,8 +136,7 @@ def noise_table(results: dict[str, dict]) -> list[str]:
     cells = []
     for name in FIXED:
       seeds = list(results[name]["per_seed"].values())
-      measured = _typical([s["noise"]["measured"][i] for s in seeds])
-      cells.append(f"{int(seeds[0]['noise']['batch'][i]):,} / {_cell(measured)}")
+      cells.append(f"{int(seeds[0]['noise']['batch'][i]):,} / {_cell(seeds, i)}")
     lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
   return lines
 
@@ -162,8 +171,9 @@ def tables(results: dict[str, dict], settings: dict) -> str:
   if all(n in results for n in FIXED):
     lines += [
       "",
-      "**Measured B_simple against the planned batch** (end of each epoch, median over "
-      "seeds; unmeasurable: most seeds' smoothed |G|² estimate was not positive)",
+      "**Measured B_simple against the planned batch** (end of each epoch: medians over "
+      "seeds of the value and its 95% bounds; > L: in most seeds |G|² was not resolved and "
+      "B_simple had only a lower bound, whose median is L; —: nothing known)",
       "",
     ]
     lines += noise_table(results)
@@ -187,8 +197,16 @@ def noise_figure(results: dict[str, dict], path: pathlib.Path) -> None:
     seeds = list(results[name]["per_seed"].values())
     epochs = seeds[0]["noise"]["epoch"]
     measured = [_typical([s["noise"]["measured"][i] for s in seeds]) for i in range(len(epochs))]
+    bounds = [
+      [
+        _typical([s["noise"].get(k, [None] * len(epochs))[i] for s in seeds])
+        for i in range(len(epochs))
+      ]
+      for k in ("low", "high")
+    ]
     label = results[name]["label"]
-    ax.plot(epochs, measured, "o-", color=color, label=f"{label}: measured B_simple")
+    ax.fill_between(epochs, *bounds, color=color, alpha=0.2, linewidth=0)
+    ax.plot(epochs, measured, "o-", color=color, label=f"{label}: measured B_simple (95% band)")
     ax.plot(
       epochs,
       seeds[0]["noise"]["batch"],
