@@ -141,8 +141,9 @@ class CompiledSteps:
       self._compiled[batch_size] = executable
     return executable
 
-  def __call__(self, state: Any, batch: Mapping[str, jax.Array]):
-    """Runs the compiled step on a global batch (see `sharding.global_batch`)."""
+  def __call__(self, state: Any, batch: Mapping[str, Any]):
+    """Runs the compiled step on a global batch: `jax.Array`s (`sharding.global_batch`), or
+    with one process the NumPy arrays themselves (`sharding.step_batch`)."""
     executable = self.compiled(len(batch["labels"]))
     while len(self._in_flight) >= self._max_in_flight:
       jax.block_until_ready(self._in_flight.popleft())

@@ -83,6 +83,6 @@ def split_sums(
     num_examples=num_examples,
   )
   for batch in batches:
-    sums = jax.device_get(steps(state, shd.global_batch(mesh, batch, batch_size)))
+    sums = jax.device_get(steps(state, shd.step_batch(mesh, batch, batch_size)))
     totals = {key: totals[key] + sums[key] for key in totals}
   return totals

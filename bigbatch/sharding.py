@@ -14,6 +14,7 @@ only its own slice of the global batch through `global_batch`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -129,8 +130,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+@functools.lru_cache(maxsize=64)
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """The leading (example) axis split over every device, in contiguous blocks."""
+  """The leading (example) axis split over every device, in contiguous blocks.
+
+  Cached: the trainer asks for it at every step.
+  """
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
@@ -194,9 +199,8 @@ def global_batch(mesh: Mesh, local_batch: Any, global_batch_size: int) -> Any:
   """
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
-    # The local batch is the global one. `device_put` is one call into C++ for
-    # the whole batch; `make_array_from_process_local_data` spends about
-    # 0.2 ms a step in Python, 7% of a batch-128 MNIST-1D step on CPU.
+    # the local batch is the global one: `make_array_from_process_local_data`
+    # would spend twice `device_put`'s time in Python
     return jax.device_put(local_batch, sharding)
 
   def assemble(local):
@@ -205,6 +209,19 @@ def global_batch(mesh: Mesh, local_batch: Any, global_batch_size: int) -> Any:
     return jax.make_array_from_process_local_data(sharding, local, shape)
 
   return jax.tree.map(assemble, local_batch)
+
+
+def step_batch(mesh: Mesh, local_batch: Any, global_batch_size: int) -> Any:
+  """A batch as a compiled step (`CompiledSteps`) takes it, from this process's slice.
+
+  With one process, the NumPy arrays themselves: the executable copies them onto
+  the mesh's devices in C++, in about a tenth of the time `jax.device_put` takes
+  (24 us against 240 us for a batch of 128 MNIST-1D examples on a CPU, where
+  that was a tenth of the step). With several, the global array (`global_batch`).
+  """
+  if jax.process_count() == 1:
+    return local_batch
+  return global_batch(mesh, local_batch, global_batch_size)
 
 
 def process_batch_slice(mesh: Mesh, global_batch_size: int) -> slice:

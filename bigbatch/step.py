@@ -332,6 +332,25 @@ def make_train_step(
   return train_step
 
 
+def packed_metrics(train_step: Callable) -> tuple[Callable, list[str]]:
+  """`train_step` returning its metrics as one float32 vector, and the vector's keys.
+
+  The trainer fetches every step's metrics (to stop at the first non-finite
+  loss), and each array fetched costs the host about 10 us: a dict of 25
+  scalars fetched for every step of batch 128 on a CPU took a tenth of the
+  step. One vector costs one fetch. The keys are filled in when the step is
+  traced (compiled), before it first runs.
+  """
+  keys: list[str] = []
+
+  def packed(state: TrainState, batch: Batch):
+    state, metrics = train_step(state, batch)
+    keys[:] = sorted(metrics)
+    return state, jnp.stack([jnp.asarray(metrics[k], jnp.float32) for k in keys])
+
+  return packed, keys
+
+
 def make_eval_step(
   model: nn.Module, *, normalisation: Normalisation | None = None
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:

@@ -80,8 +80,9 @@ class _Loop:
     self.run, self.plan, self.clock, self.logs, self.bar = run, run.plan, clock, logs, bar
     self.snapshots = snapshots
     config = run.config
+    train_step, self._metric_keys = st.packed_metrics(run.train_step)
     self.steps = st.CompiledSteps(
-      run.train_step,
+      train_step,
       run.state,
       data.example_batch(run.spec),
       run.mesh,
@@ -138,7 +139,8 @@ class _Loop:
     """
     if not self._pending:
       return {**(evaluation or {})}
-    fetched = jax.device_get([m for _, _, m in self._pending])
+    keys = self._metric_keys
+    fetched = [dict(zip(keys, row)) for row in jax.device_get([m for _, _, m in self._pending])]
     for (at, phase, _), metrics in zip(self._pending, fetched):
       loss, norm = float(metrics["loss"]), float(metrics["param_norm"])
       if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -255,28 +257,32 @@ class _Loop:
       num_steps=stop - step,
       local=shd.process_batch_slice(mesh, batch_size),
     )
+    # read once: this loop's own work is paid at every step, on the cores the step uses
+    log_every, save_every = int(config.log_every_steps), int(config.checkpoint_every_steps)
+    total, period, hosts = plan.total_steps, self.eval_period, jax.process_count()
+    position = _position(plan, step)
     for batch in batches:
-      state, metrics = self.steps(state, shd.global_batch(mesh, batch, batch_size))
+      state, metrics = self.steps(state, shd.step_batch(mesh, batch, batch_size))
       step += 1
+      end_of_phase, before = step == phase.end_step, position
+      # `_position(plan, step)`: one batch on inside the phase; at its end, where the next starts
+      position = _position(plan, step) if end_of_phase else position + batch_size
       faults.point("step", step)
       self._snapshot(state, step)
       self.bar.update(1)
       self._pending.append((step, phase, metrics))
-      end_of_phase, last = step == phase.end_step, step == plan.total_steps
-      crossed_eval = (
-        _position(plan, step) // self.eval_period > _position(plan, step - 1) // self.eval_period
-      )
-      if last:  # logged with the final evaluation, before the final checkpoint
+      crossed_eval = position // period > before // period
+      if step == total:  # logged with the final evaluation, before the final checkpoint
         continue
-      if step % config.log_every_steps == 0 or end_of_phase or crossed_eval:
+      if step % log_every == 0 or end_of_phase or crossed_eval:
         values = self.flush(self._evaluate(state, phase) if crossed_eval else None)
         if crossed_eval and self.run.policy is not None:
-          decision = self.run.policy.decide(step, _position(plan, step), phase, values)
+          decision = self.run.policy.decide(step, position, phase, values)
           if decision is not None:
             return self._apply(state, decision), step, "decided"
-      if step % config.checkpoint_every_steps == 0 or end_of_phase:
+      if step % save_every == 0 or end_of_phase:
         self.save(state, step)
-      if self.preempted or _preemption_sync(step) or step == stop_at_step:
+      if self.preempted or (hosts > 1 and _preemption_sync(step)) or step == stop_at_step:
         return state, step, "stopped"
     return state, step, "done"
 

@@ -48,16 +48,31 @@ class _StreamIndex:
     self.seed, self.size = seed, size
     self._orders: dict[int, np.ndarray] = {}
 
+  def _order(self, epoch: int) -> np.ndarray:
+    if epoch not in self._orders:
+      self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+      self._orders[epoch] = epoch_permutation(self.seed, int(epoch), self.size)
+    return self._orders[epoch]
+
   def __call__(self, positions: np.ndarray) -> np.ndarray:
     epochs, offsets = np.divmod(positions, self.size)
     indices = np.empty_like(positions)
     for epoch in np.unique(epochs):
-      if epoch not in self._orders:
-        self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
-        self._orders[epoch] = epoch_permutation(self.seed, int(epoch), self.size)
       chosen = epochs == epoch
-      indices[chosen] = self._orders[epoch][offsets[chosen]]
+      indices[chosen] = self._order(int(epoch))[offsets[chosen]]
     return indices
+
+  def block(self, start: int, count: int) -> np.ndarray:
+    """The indices at stream positions start, ..., start + count - 1: slices of at most
+    a few epochs' orders (what `__call__` gives for those positions, with far less work
+    per batch, which the trainer's thread pays at every step)."""
+    parts = []
+    while count > 0:
+      epoch, offset = divmod(start, self.size)
+      take = min(count, self.size - offset)
+      parts.append(self._order(epoch)[offset : offset + take])
+      start, count = start + take, count - take
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _options() -> tf.data.Options:
@@ -137,8 +152,9 @@ def train_batches(
       positions(), signature, example, options=_options(), prefetch=prefetch
     )
     return
-  if _on_host(source, spec, spec.train_preprocess):
-    for index, _ in positions():
+  if _on_host(source, spec, spec.train_preprocess):  # this process's examples are contiguous
+    for step in range(num_steps):
+      index = stream.block(start_position + step * batch_size + local.start, len(offsets))
       yield _host_batch(source, spec, index, with_index=with_index)
     return
   ds = tf.data.Dataset.from_generator(positions, output_signature=signature)
