@@ -2,6 +2,7 @@
 
 usage: python tools/study_adaptive.py [--seeds 3] [--epochs 20] [--only SUBSTRING ...]
                                       [--workdir workdir/adaptive] [--out docs/results/adaptive]
+                                      [--keep]
 
 The same setting as tools/reproduce.py (MNIST-1D at CIFAR-10 size, `cnn1d`,
 momentum SGD, 20 epochs, evaluation every epoch) and the same step structure.
@@ -241,12 +242,31 @@ def parse() -> argparse.Namespace:
   parser.add_argument("--workdir", default="workdir/adaptive")
   parser.add_argument("--data-dir", default=None)
   parser.add_argument("--out", default="docs/results/adaptive")
+  parser.add_argument(
+    "--keep",
+    action="store_true",
+    help="keep the other runs' results from --out's results.json (same epochs and seeds)",
+  )
   args = parser.parse_args()
   if args.seeds < 1:
     parser.error(f"--seeds: must be >= 1, got {args.seeds}")
   if args.epochs < 2:
     parser.error(f"--epochs: must be >= 2, got {args.epochs}")
   return args
+
+
+def kept_results(out: pathlib.Path, settings: dict, results: dict) -> dict:
+  """`results` with the other runs of `out/results.json`, in the order of RUNS; an error
+  if that file was made with other epochs or seeds."""
+  earlier = json.loads((out / "results.json").read_text())
+  for key in ("epochs", "seeds"):
+    if earlier["settings"][key] != settings[key]:
+      sys.exit(
+        f"--keep: {out / 'results.json'} has {key} {earlier['settings'][key]}, "
+        f"this run {settings[key]}"
+      )
+  merged = {**earlier["runs"], **results}
+  return {r.name: merged[r.name] for r in RUNS if r.name in merged}
 
 
 def main() -> int:
@@ -275,6 +295,7 @@ def main() -> int:
         flush=True,
       )
     results[run.name] = aggregate(run, per_seed, run.command(common))
+  results = kept_results(out, settings, results) if args.keep else results
   (out / "results.json").write_text(
     json.dumps({"settings": settings, "runs": results}, indent=1) + "\n"
   )
@@ -283,7 +304,7 @@ def main() -> int:
   print(text)
   noise_figure(results, out / "noise.png")
   title = f"Fixed and adaptive phases on MNIST-1D, momentum SGD ({args.epochs} epochs)"
-  reproduce.figure(results, [r.name for r in selected], title, out / "adaptive.png")
+  reproduce.figure(results, list(results), title, out / "adaptive.png")
   print(f"wrote {out}/results.json, results.md, noise.png and adaptive.png", file=sys.stderr)
   return 0
 
