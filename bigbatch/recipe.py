@@ -1,6 +1,7 @@
 """The blocks a recipe is built from: config files call these in `get_config()`.
 
-A recipe (a Python file in `configs/` with `get_config()`) builds its
+A recipe (a Python file with `get_config()`: the paper's ship in
+`bigbatch/recipes/`, which a source checkout also shows as `configs/`) builds its
 `ml_collections.ConfigDict` from these blocks, so that every field has its
 default in one place and any field can be set on the command line
 (`--config.noise.measure=false`). `bigbatch.config` reads the result.
@@ -19,9 +20,28 @@ import ml_collections
 from bigbatch import adaptive
 from bigbatch.schedules import make_schedule
 
+# The recipes that ship with the package: found beside this file in a checkout
+# and in an installed wheel alike.
+RECIPES = pathlib.Path(__file__).resolve().parent / "recipes"
+DEFAULT_RECIPE = "mnist1d_increase_batch"  # `bigbatch train` with no --config
+
 
 class ConfigError(ValueError):
   """A config field with a value bigbatch cannot use; the message names it."""
+
+
+def recipe_names() -> list[str]:
+  """The shipped recipes' names (file names without `.py`), sorted."""
+  return sorted(p.stem for p in RECIPES.glob("*.py"))
+
+
+def find_recipe(name: str) -> pathlib.Path | None:
+  """The shipped recipe called `name` (with or without `.py`; no folder), or None."""
+  stem = name[: -len(".py")] if name.endswith(".py") else name
+  if not stem or "/" in stem or "\\" in stem:
+    return None
+  path = RECIPES / f"{stem}.py"
+  return path if path.is_file() else None
 
 
 def load_sibling(config_file: str, name: str) -> ModuleType:
@@ -35,6 +55,19 @@ def load_sibling(config_file: str, name: str) -> ModuleType:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def load_recipe(name: str) -> ModuleType:
+  """Imports the shipped recipe `name`, so that a config of your own can start from it:
+  `config = load_recipe("mnist1d_base").get_config()`.
+
+  Raises:
+    ConfigError: naming the recipes there are, when `name` is not one.
+  """
+  path = find_recipe(name)
+  if path is None:
+    raise ConfigError(f"no recipe {name!r}; recipes: {', '.join(recipe_names())}")
+  return load_sibling(str(path), path.stem)
 
 
 def default_schedule_config(name: str, **fields: Any) -> ml_collections.ConfigDict:

@@ -158,7 +158,10 @@ def test_plan_plot_draws_a_png(capsys, tmp_path):
   "args, message",
   [
     ([], "--config is required"),
-    (["--config", "configs/missing.py"], "--config: no such file: configs/missing.py"),
+    (
+      ["--config", "configs/missing.py"],
+      "--config: no such file or recipe: configs/missing.py; recipes: cifar10_5_1_decay_lr",
+    ),
     (["--config.plan.strategy=fast"], "plan.strategy: 'fast' is not one of"),
     (
       ["--config.plan.strategy=hybrid", "--config.plan.max_batch_size=100"],
@@ -248,3 +251,58 @@ def test_a_field_given_twice_takes_its_last_value():
   values = args.parse("train", argv, lambda values: None)
   assert values.config.schedule.boundaries == (5.0,)
   assert values.config.seed == 4
+
+
+def test_a_recipe_named_without_a_path_is_the_shipped_file_from_any_directory(
+  capsys, tmp_path, monkeypatch
+):
+  by_path = run(capsys, "--config", str(CONFIGS / "cifar10_5_1_hybrid.py:adam"), "--json")
+  monkeypatch.chdir(tmp_path)  # no configs/ here
+  for name in ("cifar10_5_1_hybrid:adam", "cifar10_5_1_hybrid.py:adam"):
+    assert run(capsys, "--config", name, "--json") == by_path
+    assert run(capsys, f"--config={name}", "--json") == by_path
+  assert by_path[0] == 0 and json.loads(by_path[1])["total_steps"] == 34_376
+
+
+def test_a_file_of_the_same_name_wins_over_the_shipped_recipe(capsys, tmp_path, monkeypatch):
+  (tmp_path / "mnist1d_noise.py").write_text("def get_config():\n  return None\n")
+  monkeypatch.chdir(tmp_path)
+  status, _, err = run(capsys, "--config", "mnist1d_noise.py")
+  assert status == 2
+  assert (
+    err
+    == "bigbatch plan: error: --config: mnist1d_noise.py: get_config() returned None, not a ConfigDict\n"
+  )
+
+
+def test_recipes_lists_every_shipped_recipe_with_its_first_docstring_line(capsys):
+  assert cli.main(["recipes"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  names = sorted(p.stem for p in CONFIGS.glob("*.py"))
+  assert [line.split()[0] for line in out[: len(names)]] == names
+  hybrid = next(line for line in out if line.startswith("cifar10_5_1_hybrid "))
+  assert hybrid.split(None, 1)[1] == (
+    "Section 5.1, hybrid: batch 128 -> 640 at epoch 60, then lr /5 at 120, 160."
+  )
+  assert out[-1].startswith(f"{len(names)} recipes in ")
+  assert cli.main(["recipes", "extra"]) == 2
+
+
+def test_a_users_config_file_starts_from_a_shipped_recipe(capsys, tmp_path):
+  mine = tmp_path / "mine.py"
+  mine.write_text(
+    "from bigbatch.recipe import load_recipe\n\n\n"
+    "def get_config():\n"
+    '  config = load_recipe("mnist1d_increase_batch").get_config()\n'
+    "  config.batch_size = 256\n"
+    "  return config\n"
+  )
+  status, out, _ = run(capsys, "--config", str(mine), "--json")
+  assert status == 0
+  assert [p["batch_size"] for p in json.loads(out)["phases"]] == [256, 1280, 6400, 32000]
+  with pytest.raises(
+    config.ConfigError, match="no recipe 'cifar11'; recipes: cifar10_5_1_decay_lr"
+  ):
+    from bigbatch.recipe import load_recipe
+
+    load_recipe("cifar11")

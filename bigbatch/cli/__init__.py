@@ -1,8 +1,10 @@
 """The `bigbatch` command line.
 
-bigbatch plan --config configs/<recipe>.py[:variant] [--config.FIELD=VALUE ...]
-              [--json] [--plot out.png]
-bigbatch train [--config configs/<recipe>.py[:variant]] [--workdir DIR] [--config.FIELD=VALUE ...]
+bigbatch plan --config RECIPE|FILE[:variant] [--config.FIELD=VALUE ...] [--json] [--plot out.png]
+bigbatch train [--config RECIPE|FILE[:variant]] [--workdir DIR] [--config.FIELD=VALUE ...]
+
+RECIPE is the name of a shipped recipe (bigbatch/recipes/, `configs/` in a checkout);
+FILE any config file with a `get_config()`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from bigbatch.cli.ensemble import ensemble
 from bigbatch.cli.lr_find import lr_find
 from bigbatch.cli.noise import noise
 from bigbatch.cli.plan import plan, probe
+from bigbatch.cli.recipes import recipes
 from bigbatch.cli.sharpness import sharpness
 from bigbatch.cli.train import train
 
-USAGE = """usage: bigbatch COMMAND --config FILE[:VARIANT] [--config.FIELD=VALUE ...] [options]
+USAGE = """usage: bigbatch COMMAND --config RECIPE|FILE[:VARIANT] [--config.FIELD=VALUE ...] [options]
+
+RECIPE: a shipped recipe's name (cifar10_5_2_increase_batch, ...: `bigbatch recipes` lists
+them); FILE: a config file of your own with a get_config().
 
 commands:
   plan    print the phase plan of a config beside its baseline
@@ -35,21 +41,23 @@ commands:
           options: --workdir DIR (default workdir/CONFIG), --noprogress
   ensemble  test accuracy of the mean of the last M snapshots' softmaxes (restarting
           schedules), beside each snapshot's: --workdir DIR [--last M] [--json]
+  recipes the shipped recipes' names, each with its first docstring line
   sharpness Hessian top eigenvalue and Keskar's epsilon-sharpness at a checkpoint:
           --workdir DIR [--step N] [--examples 2048] [--epsilon 1e-3] [--iterations 50] [--json]
 
 examples:
-  bigbatch plan --config configs/cifar10_5_2_increase_batch.py
-  bigbatch plan --config configs/cifar10_5_1_increase_batch.py:adam --plot plan.png
-  bigbatch plan --config configs/imagenet_resnet50_8192.py --config.plan.strategy=hybrid \\
+  bigbatch plan --config cifar10_5_2_increase_batch
+  bigbatch plan --config cifar10_5_1_increase_batch:adam --plot plan.png
+  bigbatch plan --config imagenet_resnet50_8192 --config.plan.strategy=hybrid \\
       --config.plan.max_batch_size=16384 --json
   bigbatch train
-  bigbatch train --config configs/cifar10_5_1_increase_batch.py --workdir runs/cifar \\
+  bigbatch train --config my_config.py --workdir runs/mine
+  bigbatch train --config cifar10_5_1_increase_batch --workdir runs/cifar \\
       --config.dataset.data_dir=/data/tfds
 """
 
 COMMANDS = {"plan": plan, "train": train, "probe": probe, "noise": noise, "lr-find": lr_find}
-COMMANDS |= {"ensemble": ensemble, "sharpness": sharpness}
+COMMANDS |= {"ensemble": ensemble, "sharpness": sharpness, "recipes": recipes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,28 @@ def config_path(args: list[str]) -> str | None:
   return None
 
 
+def with_recipe_path(args: list[str]) -> list[str]:
+  """`args` with a `--config NAME[:VARIANT]` that names a shipped recipe (not a file)
+  replaced by the recipe's path, so that `--config cifar10_base` works from any
+  directory; any other `--config` is left for `parse` to check."""
+  from bigbatch.recipe import find_recipe
+
+  path = config_path(args)
+  if path is None or os.path.isfile(path) or find_recipe(path) is None:
+    return list(args)
+  variant = config_variant(args)
+  resolved = str(find_recipe(path)) + (f":{variant}" if variant is not None else "")
+  out = list(args)
+  for i, arg in enumerate(out):
+    if arg == "--config" and i + 1 < len(out):
+      out[i + 1] = resolved
+      break
+    if arg.startswith("--config="):
+      out[i] = f"--config={resolved}"
+      break
+  return out
+
+
 def config_variant(args: list[str]) -> str | None:
   for i, arg in enumerate(args):
     spec = args[i + 1] if arg == "--config" and i + 1 < len(args) else None
@@ -152,13 +174,22 @@ def parse(command: str, args: list[str], define) -> flags.FlagValues:
   Raises:
     SystemExit: with status 2 and a one-line message, for any bad argument.
   """
+  args = with_recipe_path(args)
   path = config_path(args)
   if path is None:
     raise SystemExit(
-      fail(command, "--config is required, e.g. --config configs/cifar10_5_2_increase_batch.py")
+      fail(
+        command, "--config is required: a recipe's name (e.g. cifar10_5_2_increase_batch) or a file"
+      )
     )
   if not os.path.isfile(path):
-    raise SystemExit(fail(command, f"--config: no such file: {path}"))
+    from bigbatch.recipe import recipe_names
+
+    raise SystemExit(
+      fail(
+        command, f"--config: no such file or recipe: {path}; recipes: {', '.join(recipe_names())}"
+      )
+    )
   config, problem = load_config_file(path, config_variant(args))
   if problem:
     raise SystemExit(fail(command, f"--config: {problem}"))
@@ -176,7 +207,7 @@ def parse(command: str, args: list[str], define) -> flags.FlagValues:
   config_flags.DEFINE_config_file(
     "config",
     None,
-    "config file (configs/*.py), optionally FILE:VARIANT",
+    "a recipe's name or a config file, optionally NAME:VARIANT",
     flag_values=values,
     lock_config=True,
     sys_argv=argv,

@@ -11,21 +11,15 @@ from absl import flags
 
 from bigbatch.cli import args
 
-# `bigbatch train` without --config: MNIST-1D, increasing batch size, on CPU.
-DEFAULT_TRAIN_CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "mnist1d_increase_batch.py"
-
 
 def train(argv: list[str]) -> int:
   from bigbatch import checkpoint, data, fields, sharding
   from bigbatch import workdir as workdir_lib
   from bigbatch.config import ConfigError
+  from bigbatch.recipe import DEFAULT_RECIPE
 
-  if args.config_path(argv) is None:
-    if not DEFAULT_TRAIN_CONFIG.is_file():
-      return args.fail(
-        "train", f"--config: the default {DEFAULT_TRAIN_CONFIG} is missing; pass one"
-      )
-    argv = ["--config", str(DEFAULT_TRAIN_CONFIG), *argv]
+  if args.config_path(argv) is None:  # MNIST-1D, increasing batch size, on CPU
+    argv = ["--config", DEFAULT_RECIPE, *argv]
 
   def define(values):
     flags.DEFINE_string(
