@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from bigbatch import adaptive, gradients, optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.models import compute_dtype, create_model
+from bigbatch.models import compute_dtype, create_model, init_rngs
 from bigbatch.planner import Plan, PlanError, plan_phases
 
 # The blocks recipes are built from, and the config's error, where recipes and
@@ -310,10 +310,12 @@ def _halves_fit(config: ml_collections.ConfigDict, plan: Plan, mesh: Mesh) -> bo
 def whole_batch_norm(model: nn.Module, input_shape: tuple[int, ...], ghost: int | None) -> bool:
   """Whether `model` normalises over the whole batch: it keeps batch statistics and no
   ghost batch size is set (read from `jax.eval_shape` of its init: nothing is allocated)."""
-  if ghost is not None:
-    return False
+  if ghost is not None and "ghost_batch_size" in getattr(model, "__dataclass_fields__", {}):
+    return False  # a ghost batch norm: a model that takes no ghost batch ignores it
   inputs = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), inputs)
+  variables = jax.eval_shape(
+    lambda x: model.init(init_rngs(jax.random.key(0)), x, train=False), inputs
+  )
   return bool(jax.tree.leaves(variables.get("batch_stats", {})))
 
 
@@ -335,15 +337,18 @@ def train_step_from_config(
   The step takes each device's gradient on its own examples (and so can
   measure the noise scale) when batch norm never needs examples of two
   devices at once: with ghost batches, or a model without batch norm (an MLP).
-  A model with whole-batch batch norm (`ghost_batch_size` unset) on several
-  devices keeps the compiler-partitioned step, which normalises over the
-  global batch, and is not measured. Nor is a run whose halves (cut to
+  A model with whole-batch batch norm (`ghost_batch_size` unset, or a model
+  that takes none) is not measured: on several devices it keeps the
+  compiler-partitioned step, which normalises over the global batch, and on
+  one cutting the batch in halves would normalise each half apart. Nor is a run whose halves (cut to
   measure on one device) cannot hold whole ghost batches (`_halves_fit`).
   """
   block = config.get("noise") or {}
   ghost = config.get("ghost_batch_size")
-  per_device = shd.data_parallel_size(mesh) == 1 or not whole_batch_norm(model, input_shape, ghost)
-  measure = bool(block.get("measure", True)) and per_device and _halves_fit(config, plan, mesh)
+  whole = whole_batch_norm(model, input_shape, ghost)
+  per_device = shd.data_parallel_size(mesh) == 1 or not whole
+  # whole-batch statistics would become each half's if the batch were cut to measure
+  measure = bool(block.get("measure", True)) and not whole and _halves_fit(config, plan, mesh)
   horizon = float(block.get("horizon_epochs", 0.1)) * plan.dataset_size
   step = st.make_train_step(
     model,
@@ -357,5 +362,6 @@ def train_step_from_config(
     noise_horizon=horizon if measure else None,
     noise_confidence=float(block.get("confidence", 0.95)),
     normalisation=normalisation,
+    rng_seed=int(config.get("seed", 0)),
   )
   return step, measure

@@ -281,7 +281,7 @@ def probe_config(
     planning.plan.strategy, planning.plan.max_batch_size = "decay_lr", None
   plan = bbconfig.plan_from_config(planning)  # the optimizer's structure, not the cap
   optimizer = bbconfig.optimizer_from_config(planning, plan)
-  spec = data.dataset_spec(config.dataset.get("name"), config.dataset.get("image_size"))
+  spec = data.spec_for(config.dataset)
   model = bbconfig.model_from_config(config, spec.num_classes)
   mesh = shd.mesh_from_config(config, devices)
   shards = shd.data_parallel_size(mesh)

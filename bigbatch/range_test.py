@@ -116,7 +116,7 @@ def _set_up(config, batch_sizes: Sequence[int], field: str, workdir, devices, sa
   memory.resolve_max_batch_size(config, workdir=workdir, devices=devices, log=say)
   plan = bbconfig.plan_from_config(config)
   optimizer = bbconfig.optimizer_from_config(config, adaptive.constants(plan))
-  spec = data.dataset_spec(config.dataset.get("name"), config.dataset.get("image_size"))
+  spec = data.spec_for(config.dataset)
   model = bbconfig.model_from_config(config, spec.num_classes)
   block = config.get("mesh") or {}
   mesh = shd.mesh_from_config(config, devices)

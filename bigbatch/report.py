@@ -52,26 +52,26 @@ def _epochs(phase: Phase) -> str:
   return f"{phase.start_epoch:g}–{phase.end_epoch:g}"
 
 
-def format_plan(plan: Plan) -> str:
-  """The phase table with the baseline's batch, lr, noise and steps beside it."""
-  header = (
-    "phase",
-    "epochs",
-    "batch",
-    "lr",
-    "momentum",
-    "noise",
-    "Δnoise",
-    "steps",
-    "│",
-    "base batch",
-    "base lr",
-    "base noise",
-    "base steps",
-  )
-  accumulating = plan.strategy == "accumulate"
-  if accumulating:
-    header = header[:3] + ("micro",) + header[3:]
+PLAN_HEADER = (
+  "phase",
+  "epochs",
+  "batch",
+  "lr",
+  "momentum",
+  "noise",
+  "Δnoise",
+  "steps",
+  "│",
+  "base batch",
+  "base lr",
+  "base noise",
+  "base steps",
+)
+
+
+def _plan_rows(plan: Plan, accumulating: bool) -> list[tuple[str, ...]]:
+  """The phase table's header and one row a phase, as text cells."""
+  header = PLAN_HEADER[:3] + ("micro",) + PLAN_HEADER[3:] if accumulating else PLAN_HEADER
   rows = [header]
   for p in plan.phases:
     micro = (f"{p.micro_batches}",) if accumulating else ()
@@ -93,7 +93,35 @@ def format_plan(plan: Plan) -> str:
         f"{p.baseline_steps:,}",
       )
     )
-  widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+  return rows
+
+
+def _plan_footer(plan: Plan, accumulating: bool) -> list[str]:
+  """The lines under the phase table: the updates saved, and what accumulation costs."""
+  if plan.total_steps == plan.baseline_total_steps:
+    updates = f"updates: {plan.total_steps:,}, as many as the baseline (none saved)"
+  else:
+    words = saving_words(plan).removesuffix(" than the baseline")
+    updates = (
+      f"updates: {plan.total_steps:,} vs {plan.baseline_total_steps:,} for the baseline ({words})"
+    )
+  lines = [f"{updates}; batch sizes: " + ", ".join(f"{b:,}" for b in plan.batch_sizes)]
+  if accumulating:
+    passes = sum(p.steps * p.micro_batches for p in plan.phases)
+    lines.append(
+      f"accumulation: micro = micro-batches of at most {plan.max_batch_size:,} per update; "
+      f"{plan.total_steps:,} updates take {passes:,} micro-batch passes "
+      f"(the same examples; {plan.baseline_total_steps / plan.total_steps:.2f}x fewer updates, "
+      f"up to {max(p.micro_batches for p in plan.phases)}x the compute per update)"
+    )
+  return lines
+
+
+def format_plan(plan: Plan) -> str:
+  """The phase table with the baseline's batch, lr, noise and steps beside it."""
+  accumulating = plan.strategy == "accumulate"
+  rows = _plan_rows(plan, accumulating)
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   left = {1, 4, 5, 9} if accumulating else {1, 3, 4, 8}
   lines = [
     "  ".join(
@@ -107,25 +135,8 @@ def format_plan(plan: Plan) -> str:
     f"plan: {plan.strategy} (noise rule {plan.noise_rule}{cap}), "
     f"N = {plan.dataset_size:,}, {plan.epochs:g} epochs"
   )
-  if plan.total_steps == plan.baseline_total_steps:
-    updates = f"updates: {plan.total_steps:,}, as many as the baseline (none saved)"
-  else:
-    words = saving_words(plan).removesuffix(" than the baseline")
-    updates = (
-      f"updates: {plan.total_steps:,} vs {plan.baseline_total_steps:,} for the baseline ({words})"
-    )
-  total = f"{updates}; batch sizes: " + ", ".join(f"{b:,}" for b in plan.batch_sizes)
   note = "noise = lr (N/B - 1) / (1 - m) at each phase's first step; Δnoise vs the baseline"
-  extra = []
-  if accumulating:
-    passes = sum(p.steps * p.micro_batches for p in plan.phases)
-    extra.append(
-      f"accumulation: micro = micro-batches of at most {plan.max_batch_size:,} per update; "
-      f"{plan.total_steps:,} updates take {passes:,} micro-batch passes "
-      f"(the same examples; {plan.baseline_total_steps / plan.total_steps:.2f}x fewer updates, "
-      f"up to {max(p.micro_batches for p in plan.phases)}x the compute per update)"
-    )
-  return "\n".join([title, "", *lines, "", total, *extra, note])
+  return "\n".join([title, "", *lines, "", *_plan_footer(plan, accumulating), note])
 
 
 def _plan_curves(plan: Plan, points: int = 64):

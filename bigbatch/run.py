@@ -73,7 +73,7 @@ def _checked_setup(config, workdir: pathlib.Path, devices, say) -> dict[str, Any
   memory.resolve_max_batch_size(config, workdir=workdir, devices=devices, log=say)
   plan = bbconfig.plan_from_config(config)
   optimizer = bbconfig.optimizer_from_config(config, plan)
-  spec = data.dataset_spec(config.dataset.get("name"), config.dataset.get("image_size"))
+  spec = data.spec_for(config.dataset)
   model = bbconfig.model_from_config(config, spec.num_classes)
   mesh = shd.mesh_from_config(config, devices)
   bbconfig.check_plan_on_mesh(config, plan, mesh)

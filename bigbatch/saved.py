@@ -24,6 +24,7 @@ from bigbatch import config as bbconfig
 from bigbatch import data
 from bigbatch import sharding as shd
 from bigbatch import step as st
+from bigbatch.models import init_rngs
 
 
 def _frozen(value: Any) -> Any:
@@ -65,7 +66,7 @@ def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | No
   Raises:
     ConfigError, DataError, ShardingError: naming the field.
   """
-  spec = data.dataset_spec(config.dataset.get("name"), config.dataset.get("image_size"))
+  spec = data.spec_for(config.dataset)
   model = bbconfig.model_from_config(config, spec.num_classes)
   mesh = shd.make_mesh(-1, int((config.get("mesh") or {}).get("fsdp", 1)), devices=devices)
   return Setup(config=config, spec=spec, model=model, mesh=mesh)
@@ -83,7 +84,9 @@ def state_target(setup: Setup) -> st.TrainState:
 
 def variables_target(setup: Setup) -> dict[str, Any]:
   """`{"params", "batch_stats"}` as a snapshot holds them, placed like the train state's."""
-  abstract = jax.eval_shape(lambda: setup.model.init(jax.random.key(0), _zeros(setup), train=False))
+  abstract = jax.eval_shape(
+    lambda: setup.model.init(init_rngs(jax.random.key(0)), _zeros(setup), train=False)
+  )
   replicated = shd.replicated(setup.mesh)
 
   def place(leaf, sharding):

@@ -34,6 +34,7 @@ from bigbatch.compiled import enable_compilation_cache as enable_compilation_cac
 from bigbatch.inputs import Normalisation, model_inputs
 from bigbatch.models import COMPUTE_DTYPES as COMPUTE_DTYPES  # re-exported
 from bigbatch.models import compute_dtype as compute_dtype  # re-exported
+from bigbatch.models import init_rngs
 from bigbatch.optim import current_hyperparams, state_shardings
 
 Batch = Mapping[str, Any]
@@ -100,7 +101,7 @@ def init_train_state(
   `example_inputs` gives only the input's shape and dtype.
   """
   inputs = jnp.zeros(example_inputs.shape, example_inputs.dtype)
-  variables = model.init(rng, inputs, train=False)
+  variables = model.init(init_rngs(rng), inputs, train=False)
   params = variables["params"]
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -205,6 +206,13 @@ def _hyper_metrics(opt_state, dataset_size: int | None, batch_size: int) -> dict
   return out
 
 
+def example_keys(seed: int, step: jax.Array, batch_size: int) -> jax.Array:
+  """One raw key (uint32 [2]) per example of a step's batch, from `seed` and the step
+  alone: a piece of the batch takes its first example's key, wherever it is computed."""
+  step_key = jax.random.fold_in(jax.random.key(seed), step)
+  return jax.random.key_data(jax.random.split(step_key, batch_size))
+
+
 def _loss_and_grad(model: nn.Module, label_smoothing: float, normalisation):
   """`grad_fn(params, batch_stats, batch) -> ((mean loss, (correct, new stats)), grads)`."""
 
@@ -213,7 +221,12 @@ def _loss_and_grad(model: nn.Module, label_smoothing: float, normalisation):
       variables = {"params": params, "batch_stats": state_stats}
       # per micro-batch: a float32 copy of the whole batch would be 4x its uint8 bytes
       inputs = model_inputs(batch["inputs"], normalisation)
-      logits, updates = model.apply(variables, inputs, train=True, mutable=["batch_stats"])
+      # each piece (device shard, micro-batch, half) draws its dropout from its first
+      # example's key; a model without dropout never reads it, and XLA drops it
+      rngs = {"dropout": jax.random.wrap_key_data(batch["rng"][0])} if "rng" in batch else {}
+      logits, updates = model.apply(
+        variables, inputs, train=True, mutable=["batch_stats"], rngs=rngs
+      )
       losses = cross_entropy(logits, batch["labels"], label_smoothing)
       correct = jnp.argmax(logits, -1) == batch["labels"]  # no gradient flows through it
       # One reduction for both sums: over a sharded batch each reduction is a
@@ -230,7 +243,7 @@ def _loss_and_grad(model: nn.Module, label_smoothing: float, normalisation):
 def _gradient(grad_fn, state: TrainState, batch: Batch, count: int, *, mesh, data_shards, measure):
   """((loss, (correct per piece, batch stats)), grads, pieces, noise sums) of a batch cut in
   `count` micro-batches: per data-parallel group with a mesh, else partitioned."""
-  inputs = {"inputs": batch["inputs"], "labels": batch["labels"]}
+  inputs = {key: batch[key] for key in ("inputs", "labels", "rng") if key in batch}
   piece_grad = lambda params, piece: grad_fn(params, state.batch_stats, piece)  # noqa: E731
   if mesh is None:
     return *accumulate(piece_grad, state.params, inputs, count, data_shards), count, None
@@ -253,6 +266,7 @@ def make_train_step(
   noise_horizon: float | None = None,
   noise_confidence: float = 0.95,
   normalisation: Normalisation | None = None,
+  rng_seed: int | None = 0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The pure train step of `model` and `optimizer`.
 
@@ -283,6 +297,9 @@ def make_train_step(
     noise_confidence: the two-sided confidence level of B_simple's interval.
     normalisation: the (mean, std) that uint8 inputs are normalised with on
       the device (`DatasetSpec.device_normalisation`); float inputs ignore it.
+    rng_seed: the seed of the `dropout` stream a model gets in training:
+      `fold_in(key(rng_seed), step)`, so a resumed run draws what it would have
+      drawn (`example_keys`). None: no stream.
 
   Returns:
     `train_step(state, batch) -> (state, metrics)`, scalar metrics `loss`,
@@ -297,6 +314,8 @@ def make_train_step(
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     batch_size = batch["labels"].shape[0]
+    if rng_seed is not None:
+      batch = {**batch, "rng": example_keys(rng_seed, state.step, batch_size)}
     count = _micro_batch_count(batch_size, micro_batch_size, data_shards)
     (loss, (correct, batch_stats)), grads, pieces, noise = _gradient(
       grad_fn, state, batch, count, mesh=mesh, data_shards=data_shards, measure=measure_noise

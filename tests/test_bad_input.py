@@ -104,6 +104,8 @@ BAD_VALUES = [
   ("--config.ghost_batch_size=48", "batch_size: 32 must be a positive multiple of 384"),
   ("--config.dataset.name=svhn", "dataset.name: 'svhn' is not one of"),
   ("--config.model.name=vgg", "model.name: 'vgg' is not one of"),
+  ("--config.model.name=no_such_module:Net", "model.name: cannot import 'no_such_module'"),
+  ("--config.model.name=plugin_models:NoRngs", "model.name: plugin_models:NoRngs.__init__ takes"),
   ("--config.mesh.fsdp=3", "mesh.fsdp: must divide the 8 devices"),
   ("--config.log_every_steps=0", "log_every_steps: must be a whole number >= 1"),
   ("--config.eval_train_examples=-1", "eval_train_examples: must be a whole number >= 0"),

@@ -305,3 +305,31 @@ def test_a_model_without_batch_norm_is_measured_on_8_devices(tmp_path):
   assert measured == {"mlp": True, "cnn1d": False}
   assert bbconfig.whole_batch_norm(create_model("cnn1d", num_classes=10), (40,), None)
   assert not bbconfig.whole_batch_norm(create_model("cnn1d", num_classes=10), (40,), 16)
+
+
+def test_whole_batch_norm_is_not_measured_on_one_device_nor_a_model_taking_no_ghost_batch(
+  tmp_path,
+):
+  """Cutting the batch in halves to measure would normalise each half apart; a model that
+  takes no `ghost_batch_size` (here a user's NNX module) normalises over the whole batch."""
+  from small_run import small_config
+
+  from bigbatch import config as bbconfig
+
+  one = shd.make_mesh(devices=jax.devices()[:1])
+  measured = {}
+  for name, ghost in (("cnn1d", None), ("cnn1d", 4), ("mlp", None), ("plugin_models:NNXNet", 4)):
+    config = small_config(str(tmp_path), ghost_batch_size=ghost)
+    config.model.name = name
+    plan = bbconfig.plan_from_config(config)
+    model = bbconfig.model_from_config(config, num_classes=10)
+    tx = bbconfig.optimizer_from_config(config, plan)
+    _, measured[name, ghost] = bbconfig.train_step_from_config(
+      config, model, tx, plan, one, input_shape=(40,)
+    )
+  assert measured == {
+    ("cnn1d", None): False,
+    ("cnn1d", 4): True,
+    ("mlp", None): True,
+    ("plugin_models:NNXNet", 4): False,
+  }

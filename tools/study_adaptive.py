@@ -6,7 +6,7 @@ usage: python tools/study_adaptive.py [--seeds 3] [--epochs 20] [--only SUBSTRIN
 
 The same setting as tools/reproduce.py (MNIST-1D at CIFAR-10 size, `cnn1d`,
 momentum SGD, 20 epochs, evaluation every epoch) and the same step structure.
-Six schedules, each measuring B_simple over half an epoch of examples:
+Seven schedules, each measuring B_simple over half an epoch of examples:
 
 - the fixed `decay_lr` and `increase_batch` plans (noise scale / 5 at epochs
   6, 12 and 16), with the gradient noise scale B_simple measured in the step;
@@ -14,7 +14,8 @@ Six schedules, each measuring B_simple over half an epoch of examples:
   `plateau_lr` (the learning rate falls / 5 there: ReduceLROnPlateau),
   `plateau` with patience 0 (a decision after one evaluation without a 10%
   improvement instead of two), and
-  `noise` (the batch grows x5 when the measured B_simple passes 16x the batch),
+  `noise` (the batch grows x5 when the lower bound of the measured B_simple
+  passes 8x the batch, the recipe's ratio, and again with 16x),
   from configs/mnist1d_plateau.py, mnist1d_plateau_lr.py and
   mnist1d_noise.py: none of them is told where the schedule's steps are.
 
@@ -51,6 +52,13 @@ RUNS = (
   ),
   reproduce.Run("adaptive/plateau_lr", "plateau: lr decays", "mnist1d_plateau_lr.py", None),
   reproduce.Run("adaptive/noise", "measured noise scale", "mnist1d_noise.py", None),
+  reproduce.Run(
+    "adaptive/noise_ratio16",
+    "measured noise scale, noise_ratio 16",
+    "mnist1d_noise.py",
+    None,
+    (("plan.adapt.noise_ratio", 16.0),),
+  ),
 )
 # Every run measures B_simple over half an epoch of examples: at a tenth (the
 # default) the estimate of |G|² at batch 128 is mostly noise once the loss is
@@ -185,7 +193,8 @@ def tables(results: dict[str, dict], settings: dict) -> str:
 
 
 def noise_figure(results: dict[str, dict], path: pathlib.Path) -> None:
-  """The fixed plans' batch and measured B_simple against epochs (log scale)."""
+  """The fixed plans' batch and measured B_simple against epochs (log scale): the value
+  with its band where |G|^2 is resolved, the lower bound alone where it is not."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -208,6 +217,10 @@ def noise_figure(results: dict[str, dict], path: pathlib.Path) -> None:
     label = results[name]["label"]
     ax.fill_between(epochs, *bounds, color=color, alpha=0.2, linewidth=0)
     ax.plot(epochs, measured, "o-", color=color, label=f"{label}: measured B_simple (95% band)")
+    # where |G|^2 is not resolved only the lower bound is known: drawn as an upward triangle
+    only_low = [(e, lo) for e, v, lo in zip(epochs, measured, bounds[0]) if v != v and lo == lo]
+    if only_low:
+      ax.plot(*zip(*only_low), "^", color=color, label=f"{label}: lower bound only")
     ax.plot(
       epochs,
       seeds[0]["noise"]["batch"],

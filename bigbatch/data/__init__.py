@@ -2,17 +2,20 @@
 
 from bigbatch.data.datasets import (
   DATASETS,
+  ArraySource,
   DataError,
   DatasetSpec,
   dataset_spec,
   get_builder,
   load_split,
+  spec_for,
 )
 from bigbatch.data.mnist1d import Mnist1d, Mnist1dConfig
 from bigbatch.data.pipeline import epoch_permutation, eval_batches, example_batch, train_batches
 
 __all__ = [
   "DATASETS",
+  "ArraySource",
   "DataError",
   "DatasetSpec",
   "Mnist1d",
@@ -23,5 +26,6 @@ __all__ = [
   "example_batch",
   "get_builder",
   "load_split",
+  "spec_for",
   "train_batches",
 ]

@@ -4,6 +4,7 @@ MNIST-1D (the embedded default) is generated into the tfds data dir the
 first time it is asked for. CIFAR-10 and ImageNet (`imagenet2012`) are read
 from a data dir the user prepared with tfds (`prepare_command`); a dataset
 that is not there is refused at once with where tfds looked and how to prepare it.
+Any other tfds dataset, and a Python source, come through `external`.
 
 Each split is a random-access *source* (examples by index), so that the
 input pipeline can put any example at any position of the stream: small
@@ -18,13 +19,12 @@ import functools
 import json
 import os
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from bigbatch.data import external
 from bigbatch.data import preprocess as pre
 from bigbatch.data.mnist1d import Mnist1d, Mnist1dConfig
 from bigbatch.data.preprocess import (  # noqa: F401  (re-exported: the datasets' statistics)
@@ -35,51 +35,7 @@ from bigbatch.data.preprocess import (  # noqa: F401  (re-exported: the datasets
   IMAGENET_STD,
 )
 from bigbatch.data.records import RecordSource
-
-
-class DataError(ValueError):
-  """A dataset that cannot be read as configured; the message says why and what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """What bigbatch needs to know about a dataset.
-
-  Attributes:
-    tfds_name: the tfds builder's name.
-    num_classes: label classes.
-    input_shape: one example's model input after preprocessing.
-    train_split, eval_split: tfds split names.
-    in_memory: small enough to hold as arrays; otherwise read through
-      `tfds.data_source` (needs the ArrayRecord file format).
-    train_preprocess, eval_preprocess: `fn(example, seed) -> input`, in
-      TensorFlow; `seed` is a stateless seed pair unique to the example's
-      position in the stream.
-    device_normalisation: the per-channel (mean, std) the step normalises
-      the inputs with on the device, which then arrive as uint8 pixels; None:
-      they arrive normalised, as float32.
-    host_preprocess: the same preprocessing in NumPy, `fn(inputs) -> inputs`
-      on a whole batch, for a split held in memory whose training examples
-      are not augmented; the pipeline then gathers each batch in NumPy, with
-      no tf.data threads competing with the step for the cores. None: tf.data.
-  """
-
-  tfds_name: str
-  num_classes: int
-  input_shape: tuple[int, ...]
-  train_split: str
-  eval_split: str
-  in_memory: bool
-  train_preprocess: Callable[..., tf.Tensor]
-  eval_preprocess: Callable[..., tf.Tensor]
-  device_normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-  host_preprocess: Callable[[np.ndarray], np.ndarray] | None = None
-
-  @property
-  def input_dtype(self) -> np.dtype:
-    """The dtype of a batch's `inputs` as the pipeline yields them."""
-    return np.dtype(np.uint8 if self.device_normalisation else np.float32)
-
+from bigbatch.data.spec import ArraySource, DataError, DatasetSpec
 
 DATASETS = {
   "mnist1d": DatasetSpec(
@@ -92,6 +48,7 @@ DATASETS = {
     pre.identity,
     pre.identity,
     host_preprocess=pre.identity_numpy,
+    input_key="signal",
   ),
   "cifar10": DatasetSpec(
     "cifar10", 10, (32, 32, 3), "train", "test", True, pre.cifar_train, pre.cifar_eval
@@ -134,6 +91,23 @@ def dataset_spec(name: str, image_size: int | None = None) -> DatasetSpec:
   )
 
 
+def spec_for(config_dataset: Mapping[str, Any]) -> DatasetSpec:
+  """The spec of a config's `dataset` block: a built-in dataset, any tfds dataset
+  (from its `builder.info`), or a Python source (`dataset.source`; see `external`).
+
+  Raises:
+    DataError: naming the field.
+  """
+  if config_dataset.get("source"):
+    return external.source_spec(config_dataset)
+  name = config_dataset.get("name")
+  if name in DATASETS:
+    return dataset_spec(name, config_dataset.get("image_size"))
+  if config_dataset.get("image_size") is not None:
+    raise DataError(f"dataset.image_size: only imagenet2012 takes one, not {name!r}")
+  return external.tfds_spec(config_dataset, data_dir(config_dataset), ", ".join(DATASETS))
+
+
 def data_dir(config_dataset: Mapping[str, Any]) -> str:
   """`dataset.data_dir`, else `$TFDS_DATA_DIR`, else tfds's default (~/tensorflow_datasets)."""
   return os.path.expanduser(
@@ -154,7 +128,7 @@ def get_builder(config_dataset: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
     DataError: for an unknown or unprepared dataset, saying where tfds
       looked and how to prepare it.
   """
-  spec = dataset_spec(config_dataset.get("name"))
+  spec = spec_for(config_dataset)
   directory = data_dir(config_dataset)
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise DataError(f"dataset.data_dir: {directory} exists and is not a directory")
@@ -187,14 +161,14 @@ def get_builder(config_dataset: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
   return tfds.builder(spec.tfds_name, data_dir=directory)
 
 
-def prepare_command(name: str, directory: str) -> str:
+def prepare_command(name: str, directory: str, in_memory: bool = True) -> str:
   """The shell command that prepares dataset `name` in data dir `directory`.
 
   tfds's own `tfds build` imports apache_beam, which bigbatch does not install,
   so the command calls the builder from Python. ImageNet is written as
   ArrayRecord (read by index) from the archives in DIRECTORY/downloads/manual.
   """
-  file_format = "" if DATASETS[name].in_memory else ', file_format="array_record"'
+  file_format = "" if in_memory else ', file_format="array_record"'
   code = (
     f"import tensorflow_datasets as tfds; "
     f"tfds.builder({json.dumps(name)}, data_dir={json.dumps(directory)}{file_format})"
@@ -214,50 +188,29 @@ def _not_prepared(
   )
   return DataError(
     f"dataset.name: {spec.tfds_name} is not prepared in {builder.data_dir}; prepare it with "
-    f"`{prepare_command(spec.tfds_name, directory)}`{manual}, or set "
+    f"`{prepare_command(spec.tfds_name, directory, spec.in_memory)}`{manual}, or set "
     f"dataset.data_dir (or $TFDS_DATA_DIR) to where it is"
   )
 
 
-class ArraySource:
-  """A split held in memory: inputs and labels by index."""
-
-  def __init__(self, features: Mapping[str, np.ndarray], input_key: str):
-    self.input_key = input_key
-    self.inputs = np.asarray(features[input_key])
-    self.labels = np.asarray(features["label"], np.int32)
-    self._tensors = (tf.constant(self.inputs), tf.constant(self.labels))  # eager, shared
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The inputs and labels at `indices`, in NumPy."""
-    return self.inputs[indices], self.labels[indices]
-
-  def lookup(self, indices: tf.Tensor) -> dict[str, tf.Tensor]:
-    """The examples at `indices` (any shape), in TensorFlow."""
-    inputs, labels = self._tensors
-    return {self.input_key: tf.gather(inputs, indices), "label": tf.gather(labels, indices)}
-
-
 def load_split(config_dataset: Mapping[str, Any], split: str) -> ArraySource | RecordSource:
   """The train or eval split (`split` is "train" or "eval") of a `dataset` block."""
-  spec = dataset_spec(config_dataset.get("name"), config_dataset.get("image_size"))
+  if config_dataset.get("source"):
+    return external.source_split(config_dataset, split)
+  spec = spec_for(config_dataset)
   builder = get_builder(config_dataset)
   name = spec.train_split if split == "train" else spec.eval_split
-  input_key = "signal" if spec.tfds_name == "mnist1d" else "image"
   try:
     if spec.in_memory:
       # the split as one batch; `as_dataset(batch_size=-1)` aborts under tfds's mock data
       whole = builder.as_dataset(split=name).batch(1 << 40)
-      return ArraySource(next(iter(tfds.as_numpy(whole))), input_key)
-    return RecordSource.from_tfds(builder.as_data_source(split=name), input_key)
+      return ArraySource(next(iter(tfds.as_numpy(whole))), spec.input_key, spec.label_key)
+    return RecordSource.from_tfds(builder.as_data_source(split=name), spec.input_key)
   except (AssertionError, FileNotFoundError, NotImplementedError, ValueError) as error:
     if not builder.is_prepared() or "could not find" in str(error).lower():
       raise _not_prepared(spec, builder, data_dir(config_dataset)) from None
     raise DataError(
       f"dataset.name: {spec.tfds_name} in {builder.data_dir} cannot be read by index "
       f"({str(error).splitlines()[0]}); prepare it as ArrayRecord in another data dir with "
-      f"`{prepare_command(spec.tfds_name, '<another data dir>')}`"
+      f"`{prepare_command(spec.tfds_name, '<another data dir>', False)}`"
     ) from None

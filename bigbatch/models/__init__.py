@@ -1,8 +1,10 @@
-"""The paper's models in flax linen, every batch norm a ghost batch norm.
+"""The paper's models in flax linen, every batch norm a ghost batch norm, and your own.
 
 `create_model(name, num_classes=..., ghost_batch_size=..., **fields)` builds
 one by name; the defaults below are the published architectures, and any
-field can be overridden from a config's `model` block.
+field can be overridden from a config's `model` block. A name added with
+`register`, or an import path (`"my_pkg.models:Net"`: a linen or NNX module
+class, or a factory; see `bigbatch.models.plugins`), builds a model of yours.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 
 from bigbatch.models.ghost_norm import GhostBatchNorm
 from bigbatch.models.inception import InceptionResNetV2
+from bigbatch.models.plugins import NNXModel, build, import_model
 from bigbatch.models.resnet import ResNet, WideResNet
 from bigbatch.models.small import MLP, ConvNet
 
@@ -28,6 +31,13 @@ def compute_dtype(name: str = "auto") -> Any:
   if name == "auto":
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   return jnp.dtype(name)
+
+
+def init_rngs(rng: jax.Array) -> dict[str, jax.Array]:
+  """The random streams a model's `init` gets: `params`, and `dropout` for an NNX
+  module whose `nnx.Dropout` takes its stream when it is built. The `params` stream
+  alone decides the parameters, so a linen model's are what `init(rng, ...)` gives."""
+  return {"params": rng, "dropout": jax.random.fold_in(rng, 1)}
 
 
 # name -> (class, default fields)
@@ -44,6 +54,18 @@ MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 }
 
 
+def register(name: str, model: Any, **defaults: Any) -> None:
+  """Makes `model.name: NAME` build `model` (a linen or NNX module class, or a factory),
+  with `defaults` under the config's `model` fields.
+
+  Raises:
+    ValueError: if `name` is taken or has a colon (the mark of an import path).
+  """
+  if name in MODELS or ":" in name:
+    raise ValueError(f"models.register: {name!r} is taken or has a ':'; taken: {', '.join(MODELS)}")
+  MODELS[name] = (model, dict(defaults))
+
+
 def create_model(
   name: str,
   *,
@@ -52,10 +74,11 @@ def create_model(
   dtype: Any = jnp.float32,
   **fields: Any,
 ) -> nn.Module:
-  """Builds a model by name.
+  """Builds a model by name or import path, as a linen module.
 
   Args:
-    name: one of `MODELS`.
+    name: one of `MODELS` (the paper's and those given to `register`), or an
+      import path `"package.module:Name"`.
     num_classes: output logits.
     ghost_batch_size: examples per batch-norm ghost batch (None: whole batch).
     dtype: compute dtype; parameters are float32 either way.
@@ -64,16 +87,16 @@ def create_model(
   Raises:
     ValueError: naming `model.name` or the unknown `model.FIELD`.
   """
+  automatic = {"num_classes": num_classes, "ghost_batch_size": ghost_batch_size, "dtype": dtype}
+  if ":" in str(name):
+    return build(import_model(name), name, automatic, fields)
   if name not in MODELS:
-    raise ValueError(f"model.name: {name!r} is not one of {', '.join(MODELS)}")
+    raise ValueError(
+      f"model.name: {name!r} is not one of {', '.join(MODELS)}, nor an import path "
+      "'package.module:Name'"
+    )
   cls, defaults = MODELS[name]
-  known = set(cls.__dataclass_fields__) - {"parent", "name"}
-  for key in fields:
-    if key not in known:
-      raise ValueError(f"model.{key}: not a field of {name}; allowed: {', '.join(sorted(known))}")
-  if "ghost_batch_size" in known:  # models without batch norm have no ghost batch
-    fields = {**fields, "ghost_batch_size": ghost_batch_size}
-  return cls(num_classes=num_classes, dtype=dtype, **{**defaults, **fields})
+  return build(cls, name, automatic, {**defaults, **fields})
 
 
 __all__ = [
@@ -82,7 +105,10 @@ __all__ = [
   "ConvNet",
   "GhostBatchNorm",
   "InceptionResNetV2",
+  "NNXModel",
   "ResNet",
   "WideResNet",
   "create_model",
+  "init_rngs",
+  "register",
 ]

@@ -1,0 +1,79 @@
+"""What bigbatch knows about a dataset (`DatasetSpec`), and a split held in memory."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+
+class DataError(ValueError):
+  """A dataset that cannot be read as configured; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What bigbatch needs to know about a dataset.
+
+  Attributes:
+    tfds_name: the tfds builder's name.
+    num_classes: label classes.
+    input_shape: one example's model input after preprocessing.
+    train_split, eval_split: tfds split names.
+    in_memory: small enough to hold as arrays; otherwise read through
+      `tfds.data_source` (needs the ArrayRecord file format).
+    train_preprocess, eval_preprocess: `fn(example, seed) -> input`, in
+      TensorFlow; `seed` is a stateless seed pair unique to the example's
+      position in the stream.
+    device_normalisation: the per-channel (mean, std) the step normalises
+      the inputs with on the device, which then arrive as uint8 pixels; None:
+      they arrive normalised, as float32.
+    host_preprocess: the same preprocessing in NumPy, `fn(inputs) -> inputs`
+      on a whole batch, for a split held in memory whose training examples
+      are not augmented; the pipeline then gathers each batch in NumPy, with
+      no tf.data threads competing with the step for the cores. None: tf.data.
+    input_key, label_key: the features holding an example's input and its
+      class (in the pipeline the label is always `label`).
+  """
+
+  tfds_name: str
+  num_classes: int
+  input_shape: tuple[int, ...]
+  train_split: str
+  eval_split: str
+  in_memory: bool
+  train_preprocess: Callable[..., tf.Tensor]
+  eval_preprocess: Callable[..., tf.Tensor]
+  device_normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+  host_preprocess: Callable[[np.ndarray], np.ndarray] | None = None
+  input_key: str = "image"
+  label_key: str = "label"
+
+  @property
+  def input_dtype(self) -> np.dtype:
+    """The dtype of a batch's `inputs` as the pipeline yields them."""
+    return np.dtype(np.uint8 if self.device_normalisation else np.float32)
+
+
+class ArraySource:
+  """A split held in memory: inputs and labels by index."""
+
+  def __init__(self, features: Mapping[str, np.ndarray], input_key: str, label_key: str = "label"):
+    self.input_key = input_key
+    self.inputs = np.asarray(features[input_key])
+    self.labels = np.asarray(features[label_key], np.int32)
+    self._tensors = (tf.constant(self.inputs), tf.constant(self.labels))  # eager, shared
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs and labels at `indices`, in NumPy."""
+    return self.inputs[indices], self.labels[indices]
+
+  def lookup(self, indices: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The examples at `indices` (any shape), in TensorFlow."""
+    inputs, labels = self._tensors
+    return {self.input_key: tf.gather(inputs, indices), "label": tf.gather(labels, indices)}
