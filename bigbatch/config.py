@@ -18,7 +18,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from bigbatch import adaptive, gradients, optim
+from bigbatch import adaptive, gradients, losses, optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import compute_dtype, create_model, init_rngs
@@ -261,6 +261,30 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> nn
     raise ConfigError(str(error)) from None
 
 
+def loss_from_config(config: ml_collections.ConfigDict, model: nn.Module, spec: Any):
+  """The config's `loss` (`cross_entropy` with `label_smoothing`, or an import path),
+  checked on the shapes of the model's outputs for a batch of 2 (nothing is computed).
+
+  Raises:
+    ConfigError: naming `loss` and what is wrong with what it returns.
+  """
+  try:
+    loss_fn = losses.resolve(config.get("loss"), float(config.get("label_smoothing", 0.0)))
+    inputs = jax.ShapeDtypeStruct((2, *spec.input_shape), jnp.float32)
+    variables = jax.eval_shape(
+      lambda x: model.init(init_rngs(jax.random.key(0)), x, train=False), inputs
+    )
+    outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, inputs)
+    batch = {
+      "inputs": jax.ShapeDtypeStruct((2, *spec.input_shape), spec.input_dtype),
+      "labels": jax.ShapeDtypeStruct((2,), jnp.int32),
+    }
+    losses.check(loss_fn, outputs, batch)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  return loss_fn
+
+
 def check_plan_on_mesh(config: ml_collections.ConfigDict, plan: Plan, mesh: Mesh) -> None:
   """Refuses, before anything compiles, a plan whose batches the mesh cannot split.
 
@@ -363,5 +387,6 @@ def train_step_from_config(
     noise_confidence=float(block.get("confidence", 0.95)),
     normalisation=normalisation,
     rng_seed=int(config.get("seed", 0)),
+    loss_fn=losses.resolve(config.get("loss"), float(config.get("label_smoothing", 0.0))),
   )
   return step, measure

@@ -26,7 +26,9 @@ class Evaluator:
     self.batch_size = int(run.config.eval_batch_size)
     self.train_examples = int(run.config.get("eval_train_examples", 0))
     self._steps = st.CompiledSteps(
-      st.make_eval_step(run.model, normalisation=run.spec.device_normalisation),
+      st.make_eval_step(
+        run.model, normalisation=run.spec.device_normalisation, loss_fn=run.loss_fn
+      ),
       state,
       {**data.example_batch(run.spec), "mask": jax.ShapeDtypeStruct((), np.int32)},
       run.mesh,
@@ -39,10 +41,7 @@ class Evaluator:
       self._steps, state, source, run.spec, run.mesh, self.batch_size, num_examples
     )
     count = max(int(totals["count"]), 1)
-    return {
-      f"{prefix}_accuracy": float(totals["correct"]) / count,
-      f"{prefix}_loss": float(totals["loss"]) / count,
-    }
+    return {f"{prefix}_{key}": float(v) / count for key, v in totals.items() if key != "count"}
 
   def __call__(self, state) -> dict[str, float]:
     results = self._measure(state, self.run.eval_source, "eval")
@@ -63,7 +62,7 @@ def split_sums(
   batch_size: int,
   num_examples: int | None = None,
 ) -> dict[str, Any]:
-  """An eval step's sums (`correct`, `loss`, `count`) over a split, or its first examples.
+  """An eval step's sums (`loss`, `count`, each metric) over a split, or its first examples.
 
   Args:
     steps: the compiled eval step, returning sums over a batch's real examples.
@@ -74,7 +73,7 @@ def split_sums(
     batch_size: the global eval batch.
     num_examples: only the split's first that many examples (None: all).
   """
-  totals = {"correct": 0, "loss": 0.0, "count": 0}
+  totals = None
   batches = data.eval_batches(
     source,
     spec,
@@ -84,5 +83,5 @@ def split_sums(
   )
   for batch in batches:
     sums = jax.device_get(steps(state, shd.step_batch(mesh, batch, batch_size)))
-    totals = {key: totals[key] + sums[key] for key in totals}
-  return totals
+    totals = sums if totals is None else {key: totals[key] + sums[key] for key in totals}
+  return totals if totals is not None else {"count": 0}

@@ -283,6 +283,7 @@ def probe_config(
   optimizer = bbconfig.optimizer_from_config(planning, plan)
   spec = data.spec_for(config.dataset)
   model = bbconfig.model_from_config(config, spec.num_classes)
+  bbconfig.loss_from_config(config, model, spec)  # a bad loss: one line, before compiling
   mesh = shd.mesh_from_config(config, devices)
   shards = shd.data_parallel_size(mesh)
   device = mesh.devices.flat[0]

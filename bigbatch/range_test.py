@@ -118,6 +118,7 @@ def _set_up(config, batch_sizes: Sequence[int], field: str, workdir, devices, sa
   optimizer = bbconfig.optimizer_from_config(config, adaptive.constants(plan))
   spec = data.spec_for(config.dataset)
   model = bbconfig.model_from_config(config, spec.num_classes)
+  bbconfig.loss_from_config(config, model, spec)  # a bad loss: one line, before compiling
   block = config.get("mesh") or {}
   mesh = shd.mesh_from_config(config, devices)
   for batch_size in batch_sizes:

@@ -174,7 +174,9 @@ def set_run_fields(
 
   The three arguments differ by dataset; the rest are the same everywhere:
   `compute_dtype` ("auto": bfloat16 on GPU/TPU, float32 on CPU; parameters
-  float32), `label_smoothing` 0, `mesh` (batch over all devices, parameters
+  float32), `loss` ("cross_entropy", with `label_smoothing` 0 and accuracy as
+  the metric; or the import path of `loss_fn(outputs, batch) -> (per-example
+  loss, per-example metrics)`, see `bigbatch.losses`), `mesh` (batch over all devices, parameters
   replicated), `distributed`, `memory` (the batch-size probe's budget),
   `log_every_steps` 50, `keep_checkpoints` 3, `background_compile` ("auto":
   compile the next phase while this one trains on a GPU or TPU, not on a CPU,
@@ -190,6 +192,7 @@ def set_run_fields(
   evaluation covers the whole test split.
   """
   config.compute_dtype = "auto"
+  config.loss = "cross_entropy"
   config.label_smoothing = 0.0
   config.mesh = default_mesh_config()
   config.distributed = default_distributed_config()

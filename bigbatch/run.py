@@ -47,6 +47,7 @@ class Run:
   initial_plan: Plan  # the plan before any decision (`plan` is rebuilt from it)
   model: Any
   say: Callable[[str], None]
+  loss_fn: Callable | None = None  # the config's `loss` (None: cross-entropy and accuracy)
 
   @property
   def complete(self) -> bool:
@@ -75,6 +76,7 @@ def _checked_setup(config, workdir: pathlib.Path, devices, say) -> dict[str, Any
   optimizer = bbconfig.optimizer_from_config(config, plan)
   spec = data.spec_for(config.dataset)
   model = bbconfig.model_from_config(config, spec.num_classes)
+  loss_fn = bbconfig.loss_from_config(config, model, spec)
   mesh = shd.mesh_from_config(config, devices)
   bbconfig.check_plan_on_mesh(config, plan, mesh)
   shd.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
@@ -93,6 +95,7 @@ def _checked_setup(config, workdir: pathlib.Path, devices, say) -> dict[str, Any
     "optimizer": optimizer,
     "spec": spec,
     "model": model,
+    "loss_fn": loss_fn,
     "mesh": mesh,
     "train_source": train_source,
     "eval_source": data.load_split(config.dataset, "eval"),
@@ -183,4 +186,5 @@ def set_up(config, workdir: pathlib.Path, devices, say) -> Run:
     initial_plan=initial,
     model=model,
     say=say,
+    loss_fn=parts["loss_fn"],
   )

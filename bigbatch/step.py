@@ -32,6 +32,8 @@ from bigbatch.compiled import CompileRecord as CompileRecord  # re-exported
 from bigbatch.compiled import abstract_state as abstract_state  # re-exported
 from bigbatch.compiled import enable_compilation_cache as enable_compilation_cache
 from bigbatch.inputs import Normalisation, model_inputs
+from bigbatch.losses import LossFn, classification
+from bigbatch.losses import cross_entropy as cross_entropy  # re-exported
 from bigbatch.models import COMPUTE_DTYPES as COMPUTE_DTYPES  # re-exported
 from bigbatch.models import compute_dtype as compute_dtype  # re-exported
 from bigbatch.models import init_rngs
@@ -80,14 +82,6 @@ def restore_train_state(checkpoints: Any, step: int, target: TrainState) -> Trai
   state = checkpoints.restore(step, legacy)
   shardings = jax.tree.map(lambda leaf: leaf.sharding, noise)
   return state.replace(noise=jax.device_put(gn.GradientNoise.zeros(), shardings))
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy against integer `labels`, optionally smoothed."""
-  if not label_smoothing:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
 
 
 def init_train_state(
@@ -213,11 +207,11 @@ def example_keys(seed: int, step: jax.Array, batch_size: int) -> jax.Array:
   return jax.random.key_data(jax.random.split(step_key, batch_size))
 
 
-def _loss_and_grad(model: nn.Module, label_smoothing: float, normalisation):
-  """`grad_fn(params, batch_stats, batch) -> ((mean loss, (correct, new stats)), grads)`."""
+def _loss_and_grad(model: nn.Module, loss_fn: LossFn, normalisation):
+  """`grad_fn(params, batch_stats, batch) -> ((mean loss, (metric sums, new stats)), grads)`."""
 
   def grad_fn(params, state_stats, batch):
-    def loss_fn(params):
+    def mean_loss(params):
       variables = {"params": params, "batch_stats": state_stats}
       # per micro-batch: a float32 copy of the whole batch would be 4x its uint8 bytes
       inputs = model_inputs(batch["inputs"], normalisation)
@@ -227,15 +221,16 @@ def _loss_and_grad(model: nn.Module, label_smoothing: float, normalisation):
       logits, updates = model.apply(
         variables, inputs, train=True, mutable=["batch_stats"], rngs=rngs
       )
-      losses = cross_entropy(logits, batch["labels"], label_smoothing)
-      correct = jnp.argmax(logits, -1) == batch["labels"]  # no gradient flows through it
-      # One reduction for both sums: over a sharded batch each reduction is a
+      losses, metrics = loss_fn(logits, {"inputs": batch["inputs"], "labels": batch["labels"]})
+      values = [losses, *(jax.lax.stop_gradient(m).astype(losses.dtype) for m in metrics.values())]
+      # One reduction for all sums: over a sharded batch each reduction is a
       # cross-device all-reduce, and a second one for the accuracy alone cost
       # about 12% of a small model's step.
-      sums = jnp.sum(jnp.stack([losses, correct.astype(losses.dtype)]), axis=1)
-      return sums[0] / losses.shape[0], (sums[1], updates.get("batch_stats", state_stats))
+      sums = jnp.sum(jnp.stack(values), axis=1)
+      metric_sums = dict(zip(metrics, sums[1:]))
+      return sums[0] / losses.shape[0], (metric_sums, updates.get("batch_stats", state_stats))
 
-    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return jax.value_and_grad(mean_loss, has_aux=True)(params)
 
   return grad_fn
 
@@ -267,6 +262,7 @@ def make_train_step(
   noise_confidence: float = 0.95,
   normalisation: Normalisation | None = None,
   rng_seed: int | None = 0,
+  loss_fn: LossFn | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The pure train step of `model` and `optimizer`.
 
@@ -297,34 +293,37 @@ def make_train_step(
     noise_confidence: the two-sided confidence level of B_simple's interval.
     normalisation: the (mean, std) that uint8 inputs are normalised with on
       the device (`DatasetSpec.device_normalisation`); float inputs ignore it.
+    loss_fn: `loss_fn(outputs, batch) -> (per-example loss, per-example metrics)`
+      (`bigbatch.losses`); None: classification, cross-entropy smoothed by
+      `label_smoothing`, and accuracy.
     rng_seed: the seed of the `dropout` stream a model gets in training:
       `fold_in(key(rng_seed), step)`, so a resumed run draws what it would have
       drawn (`example_keys`). None: no stream.
 
   Returns:
-    `train_step(state, batch) -> (state, metrics)`, scalar metrics `loss`,
-    `accuracy`, `batch_size`, `micro_batches`, `grad_norm`, `update_norm`,
+    `train_step(state, batch) -> (state, metrics)`, scalar metrics `loss`, the
+    loss function's metrics (`accuracy` by default) as means, `batch_size`, `micro_batches`, `grad_norm`, `update_norm`,
     `param_norm`, and `learning_rate`, `momentum`, `noise_scale` where the
     optimizer reports them.
   """
   if measure_noise and (mesh is None or not noise_horizon or noise_horizon <= 0):
     raise ValueError("measure_noise: needs a mesh and a positive noise_horizon (examples)")
 
-  grad_fn = _loss_and_grad(model, label_smoothing, normalisation)
+  grad_fn = _loss_and_grad(model, loss_fn or classification(label_smoothing), normalisation)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     batch_size = batch["labels"].shape[0]
     if rng_seed is not None:
       batch = {**batch, "rng": example_keys(rng_seed, state.step, batch_size)}
     count = _micro_batch_count(batch_size, micro_batch_size, data_shards)
-    (loss, (correct, batch_stats)), grads, pieces, noise = _gradient(
+    (loss, (metric_sums, batch_stats)), grads, pieces, noise = _gradient(
       grad_fn, state, batch, count, mesh=mesh, data_shards=data_shards, measure=measure_noise
     )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
       "loss": loss,
-      "accuracy": correct * pieces / batch_size,
+      **{key: total * pieces / batch_size for key, total in metric_sums.items()},
       "batch_size": jnp.asarray(batch_size, jnp.float32),
       "micro_batches": jnp.asarray(count, jnp.float32),
       "grad_norm": optax.tree.norm(grads),
@@ -371,29 +370,29 @@ def packed_metrics(train_step: Callable) -> tuple[Callable, list[str]]:
 
 
 def make_eval_step(
-  model: nn.Module, *, normalisation: Normalisation | None = None
+  model: nn.Module, *, normalisation: Normalisation | None = None, loss_fn: LossFn | None = None
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
   """The eval step: exact sums over the real (mask 1) examples of a batch.
 
-  `normalisation` is as in `make_train_step`.
+  `normalisation` and `loss_fn` are as in `make_train_step` (the default:
+  cross-entropy, unsmoothed, and accuracy).
 
   Returns:
-    `eval_step(state, batch) -> {"correct", "loss", "count"}`: correct
-    predictions and examples as int32, the summed cross-entropy as float32.
-    Add them over batches and divide once at the end.
+    `eval_step(state, batch) -> {"loss", "count", METRIC...}`: the summed loss
+    and metrics as float32 (counts up to 2**24 exactly), the real examples
+    as int32. Add them over batches and divide once at the end.
   """
+  loss_fn = loss_fn or classification()
 
   def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     logits = model.apply(variables, model_inputs(batch["inputs"], normalisation), train=False)
     mask = batch.get("mask", jnp.ones(batch["labels"].shape, jnp.int32)).astype(jnp.int32)
-    correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.int32)
-    loss = cross_entropy(logits, batch["labels"])
-    return {
-      "correct": jnp.sum(correct * mask),
-      "loss": jnp.sum(jnp.where(mask > 0, loss, 0.0)),
-      "count": jnp.sum(mask),
-    }
+    losses, metrics = loss_fn(logits, {"inputs": batch["inputs"], "labels": batch["labels"]})
+    real = mask > 0
+    sums = {"loss": losses, **metrics}
+    out = {k: jnp.sum(jnp.where(real, v.astype(jnp.float32), 0.0)) for k, v in sums.items()}
+    return {**out, "count": jnp.sum(mask)}
 
   return eval_step
 

@@ -106,6 +106,11 @@ BAD_VALUES = [
   ("--config.model.name=vgg", "model.name: 'vgg' is not one of"),
   ("--config.model.name=no_such_module:Net", "model.name: cannot import 'no_such_module'"),
   ("--config.model.name=plugin_models:NoRngs", "model.name: plugin_models:NoRngs.__init__ takes"),
+  (
+    "--config.loss=plugin_losses:mean_loss",
+    "loss: returns a loss of shape (), not one per example",
+  ),
+  ("--config.loss=softmax", "loss: 'softmax' is not cross_entropy, nor an import path"),
   ("--config.mesh.fsdp=3", "mesh.fsdp: must divide the 8 devices"),
   ("--config.log_every_steps=0", "log_every_steps: must be a whole number >= 1"),
   ("--config.eval_train_examples=-1", "eval_train_examples: must be a whole number >= 0"),

@@ -214,7 +214,7 @@ def test_eval_counts_every_example_exactly_with_a_padded_last_batch():
     returns_state=False,
   )
   data = make_batch(21, 7)  # 16 + a partial batch of 5
-  totals = {"correct": 0, "loss": 0.0, "count": 0}
+  totals = {"accuracy": 0.0, "loss": 0.0, "count": 0}
   for start in (0, 16):
     part = st.pad_batch({k: v[start : start + 16] for k, v in data.items()}, 16)
     sums = jax.device_get(evaluate(state, shd.global_batch(mesh, part, 16)))
@@ -224,7 +224,7 @@ def test_eval_counts_every_example_exactly_with_a_padded_last_batch():
     {"params": host.params, "batch_stats": host.batch_stats}, data["inputs"], train=False
   )
   assert totals["count"] == 21
-  assert totals["correct"] == int(np.sum(np.argmax(logits, -1) == data["labels"]))
+  assert totals["accuracy"] == int(np.sum(np.argmax(logits, -1) == data["labels"]))
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, data["labels"]).sum()
   np.testing.assert_allclose(totals["loss"], loss, rtol=1e-5)
   assert evaluate.compile_count == 1
