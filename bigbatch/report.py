@@ -206,7 +206,12 @@ def format_batch_arithmetic(
   """The batch arithmetic a user checks first: global / per-host / per-device, steps/epoch."""
   lines = [
     f"devices: {devices} ({platform}) in {processes} process(es); "
-    f"mesh {dict(mesh_shape)}; ghost batch {ghost}",
+    f"mesh {dict(mesh_shape)}; "
+    + (
+      f"ghost batch {ghost}"
+      if ghost
+      else "no ghost batch: batch norm, if any, over the whole batch"
+    ),
     "phase  global batch  per host  per device  steps/epoch  steps",
   ]
   for phase in plan.phases:

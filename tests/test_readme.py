@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import os
 import pathlib
 import re
 
@@ -24,3 +25,32 @@ def test_readme_example_prints_its_documented_output(code, output):
   with contextlib.redirect_stdout(printed):
     exec(compile(code, "README.md", "exec"), {})
   assert printed.getvalue() == output
+
+
+def project_file(name: str) -> str:
+  """The README's code block that starts with `# my_project/NAME`."""
+  blocks = re.findall(r"```python\n(# my_project/(\S+)\n.*?)```", README, re.S)
+  return next(code for code, file in blocks if file == name)
+
+
+def test_the_readmes_own_model_and_data_train_through_bigbatch_train(tmp_path):
+  import subprocess
+  import sys
+
+  project = tmp_path / "my_project"
+  project.mkdir()
+  for name in ("task.py", "config.py"):
+    (project / name).write_text(project_file(name))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  code = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"
+  # from another directory: the modules beside the config file are found all the same
+  args = ["train", "--config", "my_project/config.py", "--workdir", str(tmp_path / "run")]
+  args += ["--noprogress"]
+  args += [f"--config.dataset.data_dir={tmp_path / 'tfds'}"]
+  done = subprocess.run(
+    [sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "batch sizes: 32, 160, 800" in done.stdout
+  accuracy = float(re.search(r"final test accuracy (\S+),", done.stdout).group(1))
+  assert accuracy > 0.9

@@ -74,6 +74,18 @@ def config_variant(args: list[str]) -> str | None:
   return None
 
 
+def _import_beside(path: str) -> None:
+  """Makes the modules beside a config file of the user's importable, so that its
+  `model.name`, `dataset.source` and `loss` can name them (`task:Net`) from any working
+  directory, as `python config.py` would find them. A shipped recipe's folder is not
+  added: its files are configs, not modules."""
+  from bigbatch.recipe import RECIPES
+
+  here = os.path.dirname(os.path.abspath(path))
+  if pathlib.Path(here) != RECIPES and here not in sys.path:
+    sys.path.insert(0, here)
+
+
 def load_config_file(path: str, variant: str | None) -> tuple[Any, str | None]:
   """The config the file at `path` gives, or what stops it, on one line.
 
@@ -190,6 +202,7 @@ def parse(command: str, args: list[str], define) -> flags.FlagValues:
         command, f"--config: no such file or recipe: {path}; recipes: {', '.join(recipe_names())}"
       )
     )
+  _import_beside(path)
   config, problem = load_config_file(path, config_variant(args))
   if problem:
     raise SystemExit(fail(command, f"--config: {problem}"))
