@@ -40,13 +40,18 @@ from bigbatch.step import abstract_state  # re-exported: restore targets are bui
 BINDING_FIELDS = (
   "model",
   "dataset.name",
+  "dataset.source",
   "dataset.num_train_examples",
   "optimizer.name",
   "ghost_batch_size",
+  "loss",
 )
+# What a field reads as in a checkpoint written before it existed: such a run used it.
+BINDING_DEFAULTS = {"loss": "cross_entropy"}
 
 
 __all__ = [
+  "BINDING_DEFAULTS",
   "BINDING_FIELDS",
   "CheckpointError",
   "CheckpointSaveError",
@@ -76,6 +81,12 @@ def _field(config: Mapping[str, Any], path: str) -> Any:
       return None
     node = node[part]
   return node.to_dict() if hasattr(node, "to_dict") else node
+
+
+def _binding(config: Mapping[str, Any], path: str) -> Any:
+  """A binding field's value, or what it meant before the field existed."""
+  value = _field(config, path)
+  return BINDING_DEFAULTS.get(path) if value is None else value
 
 
 def _normalise(value: Any) -> Any:
@@ -270,7 +281,7 @@ class Checkpoints:
     record = self.record(step)
     saved = record.get("config", {})
     for path in BINDING_FIELDS:
-      before, now = _normalise(_field(saved, path)), _normalise(_field(config, path))
+      before, now = (_normalise(_binding(c, path)) for c in (saved, config))
       if before != now:
         raise CheckpointError(
           f"{path}: the checkpoint at step {step} in {self.directory} was written with "

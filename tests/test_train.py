@@ -189,6 +189,29 @@ def test_a_changed_model_is_refused_and_nothing_is_overwritten(data_dir, tmp_pat
   assert after == before
 
 
+def test_a_changed_loss_is_refused_and_a_record_from_before_the_field_means_cross_entropy(
+  data_dir, tmp_path
+):
+  config = small_config(data_dir)
+  bbtrain.train_and_evaluate(config, tmp_path, stop_at_step=20, progress=False)
+  checkpoints = ckpt.Checkpoints(tmp_path / "checkpoints")
+  try:
+    changed = small_config(data_dir)
+    changed.loss = "plugin_losses:squared_error"
+    with pytest.raises(
+      ckpt.CheckpointError,
+      match=r"^loss: the checkpoint at step 20 in .* was written with 'cross_entropy', "
+      r"the config now has 'plugin_losses:squared_error'",
+    ):
+      checkpoints.check_compatible(20, changed)
+    older = small_config(data_dir).to_dict()
+    del older["loss"]  # a config as written before `loss` existed
+    assert ckpt._binding(older, "loss") == "cross_entropy" == ckpt._binding(config, "loss")
+    assert checkpoints.check_compatible(20, config)["step"] == 20
+  finally:
+    checkpoints.close()
+
+
 def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
   data_dir, tmp_path
 ):
