@@ -7,7 +7,8 @@ from bigbatch.noise import (
   scale_learning_rate,
   scale_momentum,
 )
-from bigbatch.planner import Phase, Plan, PlanError, plan_phases
+from bigbatch.phases import Phase, Plan
+from bigbatch.planner import PlanError, plan_phases
 from bigbatch.sharding import make_mesh
 from bigbatch.step import (
   CompiledSteps,

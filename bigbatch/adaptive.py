@@ -48,7 +48,7 @@ from typing import Any
 import optax
 
 from bigbatch import noise
-from bigbatch.planner import Phase, Plan
+from bigbatch.phases import Phase, Plan
 
 STRATEGIES = ("plateau", "plateau_lr", "noise")
 MONITORS = ("train_loss", "eval_loss", "train_eval_loss", "eval_accuracy")

@@ -22,7 +22,8 @@ from bigbatch import adaptive, gradients, losses, optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import compute_dtype, create_model, init_rngs
-from bigbatch.planner import Plan, PlanError, plan_phases
+from bigbatch.phases import Plan
+from bigbatch.planner import PlanError, plan_phases
 
 # The blocks recipes are built from, and the config's error, where recipes and
 # callers have always imported them.

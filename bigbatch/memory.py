@@ -268,23 +268,13 @@ def probe_config(
   """
   import math
 
-  from bigbatch import config as bbconfig
-  from bigbatch import data
   from bigbatch import sharding as shd
 
   block = dict(config.get("memory") or {})
   margin = float(block.get("margin", 0.1))
   if not 0.0 <= margin < 1.0:
     raise ProbeError(f"memory.margin: must be in [0, 1), got {margin}")
-  planning = config.copy_and_resolve_references()
-  with planning.unlocked():
-    planning.plan.strategy, planning.plan.max_batch_size = "decay_lr", None
-  plan = bbconfig.plan_from_config(planning)  # the optimizer's structure, not the cap
-  optimizer = bbconfig.optimizer_from_config(planning, plan)
-  spec = data.spec_for(config.dataset)
-  model = bbconfig.model_from_config(config, spec.num_classes)
-  bbconfig.loss_from_config(config, model, spec)  # a bad loss: one line, before compiling
-  mesh = shd.mesh_from_config(config, devices)
+  plan, optimizer, spec, model, mesh = _probe_setup(config, devices)
   shards = shd.data_parallel_size(mesh)
   device = mesh.devices.flat[0]
   budget, source = device_budget(
@@ -330,6 +320,27 @@ def probe_config(
   if cache is not None and jax.process_index() == 0:
     store(cache, key, result)
   return result
+
+
+def _probe_setup(config: Any, devices):
+  """The plan, optimizer, dataset spec, model and mesh a probe compiles the step of.
+
+  The plan is the config's without its cap or strategy: the optimizer's
+  structure is what matters, not the batches the plan would take.
+  """
+  from bigbatch import config as bbconfig
+  from bigbatch import data
+  from bigbatch import sharding as shd
+
+  planning = config.copy_and_resolve_references()
+  with planning.unlocked():
+    planning.plan.strategy, planning.plan.max_batch_size = "decay_lr", None
+  plan = bbconfig.plan_from_config(planning)
+  optimizer = bbconfig.optimizer_from_config(planning, plan)
+  spec = data.spec_for(config.dataset)
+  model = bbconfig.model_from_config(config, spec.num_classes)
+  bbconfig.loss_from_config(config, model, spec)  # a bad loss: one line, before compiling
+  return plan, optimizer, spec, model, shd.mesh_from_config(config, devices)
 
 
 def _run_and_see(steps, model, optimizer, inputs, mesh, spec, batch, shards, usable) -> Measurement:

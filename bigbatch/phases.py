@@ -15,6 +15,8 @@ import optax
 
 from bigbatch.schedules import Schedule
 
+__all__ = ["SCHEDULED_FIELDS", "Phase", "Plan"]
+
 SCHEDULED_FIELDS = ("learning_rate", "momentum", "weight_decay", "batch_size")
 
 

@@ -19,8 +19,10 @@ import numpy as np
 import optax
 
 from bigbatch import noise
-from bigbatch.phases import Phase, Plan  # where they live; imported from here too
+from bigbatch.phases import Phase, Plan
 from bigbatch.schedules import Schedule
+
+__all__ = ["NOISE_RULES", "STRATEGIES", "PlanError", "plan_phases"]  # Phase, Plan: phases.py
 
 STRATEGIES = ("decay_lr", "increase_batch", "hybrid", "accumulate")
 NOISE_RULES = ("approx", "exact")
@@ -61,6 +63,23 @@ def _validate(
   _check(learning_rate > 0, "learning_rate", f"must be > 0, got {learning_rate}")
   _check(0.0 <= momentum < 1.0, "momentum", f"must be in [0, 1), got {momentum}")
   _check(weight_decay >= 0.0, "weight_decay", f"must be >= 0, got {weight_decay}")
+  _validate_batch(dataset_size, batch_size, batch_multiple)
+  _check(strategy in STRATEGIES, "strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
+  _check(
+    noise_rule in NOISE_RULES,
+    "noise_rule",
+    f"{noise_rule!r} is not one of {', '.join(NOISE_RULES)}",
+  )
+  _validate_cap(strategy, max_batch_size, batch_size, batch_multiple)
+  _check(
+    min_phase_epochs is None or 0 < min_phase_epochs <= epochs,
+    "min_phase_epochs",
+    f"must be in (0, epochs={epochs}], got {min_phase_epochs}",
+  )
+
+
+def _validate_batch(dataset_size, batch_size, batch_multiple) -> None:
+  """The initial batch: a positive whole multiple of `batch_multiple`, within the dataset."""
   _check(
     isinstance(batch_multiple, (int, np.integer)) and batch_multiple >= 1,
     "batch_multiple",
@@ -81,12 +100,11 @@ def _validate(
     "batch_size",
     f"{batch_size} is not a multiple of batch_multiple={batch_multiple}",
   )
-  _check(strategy in STRATEGIES, "strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
-  _check(
-    noise_rule in NOISE_RULES,
-    "noise_rule",
-    f"{noise_rule!r} is not one of {', '.join(NOISE_RULES)}",
-  )
+
+
+def _validate_cap(strategy, max_batch_size, batch_size, batch_multiple) -> None:
+  """The cap: a whole multiple of `batch_multiple` from the initial batch up; needed by
+  the strategies that stop growing the batch at it."""
   if max_batch_size is not None:
     _check(
       isinstance(max_batch_size, (int, np.integer)),
@@ -107,11 +125,6 @@ def _validate(
     strategy not in ("hybrid", "accumulate") or max_batch_size is not None,
     "max_batch_size",
     f"strategy {strategy!r} needs a cap (the largest batch the devices hold)",
-  )
-  _check(
-    min_phase_epochs is None or 0 < min_phase_epochs <= epochs,
-    "min_phase_epochs",
-    f"must be in (0, epochs={epochs}], got {min_phase_epochs}",
   )
 
 
@@ -215,6 +228,22 @@ def _choose_batches(
   return phases
 
 
+def _phase_rates(schedule: Schedule, values, first_epoch, per_step, steps, scale):
+  """`((lr, last lr, lr_fn), (momentum, last momentum, momentum_fn))` of a phase whose
+  steps start at `first_epoch`, `per_step` epochs apart; the lr is multiplied by `scale`.
+  Where the schedule is constant over the phase the functions are constants, which the
+  optimizer reads without evaluating a schedule."""
+  lr_values, momentum_values = values
+  lr_fn = _phase_fn(lr_values, first_epoch, per_step, scale)
+  m_fn = _phase_fn(momentum_values, first_epoch, per_step, 1.0)
+  last_epoch = first_epoch + (steps - 1) * per_step
+  lr, lr_end = (scale * float(lr_values(e, np)) for e in (first_epoch, last_epoch))
+  mom, mom_end = (float(momentum_values(e, np)) for e in (first_epoch, last_epoch))
+  if schedule.constant_between(first_epoch, last_epoch + per_step):
+    lr_fn, m_fn = optax.constant_schedule(lr), optax.constant_schedule(mom)
+  return (lr, lr_end, lr_fn), (mom, mom_end, m_fn)
+
+
 def _phases(
   chosen: list[tuple[float, int]],
   schedule: Schedule,
@@ -248,13 +277,9 @@ def _phases(
     if steps <= 0:  # shorter than one batch: the previous phase already covered it
       continue
     first_epoch, per_step = consumed / n, batch / n
-    lr_fn = _phase_fn(lr_values, first_epoch, per_step, scale)
-    m_fn = _phase_fn(momentum_values, first_epoch, per_step, 1.0)
-    last_epoch = first_epoch + (steps - 1) * per_step
-    lr, lr_end = (scale * float(lr_values(e, np)) for e in (first_epoch, last_epoch))
-    mom, mom_end = (float(momentum_values(e, np)) for e in (first_epoch, last_epoch))
-    if schedule.constant_between(first_epoch, last_epoch + per_step):
-      lr_fn, m_fn = optax.constant_schedule(lr), optax.constant_schedule(mom)
+    (lr, lr_end, lr_fn), (mom, mom_end, m_fn) = _phase_rates(
+      schedule, (lr_values, momentum_values), first_epoch, per_step, steps, scale
+    )
     base_lr = float(lr_values(first_epoch, np))  # the baseline's, at the same example
     g = lr * noise.batch_noise_factor(n, batch) / (1.0 - mom)
     g_base = base_lr * noise.batch_noise_factor(n, b0) / (1.0 - mom)

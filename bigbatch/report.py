@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from bigbatch import noise
-from bigbatch.planner import Phase, Plan
+from bigbatch.phases import Phase, Plan
 
 
 def _number(value: float) -> str:

@@ -24,7 +24,7 @@ from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.planner import Plan
+from bigbatch.phases import Plan
 
 
 @dataclasses.dataclass

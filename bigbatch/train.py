@@ -41,7 +41,7 @@ from bigbatch import step as st
 from bigbatch import workdir as wd
 from bigbatch.clock import Clock
 from bigbatch.evaluate import Evaluator
-from bigbatch.planner import Phase, Plan
+from bigbatch.phases import Phase, Plan
 from bigbatch.report import format_batch_arithmetic, format_plan, format_summary
 from bigbatch.run import Run, set_up
 from bigbatch.runlog import MetricsLog

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from small_run import CONFIG, overrides, small_config
 
-from bigbatch import lr_find, range_test
+from bigbatch import lr_find, lr_range
 from bigbatch.cli import main
 
 
@@ -111,7 +111,7 @@ def synthetic_curve(batch_size, best_rate, rates):
   """Losses that fall fastest at `best_rate` (against log lr), then diverge."""
   x = np.log(rates / best_rate)
   losses = 2.0 - np.tanh(x / 1.5) + 1e-3 * np.exp(3.0 * x)
-  return range_test.Curve(batch_size, rates, losses, len(rates))
+  return lr_range.Curve(batch_size, rates, losses, len(rates))
 
 
 def test_the_fit_and_proposal_follow_the_curves_and_the_config(tmp_path, data_dir):
@@ -119,19 +119,19 @@ def test_the_fit_and_proposal_follow_the_curves_and_the_config(tmp_path, data_di
   rates = lr_find.exponential_rates(1e-4, 1e3, 200)
   best = lambda batch: 1.0 / (1.0 + 100.0 / batch)  # noqa: E731  lr_max 1, B_noise 100
   curves = [synthetic_curve(b, best(b), rates) for b in (32, 256)]
-  noise = range_test.fit(curves)
+  noise = lr_range.fit(curves)
   steepest = [c.suggestion().steepest for c in curves]
   assert noise == lr_find.fit_noise_scale([32, 256], steepest)
   # the smoothing's lag moves both steepest rates by about the same factor, which leaves
   # B_noise; each rate is read on a grid of 8% steps
   assert noise.b_noise == pytest.approx(100.0, rel=0.2)
-  start = range_test.propose(noise, config)
+  start = lr_range.propose(noise, config)
   assert start.batch_size % 32 == 0 and 32 <= start.batch_size <= 1024
   assert start.learning_rate == pytest.approx(0.1 * start.batch_size / 32)
   assert start.batch_size == (noise.lr_max * 32 / 0.1 - noise.b_noise) // 32 * 32
-  capped = range_test.propose(noise, small_config(data_dir, **{"plan.max_batch_size": 64}))
+  capped = lr_range.propose(noise, small_config(data_dir, **{"plan.max_batch_size": 64}))
   assert capped.batch_size == 64
-  table = range_test.format_table(curves, rates)
+  table = lr_range.format_table(curves, rates)
   assert f"{steepest[0]:.4g}" in table and f"{steepest[1]:.4g}" in table
-  range_test.plot(curves, str(tmp_path / "synthetic.png"))
+  lr_range.plot(curves, str(tmp_path / "synthetic.png"))
   assert (tmp_path / "synthetic.png").read_bytes()[:4] == b"\x89PNG"

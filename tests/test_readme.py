@@ -1,4 +1,4 @@
-"""The README's Python examples run and print what the README says they print."""
+"""The README's and the docs' examples run and print what they say they print."""
 
 import contextlib
 import io
@@ -8,23 +8,35 @@ import re
 
 import pytest
 
-README = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+ROOT = pathlib.Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+DOCUMENTS = {
+  p.name: p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+}
 # a ```python block directly followed by the text "prints:" and a ``` block of its output
 EXAMPLE = re.compile(r"```python\n((?:(?!```).)*)```\n\n[^`]*?prints:\n\n```\n(.*?)```", re.S)
 
 
 def examples():
-  found = EXAMPLE.findall(README)
-  assert found, "the README has no example with its output"
+  found = [(name, *e) for name, text in DOCUMENTS.items() for e in EXAMPLE.findall(text)]
+  assert found, "no document has an example with its output"
   return found
 
 
-@pytest.mark.parametrize("code, output", examples())
-def test_readme_example_prints_its_documented_output(code, output):
+@pytest.mark.parametrize("document, code, output", examples())
+def test_an_example_prints_its_documented_output(document, code, output):
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, document, "exec"), {})
   assert printed.getvalue() == output
+
+
+def test_the_readmes_plan_is_what_bigbatch_plan_prints(capsys):
+  from bigbatch.cli import main
+
+  shown = re.search(r"```\n(plan: hybrid \(noise rule approx, cap 5,120\).*?)```", README, re.S)
+  assert main(["plan", "--config", "cifar10_5_2_increase_batch"]) == 0
+  assert capsys.readouterr().out == shown.group(1)
 
 
 def project_file(name: str) -> str:

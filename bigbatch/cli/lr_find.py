@@ -18,7 +18,7 @@ COMMAND = "lr-find"
 
 def lr_find(argv: list[str]) -> int:
   """`bigbatch lr-find --config FILE [--start --end --steps --batch-sizes --out --json]`."""
-  from bigbatch import data, memory, range_test, sharding
+  from bigbatch import data, lr_range, memory, sharding
   from bigbatch import lr_find as maths
   from bigbatch.config import ConfigError
 
@@ -44,7 +44,7 @@ def lr_find(argv: list[str]) -> int:
     # dataset) goes to stderr
     quiet = contextlib.redirect_stdout(sys.stderr) if values.json else contextlib.nullcontext()
     with quiet:
-      test = range_test.run(
+      test = lr_range.run(
         values.config,
         rates=rates,
         batch_sizes=batch_sizes,
@@ -116,9 +116,9 @@ def _is_main_process() -> bool:
 def _report(test, config, rates, out: pathlib.Path, *, name: str, as_json: bool, log) -> int:
   """Prints the tests (and the fit), draws the PNG; 1 if a suggestion or the fit failed."""
   from bigbatch import lr_find as maths
-  from bigbatch import range_test
+  from bigbatch import lr_range
 
-  log(range_test.format_table(test.curves, rates))
+  log(lr_range.format_table(test.curves, rates))
   problems = []
   for curve in test.curves:
     try:
@@ -128,22 +128,22 @@ def _report(test, config, rates, out: pathlib.Path, *, name: str, as_json: bool,
   noise = start = None
   if not problems and len(test.curves) > 1:
     try:
-      noise = range_test.fit(test.curves)
-      start = range_test.propose(noise, config)
+      noise = lr_range.fit(test.curves)
+      start = lr_range.propose(noise, config)
     except ValueError as error:
       problems.append(f"cannot fit lr_opt(B) or propose a start: {error}")
     if noise is not None:
       log("\n".join(maths.explain(noise, start)))
   try:
     out.parent.mkdir(parents=True, exist_ok=True)
-    range_test.plot(test.curves, str(out), title=f"learning-rate range test: {name}")
+    lr_range.plot(test.curves, str(out), title=f"learning-rate range test: {name}")
   except OSError as error:
     return args.fail(COMMAND, f"--out: cannot write {out}: {error.strerror}")
   log(f"wrote {out}")
   if as_json:
     result = {
       "compiles": test.compiles,
-      "curves": [range_test.curve_dict(curve) for curve in test.curves],
+      "curves": [lr_range.curve_dict(curve) for curve in test.curves],
       "fit": None if noise is None else {"lr_max": noise.lr_max, "b_noise": noise.b_noise},
       "proposal": None if start is None else dataclasses.asdict(start),
       "problems": problems,

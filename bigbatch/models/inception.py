@@ -48,6 +48,28 @@ def _max_pool(x):
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
 
 
+def _stem(x, conv):
+  """The stem (299 -> 35x35x192) and mixed 5b (320 features); `conv(y, filters, kernel,
+  strides, padding)` adds a conv-norm-ReLU to the calling module, in this order."""
+  x = conv(x, 32, 3, 2, "VALID")
+  x = conv(x, 32, 3, padding="VALID")
+  x = conv(x, 64, 3)
+  x = _max_pool(x)
+  x = conv(x, 80, 1, padding="VALID")
+  x = conv(x, 192, 3, padding="VALID")
+  x = _max_pool(x)
+  pool = nn.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+  return jnp.concatenate(
+    [
+      conv(x, 96, 1),
+      conv(conv(x, 48, 1), 64, 5),
+      conv(conv(conv(x, 64, 1), 96, 3), 96, 3),
+      conv(pool, 64, 1),
+    ],
+    axis=-1,
+  )
+
+
 class InceptionResNetV2(nn.Module):
   """Inception-ResNet-V2.
 
@@ -79,26 +101,7 @@ class InceptionResNetV2(nn.Module):
       y = y + scale * up
       return nn.relu(y) if activate else y
 
-    x = x.astype(self.dtype)
-    # stem: 299 -> 35x35x192
-    x = conv(x, 32, 3, 2, "VALID")
-    x = conv(x, 32, 3, padding="VALID")
-    x = conv(x, 64, 3)
-    x = _max_pool(x)
-    x = conv(x, 80, 1, padding="VALID")
-    x = conv(x, 192, 3, padding="VALID")
-    x = _max_pool(x)
-    # mixed 5b: 320 features
-    pool = nn.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME")
-    x = jnp.concatenate(
-      [
-        conv(x, 96, 1),
-        conv(conv(x, 48, 1), 64, 5),
-        conv(conv(conv(x, 64, 1), 96, 3), 96, 3),
-        conv(pool, 64, 1),
-      ],
-      axis=-1,
-    )
+    x = _stem(x.astype(self.dtype), conv)
     for _ in range(self.blocks[0]):  # block35
       branches = [
         conv(x, 32, 1),

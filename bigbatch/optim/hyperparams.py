@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from bigbatch.planner import Plan
+from bigbatch.phases import Plan
 
 Hyperparam = float | jax.Array | optax.Schedule | Plan
 

@@ -40,6 +40,47 @@ SCHEDULES = (
 )
 
 
+def _inner_schedule(name: str, epochs: float, start: float, f: dict) -> Schedule:
+  """The schedule `name` (before any warm-up) from `make_schedule`'s arguments `f`;
+  `start` is where the warm-up ends and a decay begins."""
+  if name == "constant":
+    inner = Schedule()
+  elif name == "step":
+    check(len(f["boundaries"]) > 0, "schedule.boundaries: step decay needs at least one boundary")
+    inner = StepDecay(
+      tuple(f["boundaries"]),
+      f["factor"] if isinstance(f["factor"], (int, float)) else tuple(f["factor"]),
+    )
+    check(
+      inner.boundaries[-1] < epochs,
+      f"schedule.boundaries: must lie before the last epoch ({epochs}), got {inner.boundaries}",
+    )
+  elif name == "exponential":
+    inner = Exponential(f["rate"], f["every_epochs"], f["staircase"], start, epochs)
+  elif name == "cosine":
+    inner = Cosine(start, epochs, f["final_fraction"])
+  elif name == "sgdr":
+    check(f["cycle_epochs"] > 0, "schedule.cycle_epochs: sgdr needs a positive first cycle")
+    inner = WarmRestarts(f["cycle_epochs"], f["cycle_mult"], f["final_fraction"], start, epochs)
+  elif name == "one_cycle":
+    inner = OneCycle(
+      epochs,
+      f["pct_start"],
+      f["div_factor"],
+      f["final_div_factor"],
+      None if f["momentum_range"] is None else tuple(f["momentum_range"]),
+    )
+  elif name == "inverse_sqrt":
+    timescale = f["timescale_epochs"] or start
+    check(timescale > 0, "schedule.timescale_epochs: inverse_sqrt needs a timescale or a warm-up")
+    inner = InverseSqrt(timescale)
+  elif name in CYCLICAL_MODES:
+    inner = Cyclical(name, f["step_size_epochs"], f["base_fraction"], f["gamma"], epochs)
+  else:
+    raise ValueError(f"schedule.name: {name!r} is not one of {', '.join(SCHEDULES)}")
+  return inner
+
+
 def make_schedule(
   name: str,
   epochs: float,
@@ -97,41 +138,8 @@ def make_schedule(
     warmup_epochs == 0 or name not in ("one_cycle", *CYCLICAL_MODES),
     f"schedule.warmup_epochs: must be 0 with {name} (its rise is the warm-up)",
   )
-  start = float(warmup_epochs)
-  if name == "constant":
-    inner = Schedule()
-  elif name == "step":
-    check(len(boundaries) > 0, "schedule.boundaries: step decay needs at least one boundary")
-    inner = StepDecay(
-      tuple(boundaries), factor if isinstance(factor, (int, float)) else tuple(factor)
-    )
-    check(
-      inner.boundaries[-1] < epochs,
-      f"schedule.boundaries: must lie before the last epoch ({epochs}), got {inner.boundaries}",
-    )
-  elif name == "exponential":
-    inner = Exponential(rate, every_epochs, staircase, start, float(epochs))
-  elif name == "cosine":
-    inner = Cosine(start, float(epochs), final_fraction)
-  elif name == "sgdr":
-    check(cycle_epochs > 0, "schedule.cycle_epochs: sgdr needs a positive first cycle")
-    inner = WarmRestarts(cycle_epochs, cycle_mult, final_fraction, start, float(epochs))
-  elif name == "one_cycle":
-    inner = OneCycle(
-      float(epochs),
-      pct_start,
-      div_factor,
-      final_div_factor,
-      None if momentum_range is None else tuple(momentum_range),
-    )
-  elif name == "inverse_sqrt":
-    timescale = timescale_epochs or warmup_epochs
-    check(timescale > 0, "schedule.timescale_epochs: inverse_sqrt needs a timescale or a warm-up")
-    inner = InverseSqrt(timescale)
-  elif name in CYCLICAL_MODES:
-    inner = Cyclical(name, step_size_epochs, base_fraction, gamma, float(epochs))
-  else:
-    raise ValueError(f"schedule.name: {name!r} is not one of {', '.join(SCHEDULES)}")
+  fields = dict(locals())  # every argument, for the schedule of `name` to take its own
+  inner = _inner_schedule(name, float(epochs), float(warmup_epochs), fields)
   if warmup_epochs > 0:
     return Warmup(inner, float(warmup_epochs), warmup_init)
   return inner
