@@ -1,4 +1,13 @@
-"""bigbatch: large-batch training that increases the batch instead of decaying the rate."""
+"""bigbatch: large-batch training that increases the batch instead of decaying the rate.
+
+`import bigbatch` loads the planner, the noise maths and the step; the
+trainer and its specs (`Trainer`, `Experiment`, `RunSpec` and the other
+specs) load on first use, so that a script that needs only the optax
+transforms or the planner does not import the input pipeline.
+"""
+
+import importlib
+from typing import Any
 
 from bigbatch import schedules, sharding, step
 from bigbatch.noise import (
@@ -20,12 +29,63 @@ from bigbatch.step import (
 
 __version__ = "0.1.0"
 
+# name -> the module it is loaded from on first use
+_LAZY = {
+  "Trainer": "bigbatch.train",
+  "train_and_evaluate": "bigbatch.train",
+  "Experiment": "bigbatch.experiment",
+  "StepInfo": "bigbatch.hooks",
+  "ConfigError": "bigbatch.fields",
+  **{
+    name: "bigbatch.spec"
+    for name in (
+      "RunSpec",
+      "DataSpec",
+      "ModelSpec",
+      "OptimizerSpec",
+      "PlanSpec",
+      "ScheduleSpec",
+      "EvalSpec",
+      "CheckpointSpec",
+      "MeshSpec",
+      "NoiseSpec",
+      "MemorySpec",
+      "DistributedSpec",
+    )
+  },
+}
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY:
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'bigbatch' has no attribute {name!r}")
+
+
 __all__ = [
+  "CheckpointSpec",
   "CompiledSteps",
+  "ConfigError",
+  "DataSpec",
+  "DistributedSpec",
+  "EvalSpec",
+  "Experiment",
+  "MemorySpec",
+  "MeshSpec",
+  "ModelSpec",
+  "NoiseSpec",
+  "OptimizerSpec",
   "Phase",
   "Plan",
   "PlanError",
+  "PlanSpec",
+  "RunSpec",
+  "ScheduleSpec",
+  "StepInfo",
   "TrainState",
+  "Trainer",
   "batch_size_for_noise_scale",
   "create_train_state",
   "make_eval_step",
@@ -38,4 +98,5 @@ __all__ = [
   "schedules",
   "sharding",
   "step",
+  "train_and_evaluate",
 ]

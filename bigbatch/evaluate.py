@@ -23,14 +23,14 @@ class Evaluator:
 
   def __init__(self, run: Run, state: Any):
     self.run = run
-    self.batch_size = int(run.config.eval_batch_size)
-    self.train_examples = int(run.config.get("eval_train_examples", 0))
+    self.batch_size = run.spec.eval.batch_size
+    self.train_examples = run.spec.eval.train_examples
     self._steps = st.CompiledSteps(
       st.make_eval_step(
-        run.model, normalisation=run.spec.device_normalisation, loss_fn=run.loss_fn
+        run.model, normalisation=run.dataset.device_normalisation, loss_fn=run.loss_fn
       ),
       state,
-      {**data.example_batch(run.spec), "mask": jax.ShapeDtypeStruct((), np.int32)},
+      {**data.example_batch(run.dataset), "mask": jax.ShapeDtypeStruct((), np.int32)},
       run.mesh,
       returns_state=False,
     )
@@ -38,7 +38,7 @@ class Evaluator:
   def _measure(self, state, source, prefix: str, num_examples: int | None = None):
     run = self.run
     totals = split_sums(
-      self._steps, state, source, run.spec, run.mesh, self.batch_size, num_examples
+      self._steps, state, source, run.dataset, run.mesh, self.batch_size, num_examples
     )
     count = max(int(totals["count"]), 1)
     return {f"{prefix}_{key}": float(v) / count for key, v in totals.items() if key != "count"}

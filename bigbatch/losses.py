@@ -44,7 +44,7 @@ def classification(label_smoothing: float = 0.0) -> LossFn:
   return functools.partial(_classification, label_smoothing=label_smoothing)
 
 
-def resolve(name: str | None, label_smoothing: float = 0.0) -> LossFn:
+def resolve(name: str | LossFn | None, label_smoothing: float = 0.0) -> LossFn:
   """The loss a config's `loss` names: `cross_entropy` (or None) or an import path.
 
   Raises:
@@ -52,6 +52,8 @@ def resolve(name: str | None, label_smoothing: float = 0.0) -> LossFn:
   """
   if name in (None, "", "cross_entropy"):
     return classification(label_smoothing)
+  if callable(name):  # the function itself, from Python
+    return name
   if ":" not in str(name):
     raise ValueError(
       f"loss: {name!r} is not cross_entropy, nor an import path 'package.module:function'"

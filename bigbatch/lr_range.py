@@ -1,7 +1,7 @@
-"""The learning-rate range test run on a config: the trainer's start, a growing rate.
+"""The learning-rate range test run on a spec: the trainer's start, a growing rate.
 
-`run` builds what a training run builds before its first step (plan, mesh,
-model, the initial state from `config.seed`, the training stream from
+`run` builds what a training run builds before its first step (its
+`Experiment`: plan, mesh, model, the initial state from `spec.seed`, the training stream from
 position 0, the sharded train step) and trains a few steps at each batch size
 while the learning rate grows exponentially (`lr_find.exponential_rates`),
 stopping when the smoothed loss diverges (`lr_find.should_stop`).
@@ -10,7 +10,7 @@ The rate travels in the optimizer's state (`optim.set_hyperparams`), as an
 adaptive run's decisions do: the optimizer is built with the plan's first
 phase as constants (`adaptive.constants`), so one step compiled per batch
 size takes every rate of the test. The workdir's checkpoints are neither read
-nor written: the test starts from the config, not from a run.
+nor written: the test starts from the spec, not from a run.
 
 Every process runs the same loop on its share of each batch and reads the
 same (replicated) loss, so all stop at the same step.
@@ -19,19 +19,18 @@ same (replicated) loss, so all stop at the same step.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
-from bigbatch import adaptive, data, fields, lr_find, memory, optim
-from bigbatch import config as bbconfig
+from bigbatch import data, lr_find, optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
+from bigbatch.experiment import Experiment
+from bigbatch.spec import RunSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,81 +78,8 @@ class RangeTest:
   compiles: int
 
 
-@dataclasses.dataclass
-class _Start:
-  """What a run builds before its first step, with the learning rate in the optimizer state."""
-
-  config: ml_collections.ConfigDict
-  spec: data.DatasetSpec
-  model: Any
-  optimizer: Any
-  mesh: Any
-  train_source: Any
-  train_step: Callable
-  fsdp_min_size: int
-
-  @functools.cached_property
-  def _init(self) -> Callable:
-    # `step.create_train_state` jitted once, so that each batch size's test starts from a
-    # fresh copy of the same state without compiling the init again
-    inputs = jax.ShapeDtypeStruct((1, *self.spec.input_shape), np.float32)
-    shardings = st.train_state_shardings(
-      self.model, self.optimizer, inputs, self.mesh, fsdp_min_size=self.fsdp_min_size
-    )
-    return jax.jit(
-      lambda rng: st.init_train_state(self.model, self.optimizer, inputs, rng),
-      out_shardings=shardings,
-    )
-
-  def initial_state(self) -> Any:
-    """The trainer's initial state: the same init, seed and shardings as `run.set_up`'s."""
-    return self._init(jax.random.key(int(self.config.seed)))
-
-
-def _set_up(config, batch_sizes: Sequence[int], field: str, workdir, devices, say) -> _Start:
-  """The config checked and built as the trainer builds it; nothing compiled but the init."""
-  fields.check_run_fields(config)
-  memory.resolve_max_batch_size(config, workdir=workdir, devices=devices, log=say)
-  plan = bbconfig.plan_from_config(config)
-  optimizer = bbconfig.optimizer_from_config(config, adaptive.constants(plan))
-  spec = data.spec_for(config.dataset)
-  model = bbconfig.model_from_config(config, spec.num_classes)
-  bbconfig.loss_from_config(config, model, spec)  # a bad loss: one line, before compiling
-  block = config.get("mesh") or {}
-  mesh = shd.mesh_from_config(config, devices)
-  for batch_size in batch_sizes:
-    shd.check_batch_size(
-      batch_size, mesh, ghost_batch_size=config.get("ghost_batch_size"), field=field
-    )
-  train_source = data.load_split(config.dataset, "train")
-  if len(train_source) != plan.dataset_size:
-    raise bbconfig.ConfigError(
-      f"dataset.num_train_examples: {plan.dataset_size:,} but the {spec.tfds_name} train split "
-      f"has {len(train_source):,} examples"
-    )
-  train_step, _ = bbconfig.train_step_from_config(
-    config,
-    model,
-    optimizer,
-    plan,
-    mesh,
-    input_shape=spec.input_shape,
-    normalisation=spec.device_normalisation,
-  )
-  return _Start(
-    config=config,
-    spec=spec,
-    model=model,
-    optimizer=optimizer,
-    mesh=mesh,
-    train_source=train_source,
-    train_step=train_step,
-    fsdp_min_size=int(block.get("fsdp_min_size", 2**14)),
-  )
-
-
 def run(
-  config: ml_collections.ConfigDict,
+  spec: RunSpec,
   *,
   rates: Sequence[float],
   batch_sizes: Sequence[int] | None = None,
@@ -163,12 +89,12 @@ def run(
   devices: Sequence[jax.Device] | None = None,
   say: Callable[[str], None] = print,
 ) -> RangeTest:
-  """The range test of `config`: `rates` in turn, from the initial state, at each batch size.
+  """The range test of `spec`: `rates` in turn, from the initial state, at each batch size.
 
   Args:
-    config: a training config (see `configs/`).
+    spec: the run's spec (`bigbatch.config.read` of a config).
     rates: the learning rate of each step (`lr_find.exponential_rates`).
-    batch_sizes: the global batches to test (default: the config's `batch_size`).
+    batch_sizes: the global batches to test (default: the spec's `batch_size`).
     batch_sizes_field: the name a batch the mesh cannot split is reported under.
     factor: stop when the smoothed loss exceeds `factor` x its minimum (fastai: 4).
     workdir: where a probed `plan.max_batch_size=auto` is cached; nothing else
@@ -183,15 +109,20 @@ def run(
     ConfigError, DataError, ShardingError, ProbeError: bad input, before any
       step is compiled.
   """
-  batch_sizes = [int(b) for b in batch_sizes or [config.batch_size]]
-  start = _set_up(config, batch_sizes, batch_sizes_field, workdir, devices, say)
+  batch_sizes = [int(b) for b in batch_sizes or [spec.batch_size]]
+  # the trainer's experiment, its learning rate in the optimizer's state
+  start = Experiment.from_spec(
+    spec, devices=devices, workdir=workdir, say=say, adjustable_rate=True
+  )
+  start.check_batch_sizes(batch_sizes, batch_sizes_field)
+  start.check_train_size()
   first = start.initial_state()
   steps = st.CompiledSteps(
-    start.train_step,
+    start.train_step.fn,
     first,
-    data.example_batch(start.spec),
+    data.example_batch(start.dataset),
     start.mesh,
-    ghost_batch_size=config.get("ghost_batch_size"),
+    ghost_batch_size=spec.ghost_batch_size,
   )
   rates = np.asarray(rates, np.float64)
   try:
@@ -205,14 +136,19 @@ def run(
 
 
 def _one_test(
-  start: _Start, steps: st.CompiledSteps, state, batch_size: int, rates: np.ndarray, factor: float
+  start: Experiment,
+  steps: st.CompiledSteps,
+  state,
+  batch_size: int,
+  rates: np.ndarray,
+  factor: float,
 ) -> Curve:
   """`rates` in turn at `batch_size` from `state`, until the smoothed loss diverges."""
   mesh = start.mesh
   stream = data.train_batches(
     start.train_source,
-    start.spec,
-    seed=int(start.config.seed),
+    start.dataset,
+    seed=start.spec.seed,
     batch_size=batch_size,
     start_position=0,
     num_steps=len(rates),
@@ -270,22 +206,22 @@ def fit(curves: Sequence[Curve]) -> lr_find.NoiseFit:
   )
 
 
-def propose(noise: lr_find.NoiseFit, config: ml_collections.ConfigDict) -> lr_find.Start:
-  """The (learning_rate, batch_size) `noise` proposes for `config` (`lr_find.propose_start`):
+def propose(noise: lr_find.NoiseFit, spec: RunSpec) -> lr_find.Start:
+  """The (learning_rate, batch_size) `noise` proposes for `spec` (`lr_find.propose_start`):
   a multiple of `plan.batch_multiple`, at most `plan.max_batch_size` and the training set.
 
   Raises:
     ValueError: when the config's rate is above the best rate at every batch.
   """
-  multiple = int(config.plan.get("batch_multiple") or 1)
-  cap = int(config.dataset.num_train_examples)
-  if config.plan.get("max_batch_size"):
-    cap = min(cap, int(config.plan.max_batch_size))
+  multiple = spec.plan.batch_multiple
+  cap = spec.dataset.num_train_examples
+  if spec.plan.max_batch_size:
+    cap = min(cap, spec.plan.max_batch_size)
   return lr_find.propose_start(
     noise.lr_max,
     noise.b_noise,
-    learning_rate=float(config.optimizer.learning_rate),
-    batch_size=int(config.batch_size),
+    learning_rate=spec.optimizer.learning_rate,
+    batch_size=spec.batch_size,
     batch_multiple=multiple,
     max_batch_size=cap if cap >= multiple else None,
   )

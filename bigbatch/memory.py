@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 # `plan.max_batch_size` value that asks for the probe (`auto` on the command line).
-AUTO = -1
+from bigbatch.spec import AUTO  # noqa: F401  (re-exported)
 
 
 class ProbeError(ValueError):
@@ -216,14 +216,15 @@ def format_probe(result: ProbeResult) -> str:
   return "\n".join(lines)
 
 
-def _probed(config: Any, spec: Any, mesh: Any) -> dict[str, Any]:
+def _probed(experiment: Any) -> dict[str, Any]:
   """What a probe's result depends on besides the budget and the batch grid (its cache key)."""
+  spec, dataset, mesh = experiment.spec, experiment.dataset, experiment.mesh
   return {
-    "model": config.model.to_dict(),
-    "input": spec.input_shape,
-    "input_dtype": spec.input_dtype.name,
-    "optimizer": config.optimizer.name,
-    "dtype": str(config.get("compute_dtype", "auto")),
+    "model": spec.model.to_dict(),
+    "input": dataset.input_shape,
+    "input_dtype": dataset.input_dtype.name,
+    "optimizer": spec.optimizer.name,
+    "dtype": spec.compute_dtype,
     "backend": jax.default_backend(),
     "device_kind": mesh.devices.flat[0].device_kind,
     "mesh": dict(mesh.shape),
@@ -231,77 +232,51 @@ def _probed(config: Any, spec: Any, mesh: Any) -> dict[str, Any]:
   }
 
 
-def _compiled_steps(config, model, optimizer, plan, mesh, spec, inputs):
-  """The config's train step over abstract state, compiled on demand per batch size."""
-  from bigbatch import config as bbconfig
-  from bigbatch import data
-  from bigbatch import step as st
-
-  fsdp_min_size = int((config.get("mesh") or {}).get("fsdp_min_size", 2**14))
-  state = st.abstract_train_state(model, optimizer, inputs, mesh, fsdp_min_size=fsdp_min_size)
-  train_step, _ = bbconfig.train_step_from_config(
-    config,
-    model,
-    optimizer,
-    plan,
-    mesh,
-    input_shape=spec.input_shape,
-    normalisation=spec.device_normalisation,
-  )
-  ghost = int(config.get("ghost_batch_size") or 1)
-  return st.CompiledSteps(train_step, state, data.example_batch(spec), mesh, ghost_batch_size=ghost)
-
-
-def probe_config(
-  config: Any,
-  *,
+def probe(
+  experiment: Any,
   workdir: str | pathlib.Path | None = None,
-  devices: list[jax.Device] | None = None,
   log: Callable[[str], None] = print,
 ) -> ProbeResult:
-  """Probes the largest batch of a config's model, optimizer, dtype and mesh.
+  """Probes the largest batch of an experiment's model, optimizer, dtype and mesh.
 
-  Reads the config's `memory` block: `budget_bytes` (CPU; default a fraction
-  of RAM), `cpu_fraction`, `margin` (fraction of the budget kept free). The
-  result is cached in `WORKDIR/memory_probe.json` by everything it depends
-  on.
+  `experiment` is a `bigbatch.Experiment` whose plan is the baseline's (the
+  optimizer's structure is what matters, not the batches the plan would
+  take). Reads its spec's `memory` block: `budget_bytes` (CPU; default a
+  fraction of RAM), `cpu_fraction`, `margin` (fraction of the budget kept
+  free). The result is cached in `WORKDIR/memory_probe.json` by everything it
+  depends on.
   """
   import math
 
+  from bigbatch import data
   from bigbatch import sharding as shd
+  from bigbatch import step as st
 
-  block = dict(config.get("memory") or {})
-  margin = float(block.get("margin", 0.1))
-  if not 0.0 <= margin < 1.0:
-    raise ProbeError(f"memory.margin: must be in [0, 1), got {margin}")
-  plan, optimizer, spec, model, mesh = _probe_setup(config, devices)
+  spec, mesh = experiment.spec, experiment.mesh
   shards = shd.data_parallel_size(mesh)
-  device = mesh.devices.flat[0]
   budget, source = device_budget(
-    device, cpu_bytes=block.get("budget_bytes"), cpu_fraction=float(block.get("cpu_fraction", 0.5))
+    mesh.devices.flat[0], cpu_bytes=spec.memory.budget_bytes, cpu_fraction=spec.memory.cpu_fraction
   )
-  usable = int(budget * (1.0 - margin))
-  ghost = int(config.get("ghost_batch_size") or 1)
-  multiple = int(config.plan.get("batch_multiple", 1))
+  usable = int(budget * (1.0 - spec.memory.margin))
+  ghost = spec.ghost_batch_size or 1
+  multiple = spec.plan.batch_multiple
   per_device = multiple // shards if multiple % shards == 0 else multiple
   unit = math.lcm(ghost, max(per_device, 1))
-  limit = int(config.dataset.num_train_examples) // shards
-  key = cache_key(
-    {
-      **_probed(config, spec, mesh),
-      "ghost": ghost,
-      "usable": usable,
-      "unit": unit,
-      "limit": limit,
-    }
-  )
+  limit = spec.dataset.num_train_examples // shards
+  key = cache_key({**_probed(experiment), "ghost": ghost, "usable": usable, "unit": unit,
+                   "limit": limit})  # fmt: skip
   cache = pathlib.Path(workdir) / "memory_probe.json" if workdir else None
   if cache is not None and (hit := load_cached(cache, key)) is not None:
     log(f"memory probe: cached in {cache}")
     return hit
 
-  inputs = jax.ShapeDtypeStruct((1, *spec.input_shape), np.float32)
-  steps = _compiled_steps(config, model, optimizer, plan, mesh, spec, inputs)
+  steps = st.CompiledSteps(
+    experiment.train_step.fn,
+    experiment.abstract_state(),
+    data.example_batch(experiment.dataset),
+    mesh,
+    ghost_batch_size=ghost,
+  )
   warned = []
 
   def needs(batch: int) -> Measurement:
@@ -312,7 +287,7 @@ def probe_config(
     if not warned:
       log("memory probe: memory_analysis() gives nothing on this backend; measuring real runs")
       warned.append(True)
-    return _run_and_see(steps, model, optimizer, inputs, mesh, spec, batch, shards, usable)
+    return _run_and_see(steps, experiment, batch, shards, usable)
 
   best, tried = search(needs, usable=usable, multiple=unit, limit=limit)
   steps.close()
@@ -322,53 +297,19 @@ def probe_config(
   return result
 
 
-def _probe_setup(config: Any, devices):
-  """The plan, optimizer, dataset spec, model and mesh a probe compiles the step of.
-
-  The plan is the config's without its cap or strategy: the optimizer's
-  structure is what matters, not the batches the plan would take.
-  """
-  from bigbatch import config as bbconfig
-  from bigbatch import data
-  from bigbatch import sharding as shd
-
-  planning = config.copy_and_resolve_references()
-  with planning.unlocked():
-    planning.plan.strategy, planning.plan.max_batch_size = "decay_lr", None
-  plan = bbconfig.plan_from_config(planning)
-  optimizer = bbconfig.optimizer_from_config(planning, plan)
-  spec = data.spec_for(config.dataset)
-  model = bbconfig.model_from_config(config, spec.num_classes)
-  bbconfig.loss_from_config(config, model, spec)  # a bad loss: one line, before compiling
-  return plan, optimizer, spec, model, shd.mesh_from_config(config, devices)
-
-
-def _run_and_see(steps, model, optimizer, inputs, mesh, spec, batch, shards, usable) -> Measurement:
+def _run_and_see(steps, experiment: Any, batch: int, shards: int, usable: int) -> Measurement:
   """Runs the step on zeros; an out-of-memory error means it does not fit."""
   from bigbatch import data
   from bigbatch import sharding as shd
-  from bigbatch import step as st
 
-  state = st.create_train_state(model, optimizer, inputs, mesh)
-  example = data.example_batch(spec)
+  state = experiment.initial_state()
+  example = data.example_batch(experiment.dataset)
   host = {k: np.zeros((batch * shards, *v.shape), v.dtype) for k, v in example.items()}
   try:
-    jax.block_until_ready(steps(state, shd.global_batch(mesh, host, batch * shards)))
+    jax.block_until_ready(steps(state, shd.global_batch(experiment.mesh, host, batch * shards)))
     fits = True
   except jax.errors.JaxRuntimeError as error:
     if "RESOURCE_EXHAUSTED" not in str(error):
       raise
     fits = False
   return Measurement(batch, 0, 0, 0 if fits else usable + 1, 0, measured=True)
-
-
-def resolve_max_batch_size(
-  config: Any, *, workdir=None, devices=None, log=print
-) -> ProbeResult | None:
-  """Replaces `plan.max_batch_size = AUTO` by the probed cap (in place); None if not asked."""
-  if config.plan.get("max_batch_size") != AUTO:
-    return None
-  result = probe_config(config, workdir=workdir, devices=devices, log=log)
-  log(format_probe(result))
-  config.plan.max_batch_size = result.max_batch_size
-  return result

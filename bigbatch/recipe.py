@@ -9,6 +9,7 @@ default in one place and any field can be set on the command line
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import pathlib
@@ -17,17 +18,14 @@ from typing import Any
 
 import ml_collections
 
-from bigbatch import adaptive
+from bigbatch import spec
+from bigbatch.fields import ConfigError
 from bigbatch.schedules import make_schedule
 
 # The recipes that ship with the package: found beside this file in a checkout
 # and in an installed wheel alike.
 RECIPES = pathlib.Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "mnist1d_increase_batch"  # `bigbatch train` with no --config
-
-
-class ConfigError(ValueError):
-  """A config field with a value bigbatch cannot use; the message names it."""
 
 
 def recipe_names() -> list[str]:
@@ -70,6 +68,20 @@ def load_recipe(name: str) -> ModuleType:
   return load_sibling(str(path), path.stem)
 
 
+def _config_block(block: Any) -> ml_collections.ConfigDict:
+  """A spec's block at its defaults as a config block: an unset field becomes a typed
+  placeholder, so that the command line can set it (`--config.memory.budget_bytes=...`)."""
+  types = {f.name: str(f.type).split(" | ")[0] for f in dataclasses.fields(block)}
+  values = {}
+  for name, value in block.to_dict().items():
+    if value is None:
+      value = ml_collections.config_dict.placeholder(
+        {"int": int, "float": float}.get(types[name], str)
+      )
+    values[name] = value
+  return ml_collections.ConfigDict(values)
+
+
 def default_schedule_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
   """A `schedule` block holding every field of `make_schedule`, `fields` set.
 
@@ -99,23 +111,14 @@ def default_plan_config(batch_multiple: int = 1) -> ml_collections.ConfigDict:
   `noise_rule` (approx: batch x decay factor, as the paper; exact: N/B - 1)
   and `min_phase_epochs` (shortest phase cut from a continuous schedule).
   """
-  return ml_collections.ConfigDict(
-    {
-      "strategy": "decay_lr",
-      "max_batch_size": ml_collections.config_dict.placeholder(int),
-      "batch_multiple": batch_multiple,
-      "noise_rule": "approx",
-      "min_phase_epochs": ml_collections.config_dict.placeholder(float),
-      "adapt": adaptive.default_config(),
-    }
-  )
+  return _config_block(spec.PlanSpec(batch_multiple=batch_multiple))
 
 
 def default_mesh_config() -> ml_collections.ConfigDict:
   """The `mesh` block: `data` devices split the batch (-1: all), `fsdp` devices
   shard parameters and optimizer state (1: replicate them), `fsdp_min_size`
   is the smallest parameter (in elements) worth sharding."""
-  return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2**14})
+  return _config_block(spec.MeshSpec())
 
 
 def default_memory_config() -> ml_collections.ConfigDict:
@@ -125,10 +128,7 @@ def default_memory_config() -> ml_collections.ConfigDict:
   RAM shared among the CPU devices; GPU/TPU report their own); `margin`: the
   fraction of the budget kept free.
   """
-  placeholder = ml_collections.config_dict.placeholder
-  return ml_collections.ConfigDict(
-    {"budget_bytes": placeholder(int), "cpu_fraction": 0.5, "margin": 0.1}
-  )
+  return _config_block(spec.MemorySpec())
 
 
 def default_distributed_config() -> ml_collections.ConfigDict:
@@ -138,15 +138,7 @@ def default_distributed_config() -> ml_collections.ConfigDict:
   set), True or False; the other fields default to the environment's
   `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`.
   """
-  placeholder = ml_collections.config_dict.placeholder
-  return ml_collections.ConfigDict(
-    {
-      "enabled": "auto",
-      "coordinator_address": placeholder(str),
-      "num_processes": placeholder(int),
-      "process_id": placeholder(int),
-    }
-  )
+  return _config_block(spec.DistributedSpec())
 
 
 def default_noise_config() -> ml_collections.ConfigDict:
@@ -158,9 +150,7 @@ def default_noise_config() -> ml_collections.ConfigDict:
   of B_simple's interval (`gradients.interval`); `warn_ratio`, how far a
   phase's batch must exceed B_simple's upper bound before the trainer says so.
   """
-  return ml_collections.ConfigDict(
-    {"measure": True, "horizon_epochs": 0.1, "confidence": 0.95, "warn_ratio": 8.0}
-  )
+  return _config_block(spec.NoiseSpec())
 
 
 def set_run_fields(
@@ -191,20 +181,18 @@ def set_run_fields(
   Checkpoints are also saved at every phase boundary and at the end;
   evaluation covers the whole test split.
   """
-  config.compute_dtype = "auto"
-  config.loss = "cross_entropy"
-  config.label_smoothing = 0.0
+  defaults = {f.name: f.default for f in dataclasses.fields(spec.RunSpec)}
+  for field in ("compute_dtype", "loss", "label_smoothing", "log_every_steps", "snapshots"):
+    config[field] = defaults[field]
   config.mesh = default_mesh_config()
   config.distributed = default_distributed_config()
   config.memory = default_memory_config()
   config.eval_every_epochs = float(eval_every_epochs)
   config.eval_batch_size = int(eval_batch_size)
-  config.eval_train_examples = 0
-  config.log_every_steps = 50
+  config.eval_train_examples = spec.EvalSpec().train_examples
   config.checkpoint_every_steps = int(checkpoint_every_steps)
-  config.keep_checkpoints = 3
-  config.snapshots = "auto"
-  config.background_compile = "auto"
+  config.keep_checkpoints = spec.CheckpointSpec().keep
+  config.background_compile = defaults["background_compile"]
   config.noise = default_noise_config()
   config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
   return config

@@ -68,18 +68,11 @@ def make_mesh(
   return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=auto, devices=devices)
 
 
-def mesh_from_config(
-  config: Mapping[str, Any], devices: Sequence[jax.Device] | None = None
-) -> Mesh:
-  """The mesh of a config's `mesh` block (`data`, `fsdp`) over `devices` (default: all)."""
-  block = config.get("mesh") or {}
-  return make_mesh(int(block.get("data", -1)), int(block.get("fsdp", 1)), devices=devices)
+def initialize_distributed(distributed: Any = None) -> bool:
+  """Starts multi-host JAX when the `distributed` block or the environment asks for it.
 
-
-def initialize_distributed(config: Mapping[str, Any] | None = None) -> bool:
-  """Starts multi-host JAX when the config or the environment asks for it.
-
-  Asked for by `config.distributed.enabled` (True, or "auto" on a TPU pod
+  `distributed` is a `spec.DistributedSpec` or a mapping of its fields (None:
+  the defaults). Asked for by its `enabled` (True, or "auto" on a TPU pod
   or a cluster `jax.distributed` detects), or by the environment variable
   `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`).
   Must run before anything touches a device; a second call is a no-op.
@@ -87,7 +80,12 @@ def initialize_distributed(config: Mapping[str, Any] | None = None) -> bool:
   Returns:
     True if this process is now part of a multi-process run.
   """
-  block = dict((config or {}).get("distributed") or {})
+  if distributed is None:
+    block = {}
+  elif isinstance(distributed, Mapping):
+    block = dict(distributed)
+  else:  # a DistributedSpec
+    block = distributed.to_dict()
   address = block.get("coordinator_address") or os.environ.get(_COORDINATOR_ENV)
   num_processes = block.get("num_processes") or os.environ.get(_NUM_PROCESSES_ENV)
   process_id = block.get("process_id")

@@ -40,8 +40,8 @@ import optax
 from jax.tree_util import Partial
 
 from bigbatch import checkpoint as ckpt
-from bigbatch import saved
 from bigbatch import step as st
+from bigbatch.experiment import Experiment
 from bigbatch.inputs import Normalisation, model_inputs
 from bigbatch.step import cross_entropy
 
@@ -385,22 +385,21 @@ def at_checkpoint(
       raise SharpnessInputError(
         f"--step: no checkpoint at step {step} in {directory}; steps: {', '.join(map(str, steps))}"
       )
-    config = saved.config_from_record(checkpoints.record(step))
-    size = int(config.dataset.num_train_examples)
+    experiment = Experiment.from_record(checkpoints.record(step), devices)
+    size = experiment.spec.dataset.num_train_examples
     if examples > size:
       raise SharpnessInputError(
         f"--examples: must be at most the {size:,} examples of the training split, got {examples}"
       )
-    setup = saved.set_up(config, devices)
-    state = st.restore_train_state(checkpoints, step, saved.state_target(setup))
+    state = st.restore_train_state(checkpoints, step, experiment.abstract_state())
   finally:
     checkpoints.close()
   loss_fn = model_loss(
-    setup.model,
+    experiment.model,
     state.batch_stats,
-    saved.training_subset(setup, examples),
-    label_smoothing=float(config.get("label_smoothing", 0.0)),
-    normalisation=setup.spec.device_normalisation,
+    experiment.training_subset(examples),
+    label_smoothing=experiment.spec.label_smoothing,
+    normalisation=experiment.dataset.device_normalisation,
   )
   top = hessian_top_eigenvalue(loss_fn, state.params, iterations=iterations)
   box = epsilon_sharpness(loss_fn, state.params, epsilon=float(epsilon), steps=iterations)

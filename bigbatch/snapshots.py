@@ -26,24 +26,21 @@ and skips a snapshot that already exists, so it keeps the same snapshots.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from bigbatch import build, data
 from bigbatch import checkpoint as ckpt
-from bigbatch import config as bbconfig
-from bigbatch import data
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.evaluate import split_sums
+from bigbatch.fields import ConfigError
 from bigbatch.inputs import model_inputs
-from bigbatch.saved import Setup
 from bigbatch.schedules import CYCLICAL_MODES, Cyclical, Schedule, WarmRestarts, Warmup
 
 # `snapshots` config field: auto keeps them when the schedule restarts.
@@ -66,23 +63,20 @@ def cycle_end_epochs(schedule: Schedule, epochs: float) -> tuple[float, ...]:
   return (*(end for end in ends if 0.0 < end < epochs), float(epochs))
 
 
-def snapshot_epochs(config: ml_collections.ConfigDict) -> tuple[float, ...]:
-  """The epochs where a run of `config` keeps a snapshot (empty: none).
+def snapshot_epochs(spec: Any) -> tuple[float, ...]:
+  """The epochs where a run of `spec` (a `RunSpec`) keeps a snapshot (empty: none).
 
   Raises:
-    ConfigError: naming `snapshots` (not one of `MODES`, or `on` with a
-      schedule that does not restart), or the schedule's field.
+    ConfigError: naming `snapshots` (`on` with a schedule that does not restart), or
+      the schedule's field.
   """
-  mode = config.get("snapshots", "auto")
-  if mode not in MODES:
-    raise bbconfig.ConfigError(f"snapshots: {mode!r} is not one of {', '.join(MODES)}")
-  if mode == "off":
+  if spec.snapshots == "off":
     return ()
-  ends = cycle_end_epochs(bbconfig.schedule_from_config(config), float(config.num_epochs))
-  if not ends and mode == "on":
-    raise bbconfig.ConfigError(
+  ends = cycle_end_epochs(build.schedule_of(spec), spec.num_epochs)
+  if not ends and spec.snapshots == "on":
+    raise ConfigError(
       f"snapshots: 'on' needs a restarting schedule.name ({', '.join(RESTARTING)}), "
-      f"got {config.schedule.name!r}"
+      f"got {spec.schedule.name!r}"
     )
   return ends
 
@@ -99,7 +93,7 @@ class Keeper:
     directory: `WORKDIR/snapshots` (created at the first snapshot).
     end_epochs: `snapshot_epochs` of the config.
     dataset_size: training examples `N`.
-    config: the run's config, written into every snapshot's record.
+    config: the run's resolved spec (`RunSpec.to_dict()`), written into every snapshot's record.
   """
 
   def __init__(
@@ -109,7 +103,7 @@ class Keeper:
     self.end_epochs = tuple(end_epochs)
     self.ends = tuple(round(epoch * dataset_size) for epoch in self.end_epochs)
     self.dataset_size = dataset_size
-    self._config = json.loads(config.to_json_best_effort())
+    self._config = dict(config)  # the run's resolved spec (`RunSpec.to_dict`)
     self._store: ckpt.Checkpoints | None = None
 
   def due(self, before: int, after: int) -> int | None:
@@ -169,27 +163,26 @@ def make_ensemble_step(model, *, normalisation=None, members: int):
   return ensemble_step
 
 
-def evaluate_ensemble(setup: Setup, members: Sequence[Any]) -> dict[str, Any]:
+def evaluate_ensemble(experiment: Any, members: Sequence[Any]) -> dict[str, Any]:
   """Test accuracy and loss of each member and of their ensemble, sharded like evaluation.
 
   Args:
-    setup: the run's dataset, model and mesh (`saved.set_up`).
+    experiment: the run's `Experiment` (`Experiment.from_record`).
     members: `{"params", "batch_stats"}` of each snapshot, placed on the mesh.
 
   Returns:
     `{"members": [{"eval_accuracy", "eval_loss"}, ...], "ensemble": {...}}`.
   """
-  config, members = setup.config, tuple(members)
-  batch_size = int(config.eval_batch_size)
-  shd.check_batch_size(batch_size, setup.mesh, field="eval_batch_size")
+  members, mesh, dataset = tuple(members), experiment.mesh, experiment.dataset
+  batch_size = experiment.spec.eval.batch_size
+  shd.check_batch_size(batch_size, mesh, field="eval_batch_size")
   step = make_ensemble_step(
-    setup.model, normalisation=setup.spec.device_normalisation, members=len(members)
+    experiment.model, normalisation=dataset.device_normalisation, members=len(members)
   )
-  example = {**data.example_batch(setup.spec), "mask": jax.ShapeDtypeStruct((), np.int32)}
-  compiled = st.CompiledSteps(step, members, example, setup.mesh, returns_state=False)
+  example = {**data.example_batch(dataset), "mask": jax.ShapeDtypeStruct((), np.int32)}
+  compiled = st.CompiledSteps(step, members, example, mesh, returns_state=False)
   try:
-    source = data.load_split(config.dataset, "eval")
-    sums = split_sums(compiled, members, source, setup.spec, setup.mesh, batch_size)
+    sums = split_sums(compiled, members, experiment.eval_source, dataset, mesh, batch_size)
   finally:
     compiled.close()
   count = max(int(sums["count"]), 1)

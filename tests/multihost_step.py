@@ -15,12 +15,10 @@ from bigbatch import sharding  # noqa: E402
 
 sharding.initialize_distributed(
   {
-    "distributed": {
-      "enabled": True,
-      "coordinator_address": sys.argv[1],
-      "num_processes": int(sys.argv[2]),
-      "process_id": int(sys.argv[3]),
-    }
+    "enabled": True,
+    "coordinator_address": sys.argv[1],
+    "num_processes": int(sys.argv[2]),
+    "process_id": int(sys.argv[3]),
   }
 )
 

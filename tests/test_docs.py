@@ -38,3 +38,25 @@ def test_every_relative_link_names_a_file_and_heading_that_exist(document):
 
 def test_the_readme_is_a_front_door():
   assert len((ROOT / "README.md").read_text().splitlines()) <= 300
+
+
+def modules_with_all() -> list[str]:
+  """Every module of the package that declares `__all__`, by its dotted name."""
+  names = []
+  for path in sorted((ROOT / "bigbatch").rglob("*.py")):
+    if "recipes" in path.parts or not re.search(r"^__all__ = ", path.read_text(), re.M):
+      continue
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+  return names
+
+
+def test_the_api_document_lists_each_modules_all():
+  import importlib
+
+  text = (ROOT / "docs" / "API.md").read_text()
+  listed = dict(re.findall(r"^### `([\w.]+)`\n\nExports: (.*)\.$", text, re.M))
+  assert set(listed) == set(modules_with_all()), "docs/API.md lists other modules"
+  for name, names in listed.items():
+    documented = re.findall(r"`(\w+)`", names)
+    assert documented == list(importlib.import_module(name).__all__), name

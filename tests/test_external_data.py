@@ -10,7 +10,8 @@ import tensorflow_datasets as tfds
 from small_run import small_config
 
 from bigbatch import checkpoint as ckpt
-from bigbatch import data, saved
+from bigbatch import config as bbconfig
+from bigbatch import data
 from bigbatch import train as bbtrain
 
 SOURCE = {"source": "plugin_data:arrays", "num_classes": 10}
@@ -112,7 +113,7 @@ def test_bad_data_is_one_line_naming_the_field(tmp_path, block, message):
 def final_state(config, workdir):
   checkpoints = ckpt.Checkpoints(workdir / "checkpoints")
   step = checkpoints.latest_step()
-  state = checkpoints.restore(step, saved.state_target(saved.set_up(config)))
+  state = checkpoints.restore(step, bbconfig.experiment_from_config(config).abstract_state())
   checkpoints.close()
   return step, state
 

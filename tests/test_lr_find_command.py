@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from small_run import CONFIG, overrides, small_config
 
+from bigbatch import config as bbconfig
 from bigbatch import lr_find, lr_range
 from bigbatch.cli import main
 
@@ -125,11 +126,13 @@ def test_the_fit_and_proposal_follow_the_curves_and_the_config(tmp_path, data_di
   # the smoothing's lag moves both steepest rates by about the same factor, which leaves
   # B_noise; each rate is read on a grid of 8% steps
   assert noise.b_noise == pytest.approx(100.0, rel=0.2)
-  start = lr_range.propose(noise, config)
+  start = lr_range.propose(noise, bbconfig.read(config))
   assert start.batch_size % 32 == 0 and 32 <= start.batch_size <= 1024
   assert start.learning_rate == pytest.approx(0.1 * start.batch_size / 32)
   assert start.batch_size == (noise.lr_max * 32 / 0.1 - noise.b_noise) // 32 * 32
-  capped = lr_range.propose(noise, small_config(data_dir, **{"plan.max_batch_size": 64}))
+  capped = lr_range.propose(
+    noise, bbconfig.read(small_config(data_dir, **{"plan.max_batch_size": 64}))
+  )
   assert capped.batch_size == 64
   table = lr_range.format_table(curves, rates)
   assert f"{steepest[0]:.4g}" in table and f"{steepest[1]:.4g}" in table

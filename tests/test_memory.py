@@ -9,8 +9,13 @@ import pytest
 from bigbatch import config as bbconfig
 from bigbatch import memory
 from bigbatch.cli import main
+from bigbatch.experiment import Experiment
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
+
+
+def probe_config(config, workdir=None, log=print):
+  return memory.probe(Experiment.for_probe(bbconfig.read(config)), workdir, log)
 
 
 def mnist_config(**plan):
@@ -41,7 +46,7 @@ def test_compiled_bytes_grow_linearly_with_the_batch_and_the_cap_fits_the_budget
   config.memory.budget_bytes = 6 * 2**20  # about 300 examples per device
   config.memory.margin = 0.0
   logs = []
-  result = memory.probe_config(config, workdir=tmp_path, log=logs.append)
+  result = probe_config(config, workdir=tmp_path, log=logs.append)
   by_batch = {m.per_device_batch: m for m in result.measurements}
   # activations: the temporaries grow linearly; the parameters do not grow
   t16, t32, t64 = (by_batch[b].temporaries for b in (16, 32, 64))
@@ -55,11 +60,11 @@ def test_compiled_bytes_grow_linearly_with_the_batch_and_the_cap_fits_the_budget
   assert above and all(m.total > result.usable for m in above)
   assert result.max_batch_size == result.per_device_batch * 8
   # cached in the workdir, by what it depends on
-  again = memory.probe_config(config, workdir=tmp_path, log=logs.append)
+  again = probe_config(config, workdir=tmp_path, log=logs.append)
   assert again == result and logs[-1].startswith("memory probe: cached in")
   assert len(json.loads((tmp_path / "memory_probe.json").read_text())) == 1
   config.memory.margin = 0.5
-  halved = memory.probe_config(config, workdir=tmp_path, log=logs.append)
+  halved = probe_config(config, workdir=tmp_path, log=logs.append)
   assert halved.per_device_batch < result.per_device_batch
   assert len(json.loads((tmp_path / "memory_probe.json").read_text())) == 2
 
@@ -69,7 +74,7 @@ def test_without_a_memory_analysis_the_probe_says_so_and_measures(tmp_path, monk
   config.dataset.num_train_examples = 512  # limit: 64 per device
   monkeypatch.setattr(memory, "measure_compiled", lambda compiled, batch: None)
   logs = []
-  result = memory.probe_config(config, log=logs.append)
+  result = probe_config(config, log=logs.append)
   assert any("memory_analysis() gives nothing" in line for line in logs)
   assert all(m.measured for m in result.measurements)
   assert result.per_device_batch == 64

@@ -11,7 +11,8 @@ from flax import nnx
 from small_run import small_config
 
 from bigbatch import checkpoint as ckpt
-from bigbatch import models, saved
+from bigbatch import config as bbconfig
+from bigbatch import models
 from bigbatch import step as st
 from bigbatch import train as bbtrain
 from bigbatch.models import create_model, init_rngs
@@ -147,7 +148,7 @@ def test_an_nnx_model_with_dropout_trains_and_resumes_bitwise(data_dir, tmp_path
   first = bbtrain.train_and_evaluate(config, tmp_path / "split", stop_at_step=17, progress=False)
   assert first["status"] == "preempted" and first["step"] == 17
   bbtrain.train_and_evaluate(config, tmp_path / "split", progress=False)
-  target = saved.state_target(saved.set_up(config))
+  target = bbconfig.experiment_from_config(config).abstract_state()
   finals = []
   for run in ("whole", "split"):
     checkpoints = ckpt.Checkpoints(tmp_path / run / "checkpoints")

@@ -45,24 +45,42 @@ def project_file(name: str) -> str:
   return next(code for code, file in blocks if file == name)
 
 
-def test_the_readmes_own_model_and_data_train_through_bigbatch_train(tmp_path):
+def run_project(tmp_path, files, argv, cwd):
+  """Writes the README's `files` into `tmp_path/my_project` and runs `python ARGV` in `cwd`
+  (a folder of tmp_path) on one CPU device; returns what it printed."""
   import subprocess
   import sys
 
   project = tmp_path / "my_project"
   project.mkdir()
-  for name in ("task.py", "config.py"):
+  for name in files:
     (project / name).write_text(project_file(name))
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  done = subprocess.run(
+    [sys.executable, *argv], cwd=tmp_path / cwd, env=env, capture_output=True, text=True
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done
+
+
+def test_the_readmes_own_model_and_data_train_through_bigbatch_train(tmp_path):
   code = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"
   # from another directory: the modules beside the config file are found all the same
   args = ["train", "--config", "my_project/config.py", "--workdir", str(tmp_path / "run")]
-  args += ["--noprogress"]
-  args += [f"--config.dataset.data_dir={tmp_path / 'tfds'}"]
-  done = subprocess.run(
-    [sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True
-  )
-  assert done.returncode == 0, done.stderr[-3000:]
+  args += ["--noprogress", f"--config.dataset.data_dir={tmp_path / 'tfds'}"]
+  done = run_project(tmp_path, ("task.py", "config.py"), ["-c", code, *args], ".")
   assert "batch sizes: 32, 160, 800" in done.stdout
   accuracy = float(re.search(r"final test accuracy (\S+),", done.stdout).group(1))
   assert accuracy > 0.9
+
+
+def test_the_readmes_python_api_example_trains_the_same_plan(tmp_path):
+  done = run_project(tmp_path, ("task.py", "train.py"), ["train.py"], "my_project")
+  accuracy, updates = re.search(r"^(\S+) in (\d+) updates$", done.stdout, re.M).groups()
+  assert float(accuracy) > 0.9
+  stated = re.search(r"test accuracy of \S+ in (\d+) updates", README.replace("\n", " "))
+  assert int(updates) == int(stated.group(1))  # the plan the config file trains
+  hooked = re.findall(r"^epoch (\S+): test accuracy (\S+)$", done.stdout, re.M)
+  # every evaluation, the final one included, once the epoch reached crosses each 2 epochs
+  assert [int(float(epoch) // 2) for epoch, _ in hooked] == [1, 2, 3]
+  assert abs(float(hooked[-1][1]) - float(accuracy)) <= 0.005  # the final evaluation's

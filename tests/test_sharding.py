@@ -13,7 +13,7 @@ def test_mesh_defaults_to_a_data_axis_over_all_devices():
   mesh = shd.make_mesh()
   assert dict(mesh.shape) == {"data": 8, "fsdp": 1}
   assert dict(shd.make_mesh(fsdp=2).shape) == {"data": 4, "fsdp": 2}
-  assert dict(shd.mesh_from_config({"mesh": {"data": 2, "fsdp": 4}}).shape) == {
+  assert dict(shd.make_mesh(2, 4).shape) == {
     "data": 2,
     "fsdp": 4,
   }
@@ -67,10 +67,10 @@ def test_global_batch_puts_contiguous_blocks_on_the_devices():
 def test_distributed_is_off_unless_asked_for(monkeypatch):
   monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
   monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
-  assert shd.initialize_distributed({"distributed": {"enabled": "auto"}}) is False
-  assert shd.initialize_distributed({"distributed": {"enabled": False}}) is False
+  assert shd.initialize_distributed({"enabled": "auto"}) is False
+  assert shd.initialize_distributed({"enabled": False}) is False
   assert shd.initialize_distributed(None) is False
   with pytest.raises(
     shd.ShardingError, match=r"distributed\.enabled: must be true, false or 'auto'"
   ):
-    shd.initialize_distributed({"distributed": {"enabled": "yes"}})
+    shd.initialize_distributed({"enabled": "yes"})

@@ -19,9 +19,10 @@ from jax.flatten_util import ravel_pytree
 from small_run import small_config
 
 from bigbatch import checkpoint as ckpt
-from bigbatch import data, saved, sharpness
+from bigbatch import data, sharpness
 from bigbatch import train as bbtrain
 from bigbatch.cli import main
+from bigbatch.experiment import Experiment
 from bigbatch.step import cross_entropy
 
 SHORT = {
@@ -68,11 +69,12 @@ def measured(workdir):
 def dense_top_eigenvalue(workdir, step):
   """The Hessian of the mean loss on the first EXAMPLES training examples, formed densely."""
   checkpoints = ckpt.Checkpoints(pathlib.Path(workdir) / "checkpoints")
-  setup = saved.set_up(saved.config_from_record(checkpoints.record(step)), jax.devices()[:1])
-  state = checkpoints.restore(step, saved.state_target(setup))
+  setup = Experiment.from_record(checkpoints.record(step), jax.devices()[:1])
+  state = checkpoints.restore(step, setup.abstract_state())
   checkpoints.close()
-  source = data.load_split(setup.config.dataset, "train")
-  (batch,) = data.eval_batches(source, setup.spec, batch_size=EXAMPLES, num_examples=EXAMPLES)
+  (batch,) = data.eval_batches(
+    setup.train_source, setup.dataset, batch_size=EXAMPLES, num_examples=EXAMPLES
+  )
   flat, unravel = ravel_pytree(state.params)
   assert flat.size < 2000  # dense: a few million entries
 

@@ -15,11 +15,12 @@ from small_run import CONFIG, overrides, small_config, start
 
 from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
-from bigbatch import data, saved
+from bigbatch import data
 from bigbatch import snapshots as snaps
 from bigbatch import train as bbtrain
 from bigbatch.cli import main
 from bigbatch.cli.ensemble import format_ensemble
+from bigbatch.experiment import Experiment
 
 SGDR = {
   "schedule.name": "sgdr",
@@ -76,13 +77,13 @@ def snapshot_records(workdir):
 )
 def test_cycle_ends_follow_the_schedule(data_dir, fields, ends):
   config = small_config(data_dir, num_epochs=5, **fields)
-  assert snaps.snapshot_epochs(config) == pytest.approx(ends)
+  assert snaps.snapshot_epochs(bbconfig.read(config)) == pytest.approx(ends)
 
 
 def test_on_with_a_schedule_that_does_not_restart_is_refused(data_dir):
   config = small_config(data_dir, snapshots="on")  # the small run's step decay
   with pytest.raises(bbconfig.ConfigError, match="snapshots: 'on' needs a restarting schedule"):
-    snaps.snapshot_epochs(config)
+    snaps.snapshot_epochs(bbconfig.read(config))
 
 
 def test_one_snapshot_per_cycle_end_kept_apart_from_the_checkpoints(trained):
@@ -113,11 +114,11 @@ def test_a_resumed_run_keeps_the_snapshots_taken_before_it_stopped(trained):
 def by_hand(workdir, steps):
   """Each snapshot's softmax outputs on the test split, unsharded, in NumPy."""
   store = snaps.open_store(pathlib.Path(workdir) / "snapshots")
-  setup = saved.set_up(saved.config_from_record(store.record(steps[0])), jax.devices()[:1])
-  members = [store.restore(step, saved.variables_target(setup)) for step in steps]
+  setup = Experiment.from_record(store.record(steps[0]), jax.devices()[:1])
+  members = [store.restore(step, setup.variables_target()) for step in steps]
   store.close()
-  source = data.load_split(setup.config.dataset, "eval")
-  (batch,) = data.eval_batches(source, setup.spec, batch_size=len(source))
+  source = setup.eval_source
+  (batch,) = data.eval_batches(source, setup.dataset, batch_size=len(source))
   probs = [
     np.asarray(jax.nn.softmax(setup.model.apply(v, batch["inputs"], train=False)), np.float64)
     for v in members

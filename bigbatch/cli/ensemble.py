@@ -12,9 +12,10 @@ from bigbatch.cli import args
 
 def ensemble(argv: list[str]) -> int:
   """`bigbatch ensemble --workdir DIR [--last M] [--json]`."""
-  from bigbatch import checkpoint, data, saved, sharding
+  from bigbatch import checkpoint, data, sharding
   from bigbatch import snapshots as snaps
   from bigbatch.config import ConfigError
+  from bigbatch.experiment import Experiment
 
   def define(values):
     flags.DEFINE_integer(
@@ -42,10 +43,10 @@ def ensemble(argv: list[str]) -> int:
         f"--last: must be between 1 and {len(steps)} (the snapshots in {directory}), got {last}",
       )
     records = [store.record(step) for step in steps[-last:]]
-    setup = saved.set_up(saved.config_from_record(records[-1]))
-    target = saved.variables_target(setup)
+    experiment = Experiment.from_record(records[-1])
+    target = experiment.variables_target()
     members = [store.restore(record["step"], target) for record in records]
-    results = snaps.evaluate_ensemble(setup, members)
+    results = snaps.evaluate_ensemble(experiment, members)
   except (ConfigError, data.DataError, sharding.ShardingError, checkpoint.CheckpointError) as error:
     return args.fail("ensemble", str(error))
   finally:

@@ -20,7 +20,7 @@ def lr_find(argv: list[str]) -> int:
   """`bigbatch lr-find --config FILE [--start --end --steps --batch-sizes --out --json]`."""
   from bigbatch import data, lr_range, memory, sharding
   from bigbatch import lr_find as maths
-  from bigbatch.config import ConfigError
+  from bigbatch.config import ConfigError, read
 
   values = args.parse(COMMAND, argv, _define)
   try:
@@ -38,14 +38,15 @@ def lr_find(argv: list[str]) -> int:
     return args.fail(COMMAND, problem)
   log = (lambda line: print(line, file=sys.stderr)) if values.json else print
   try:
-    sharding.initialize_distributed(values.config)  # before anything touches a device
+    spec = read(values.config)
+    sharding.initialize_distributed(spec.distributed)  # before anything touches a device
     main = _is_main_process()
     # with --json, stdout is the JSON alone: what the libraries print (tfds preparing a
     # dataset) goes to stderr
     quiet = contextlib.redirect_stdout(sys.stderr) if values.json else contextlib.nullcontext()
     with quiet:
       test = lr_range.run(
-        values.config,
+        spec,
         rates=rates,
         batch_sizes=batch_sizes,
         batch_sizes_field="--batch-sizes" if batch_sizes else "batch_size",
@@ -57,7 +58,7 @@ def lr_find(argv: list[str]) -> int:
   if not main:  # process 0 reports for all: every process saw the same losses
     return 0
   name = pathlib.Path(args.config_path(argv)).stem
-  return _report(test, values.config, rates, out, name=name, as_json=values.json, log=log)
+  return _report(test, spec, rates, out, name=name, as_json=values.json, log=log)
 
 
 def _define(values: flags.FlagValues) -> None:
@@ -113,7 +114,7 @@ def _is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def _report(test, config, rates, out: pathlib.Path, *, name: str, as_json: bool, log) -> int:
+def _report(test, spec, rates, out: pathlib.Path, *, name: str, as_json: bool, log) -> int:
   """Prints the tests (and the fit), draws the PNG; 1 if a suggestion or the fit failed."""
   from bigbatch import lr_find as maths
   from bigbatch import lr_range
@@ -129,7 +130,7 @@ def _report(test, config, rates, out: pathlib.Path, *, name: str, as_json: bool,
   if not problems and len(test.curves) > 1:
     try:
       noise = lr_range.fit(test.curves)
-      start = lr_range.propose(noise, config)
+      start = lr_range.propose(noise, spec)
     except ValueError as error:
       problems.append(f"cannot fit lr_opt(B) or propose a start: {error}")
     if noise is not None:

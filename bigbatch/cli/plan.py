@@ -12,8 +12,9 @@ from bigbatch.cli import args
 
 
 def plan(argv: list[str]) -> int:
-  from bigbatch import adaptive, fields, memory, report
-  from bigbatch.config import ConfigError, plan_from_config
+  from bigbatch import adaptive, build, memory, report
+  from bigbatch.config import ConfigError, read
+  from bigbatch.experiment import Experiment
 
   def define(values):
     args.define_workdir(values)
@@ -24,17 +25,20 @@ def plan(argv: list[str]) -> int:
 
   values = args.parse("plan", argv, define)
   try:
-    fields.check_run_fields(values.config)
+    spec = read(values.config)
     log = (lambda line: print(line, file=sys.stderr)) if values.json else print
-    memory.resolve_max_batch_size(values.config, workdir=args.workdir_of(values, argv), log=log)
-    plan = plan_from_config(values.config)
+    if spec.plan.max_batch_size == memory.AUTO:  # the plan of the probed cap
+      workdir = args.workdir_of(values, argv)
+      plan = Experiment.from_spec(spec, workdir=workdir, say=log).plan
+    else:
+      plan = build.plan_of(spec)
   except (ConfigError, memory.ProbeError, ValueError) as error:
     return args.fail("plan", str(error))
   bounds = ""
   if plan.strategy in adaptive.STRATEGIES:
-    settings = adaptive.Settings.from_config(values.config.plan)
-    every = float(values.config.get("eval_every_epochs", 1.0))
-    bounds = adaptive.describe(settings, plan, every)  # of the plan before any decision
+    bounds = adaptive.describe(
+      spec.plan.settings(), plan, spec.eval.every_epochs
+    )  # of the plan before any decision
     decided, plan = _decided_so_far(plan, values.workdir)
     bounds += decided
   if values.json:
@@ -76,14 +80,16 @@ def _decided_so_far(plan, workdir: str | None):
 
 
 def probe(argv: list[str]) -> int:
-  from bigbatch import data, fields, memory, sharding
-  from bigbatch.config import ConfigError
+  from bigbatch import data, memory, sharding
+  from bigbatch.config import ConfigError, read
+  from bigbatch.experiment import Experiment
 
   values = args.parse("probe", argv, args.define_workdir)
   try:
-    fields.check_run_fields(values.config)
-    sharding.initialize_distributed(values.config)
-    result = memory.probe_config(values.config, workdir=args.workdir_of(values, argv))
+    spec = read(values.config)
+    sharding.initialize_distributed(spec.distributed)
+    experiment = Experiment.for_probe(spec)
+    result = memory.probe(experiment, workdir=args.workdir_of(values, argv))
   except (ConfigError, data.DataError, sharding.ShardingError, memory.ProbeError) as error:
     return args.fail("probe", str(error))
   print(memory.format_probe(result))

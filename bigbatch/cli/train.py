@@ -13,9 +13,9 @@ from bigbatch.cli import args
 
 
 def train(argv: list[str]) -> int:
-  from bigbatch import checkpoint, data, fields, sharding
+  from bigbatch import checkpoint, data, sharding
   from bigbatch import workdir as workdir_lib
-  from bigbatch.config import ConfigError
+  from bigbatch.config import ConfigError, read
   from bigbatch.recipe import DEFAULT_RECIPE
 
   if args.config_path(argv) is None:  # MNIST-1D, increasing batch size, on CPU
@@ -40,16 +40,16 @@ def train(argv: list[str]) -> int:
     workdir_lib.WorkdirError,
   )
   try:
-    fields.check_run_fields(values.config)
+    spec = read(values.config)
     path = workdir_lib.prepare(workdir)
-    sharding.initialize_distributed(values.config)  # before anything touches a device
+    sharding.initialize_distributed(spec.distributed)  # before anything touches a device
   except known as error:
     return args.fail("train", str(error))
   from bigbatch.train import NonFiniteLossError, train_and_evaluate
 
   with _LibraryLog(path) as library:
     try:
-      train_and_evaluate(values.config, workdir, progress=values.progress)
+      train_and_evaluate(spec, workdir, progress=values.progress)
     except NonFiniteLossError as error:
       print(f"bigbatch train: stopped: {error}", file=sys.stderr)
       return 1

@@ -146,11 +146,32 @@ def _in_memory_spec(
   )
 
 
+def _read(source: Any, split: str, input_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+  """The inputs and labels of a Python source's split, as arrays: read once a process
+  from an import path; from a function given in Python, at each call (it holds them)."""
+  if isinstance(source, str):
+    return _read_path(source, split, input_key, label_key)
+  if not callable(source):
+    raise DataError(
+      f"dataset.source: must be an import path or a function of the split, got {type(source).__name__}"
+    )
+  return _arrays(source, _name(source), split, input_key, label_key)
+
+
 @functools.lru_cache(maxsize=4)
-def _read(path: str, split: str, input_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-  """The inputs and labels of a Python source's split, as arrays (read once a process)."""
+def _read_path(
+  path: str, split: str, input_key: str, label_key: str
+) -> tuple[np.ndarray, np.ndarray]:
+  return _arrays(_import(path, "dataset.source"), path, split, input_key, label_key)
+
+
+def _name(source: Any) -> str:
+  return source if isinstance(source, str) else getattr(source, "__qualname__", "source")
+
+
+def _arrays(function, path: str, split: str, input_key: str, label_key: str):
   where = f"dataset.source: {path}({split!r})"
-  source = _import(path, "dataset.source")(split)
+  source = function(split)
   if isinstance(source, Mapping):
     items = {k: np.asarray(source[k]) for k in (input_key, label_key) if k in source}
     missing = [k for k in (input_key, label_key) if k not in source]
@@ -205,7 +226,7 @@ def source_spec(block: Mapping[str, Any]) -> DatasetSpec:
     raise DataError(
       f"dataset.num_classes: {num_classes}, but dataset.source's labels run from {labels.min()} to {labels.max()}"
     )
-  name = block.get("name") or block["source"]
+  name = block.get("name") or _name(block["source"])
   example = (inputs.shape[1:], inputs.dtype)
   return _in_memory_spec(
     block, name, num_classes, example, block.get("eval_split") or "test", "identity"

@@ -77,8 +77,8 @@ def create_model(
   """Builds a model by name or import path, as a linen module.
 
   Args:
-    name: one of `MODELS` (the paper's and those given to `register`), or an
-      import path `"package.module:Name"`.
+    name: one of `MODELS` (the paper's and those given to `register`), an
+      import path `"package.module:Name"`, or the class or factory itself.
     num_classes: output logits.
     ghost_batch_size: examples per batch-norm ghost batch (None: whole batch).
     dtype: compute dtype; parameters are float32 either way.
@@ -88,7 +88,9 @@ def create_model(
     ValueError: naming `model.name` or the unknown `model.FIELD`.
   """
   automatic = {"num_classes": num_classes, "ghost_batch_size": ghost_batch_size, "dtype": dtype}
-  if ":" in str(name):
+  if not isinstance(name, str):  # the class or factory itself, from Python
+    return build(name, getattr(name, "__qualname__", repr(name)), automatic, fields)
+  if ":" in name:
     return build(import_model(name), name, automatic, fields)
   if name not in MODELS:
     raise ValueError(

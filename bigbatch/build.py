@@ -1,0 +1,269 @@
+"""From a run's spec to the objects that train it: plan, optimizer, model, loss, step.
+
+Each builder takes the typed spec (`bigbatch.spec.RunSpec`) and only what it
+needs besides; a value the planner, a model or a loss refuses becomes a
+`ConfigError` that names the config field. `bigbatch.experiment` calls them
+in order; nothing here compiles or reads data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from bigbatch import adaptive, gradients, losses, optim
+from bigbatch import sharding as shd
+from bigbatch import step as st
+from bigbatch.models import compute_dtype, create_model, init_rngs
+from bigbatch.phases import Plan
+from bigbatch.planner import PlanError, plan_phases
+from bigbatch.schedules import Schedule, make_schedule
+from bigbatch.spec import ConfigError, RunSpec
+
+# Planner arguments and the config fields they come from, for error messages.
+_PLAN_FIELDS = {
+  "dataset_size": "dataset.num_train_examples",
+  "epochs": "num_epochs",
+  "learning_rate": "optimizer.learning_rate",
+  "batch_size": "batch_size",
+  "weight_decay": "optimizer.weight_decay",
+  "strategy": "plan.strategy",
+  "max_batch_size": "plan.max_batch_size",
+  "batch_multiple": "plan.batch_multiple",
+  "noise_rule": "plan.noise_rule",
+  "min_phase_epochs": "plan.min_phase_epochs",
+}
+
+
+def schedule_of(spec: RunSpec) -> Schedule:
+  """The baseline learning-rate schedule of `spec.schedule`."""
+  try:
+    return make_schedule(spec.schedule.name, spec.num_epochs, **spec.schedule.set_fields())
+  except (TypeError, ValueError) as error:
+    raise ConfigError(str(error)) from None
+
+
+def plan_of(spec: RunSpec) -> Plan:
+  """The phase plan of `spec` (for an adaptive strategy: the plan before any decision).
+
+  Raises:
+    ConfigError: naming the config field, for any value the planner refuses.
+  """
+  # SGD's momentum accumulates gradients; Adam steps along an average of them
+  # (`m = b1 m + (1 - b1) g`) and PowerSign/AddSign along g itself, their
+  # `beta` only choosing the sign of the average. For those the noise scale's
+  # 1/(1 - m) is off by a constant factor, which cancels where the planner
+  # sets batches (from ratios of noise scales); and the plan's momentum is
+  # what feeds `b1` or `beta`. So they stand in for the momentum, and the
+  # absolute noise scales logged for these optimizers carry that factor.
+  schedule = schedule_of(spec)
+  if spec.plan.adaptive:
+    baseline = _planned(spec, schedule, "decay_lr")
+    return adaptive.initial_plan(baseline, spec.plan.strategy, spec.optimizer.learning_rate)
+  return _planned(spec, schedule, spec.plan.strategy)
+
+
+def _planned(spec: RunSpec, schedule: Schedule, strategy: str) -> Plan:
+  plan = spec.plan
+  try:
+    return plan_phases(
+      dataset_size=spec.dataset.num_train_examples,
+      epochs=spec.num_epochs,
+      learning_rate=spec.optimizer.learning_rate,
+      batch_size=spec.batch_size,
+      momentum=spec.optimizer.momentum,
+      schedule=schedule,
+      weight_decay=spec.optimizer.options.get("weight_decay", 0.0),
+      strategy=strategy,
+      max_batch_size=plan.max_batch_size,
+      batch_multiple=plan.batch_multiple,
+      noise_rule=plan.noise_rule,
+      min_phase_epochs=plan.min_phase_epochs,
+    )
+  except PlanError as error:
+    field, _, message = str(error).partition(": ")
+    raise ConfigError(f"{_PLAN_FIELDS.get(field, field)}: {message}") from None
+
+
+def optimizer_of(spec: RunSpec, plan: Plan) -> optax.GradientTransformationExtraArgs:
+  """The spec's optimizer, its learning rate, momentum and decay following `plan`."""
+  name, opt = spec.optimizer.name, spec.optimizer.options
+  if plan.strategy in adaptive.STRATEGIES:
+    # Decisions made while training change the learning rate through the
+    # optimizer's state (`optim.set_hyperparams`); a plan's schedule is fixed
+    # when the step compiles.
+    plan = adaptive.constants(plan)
+  decay = plan if opt.get("weight_decay") else 0.0
+  if name == "sgd_momentum":
+    return optim.sgd_momentum(plan, momentum=plan, nesterov=opt["nesterov"], weight_decay=decay)
+  if name in ("power_sign", "add_sign"):
+    # the internal decay `f(t)` spans the whole run, as in Bello et al. (2017),
+    # so its `T` is the plan's total number of steps
+    build = optim.power_sign if name == "power_sign" else optim.add_sign
+    alpha = {"alpha": opt["alpha"]} if opt["alpha"] is not None else {}  # else the paper's
+    return build(
+      plan,
+      beta=plan,
+      decay=opt["decay"],
+      decay_steps=plan.total_steps,
+      num_periods=opt["num_periods"],
+      weight_decay=decay,
+      **alpha,
+    )
+  common = {"b2": opt["b2"], "eps": opt["eps"]}
+  if name == "adam":
+    return optim.adam(plan, b1=plan, **common)
+  if name == "adamw":
+    return optim.adamw(plan, b1=plan, weight_decay=plan, **common)
+  return optim.amsgrad(plan, b1=plan, bias_correction=opt["bias_correction"], **common)
+
+
+def model_of(spec: RunSpec, num_classes: int) -> nn.Module:
+  """The spec's `model` (any field overrides the architecture's default), with its
+  `ghost_batch_size` and computing in its `compute_dtype`."""
+  try:
+    return create_model(
+      spec.model.name,
+      num_classes=num_classes,
+      ghost_batch_size=spec.ghost_batch_size,
+      dtype=compute_dtype(spec.compute_dtype),
+      **spec.model.fields,
+    )
+  except (TypeError, ValueError) as error:
+    raise ConfigError(str(error)) from None
+
+
+def loss_of(spec: RunSpec, model: nn.Module, dataset: Any):
+  """The spec's `loss` (`cross_entropy` with `label_smoothing`, an import path, or a
+  function), checked on the shapes of the model's outputs for a batch of 2 (nothing is
+  computed).
+
+  Raises:
+    ConfigError: naming `loss` and what is wrong with what it returns.
+  """
+  try:
+    loss_fn = losses.resolve(spec.loss, spec.label_smoothing)
+    inputs = jax.ShapeDtypeStruct((2, *dataset.input_shape), jnp.float32)
+    variables = jax.eval_shape(
+      lambda x: model.init(init_rngs(jax.random.key(0)), x, train=False), inputs
+    )
+    outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, inputs)
+    batch = {
+      "inputs": jax.ShapeDtypeStruct((2, *dataset.input_shape), dataset.input_dtype),
+      "labels": jax.ShapeDtypeStruct((2,), jnp.int32),
+    }
+    losses.check(loss_fn, outputs, batch)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  return loss_fn
+
+
+def check_plan_on_mesh(spec: RunSpec, plan: Plan, mesh: Mesh) -> None:
+  """Refuses, before anything compiles, a plan whose batches the mesh cannot split.
+
+  Every phase's batch must be a whole number of ghost batches on every device.
+
+  Raises:
+    ConfigError: naming `batch_size` (the first phase) or `plan.batch_multiple`.
+  """
+  checks = []
+  if plan.strategy in adaptive.STRATEGIES:  # every batch a decision can choose is a multiple
+    checks.append((spec.plan.batch_multiple, "plan.batch_multiple", ""))
+  if plan.strategy == "accumulate":  # each micro-batch (the cap) splits over the mesh
+    checks.append((plan.max_batch_size, "plan.max_batch_size", ""))
+  for phase in plan.phases:
+    field = "batch_size" if phase.index == 0 else "plan.batch_multiple"
+    checks.append((phase.batch_size, field, f" (phase {phase.index + 1})"))
+  for batch_size, field, where in checks:
+    try:
+      shd.check_batch_size(batch_size, mesh, ghost_batch_size=spec.ghost_batch_size, field=field)
+    except shd.ShardingError as error:
+      raise ConfigError(f"{error}{where}") from None
+
+
+def _halves_fit(spec: RunSpec, plan: Plan, mesh: Mesh) -> bool:
+  """Whether each half of the smallest batch holds whole ghost batches on every device.
+
+  With one data-parallel group and no accumulation, measuring the noise scale
+  cuts the batch in two halves (`gradients.data_parallel_grads`); a half
+  smaller than a ghost batch cannot be normalised, so such a run is not
+  measured (e.g. batch 16 with ghost batch 16 on one device).
+  """
+  ghost = spec.ghost_batch_size
+  if not ghost or gradients.groups_of(mesh)[1] > 1 or plan.strategy == "accumulate":
+    return True
+  shards = shd.data_parallel_size(mesh)
+  return (min(plan.batch_sizes) // 2) % (ghost * shards) == 0
+
+
+def whole_batch_norm(model: nn.Module, input_shape: tuple[int, ...], ghost: int | None) -> bool:
+  """Whether `model` normalises over the whole batch: it keeps batch statistics and no
+  ghost batch size is set (read from `jax.eval_shape` of its init: nothing is allocated)."""
+  if ghost is not None and "ghost_batch_size" in getattr(model, "__dataclass_fields__", {}):
+    return False  # a ghost batch norm: a model that takes no ghost batch ignores it
+  inputs = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  variables = jax.eval_shape(
+    lambda x: model.init(init_rngs(jax.random.key(0)), x, train=False), inputs
+  )
+  return bool(jax.tree.leaves(variables.get("batch_stats", {})))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """The train step and whether it measures the gradient noise scale."""
+
+  fn: Any
+  measures_noise: bool
+
+
+def train_step_of(
+  spec: RunSpec,
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  plan: Plan,
+  mesh: Mesh,
+  dataset: Any,
+  loss_fn: Any = None,
+) -> TrainStep:
+  """The spec's train step on `mesh`, and whether it measures the gradient noise scale.
+
+  `dataset` is the `DatasetSpec` (its input shape and on-device normalisation).
+
+  The step takes each device's gradient on its own examples (and so can
+  measure the noise scale) when batch norm never needs examples of two
+  devices at once: with ghost batches, or a model without batch norm (an MLP).
+  A model with whole-batch batch norm (`ghost_batch_size` unset, or a model
+  that takes none) is not measured: on several devices it keeps the
+  compiler-partitioned step, which normalises over the global batch, and on
+  one cutting the batch in halves would normalise each half apart. Nor is a
+  run whose halves (cut to measure on one device) cannot hold whole ghost
+  batches (`_halves_fit`).
+  """
+  noise = spec.noise
+  whole = whole_batch_norm(model, dataset.input_shape, spec.ghost_batch_size)
+  per_device = shd.data_parallel_size(mesh) == 1 or not whole
+  # whole-batch statistics would become each half's if the batch were cut to measure
+  measure = noise.measure and not whole and _halves_fit(spec, plan, mesh)
+  horizon = noise.horizon_epochs * plan.dataset_size
+  step = st.make_train_step(
+    model,
+    optimizer,
+    dataset_size=plan.dataset_size,
+    label_smoothing=spec.label_smoothing,
+    micro_batch_size=plan.max_batch_size if plan.strategy == "accumulate" else None,
+    data_shards=shd.data_parallel_size(mesh),
+    mesh=mesh if per_device else None,
+    measure_noise=measure,
+    noise_horizon=horizon if measure else None,
+    noise_confidence=noise.confidence,
+    normalisation=dataset.device_normalisation,
+    rng_seed=spec.seed,
+    loss_fn=loss_fn or losses.resolve(spec.loss, spec.label_smoothing),
+  )
+  return TrainStep(step, measure)

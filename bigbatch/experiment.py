@@ -1,0 +1,222 @@
+"""One experiment: a spec's plan, optimizer, model, loss, data, mesh and train step.
+
+Every command builds the same `Experiment`: `bigbatch train` (`Trainer`),
+`lr-find`, `probe`, `sharpness`, `ensemble` and `noise`. It is built once,
+before any long work: from a `RunSpec` (read from a config, or written in
+Python with your own model class, data source or loss function), or from a
+checkpoint's record (`Experiment.from_record`), so a measurement rebuilds the
+run exactly as it trained. Nothing compiles and no data is read until asked
+(`train_source`, `initial_state`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from bigbatch import adaptive, build, data, memory
+from bigbatch import sharding as shd
+from bigbatch import step as st
+from bigbatch.models import init_rngs
+from bigbatch.phases import Plan
+from bigbatch.spec import ConfigError, RunSpec
+from bigbatch.spec.block import IN_MEMORY
+
+__all__ = ["Experiment"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+  """What a run is made of, checked and built from its spec; see `from_spec`."""
+
+  spec: RunSpec
+  plan: Plan  # for an adaptive strategy: the plan before any decision
+  optimizer: Any
+  model: Any
+  dataset: data.DatasetSpec
+  loss_fn: Callable
+  mesh: Any
+
+  @classmethod
+  def from_spec(
+    cls,
+    spec: RunSpec,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    mesh: Any = None,
+    workdir: Any = None,
+    say: Callable[[str], None] = print,
+    adjustable_rate: bool = False,
+  ) -> Experiment:
+    """The experiment of `spec` on `mesh` (default: `spec.mesh` over `devices`, all by
+    default).
+
+    A `plan.max_batch_size` of `AUTO` is measured first by the memory probe
+    (cached in `workdir/memory_probe.json` when a workdir is given).
+    `adjustable_rate` keeps the learning rate in the optimizer's state
+    (`optim.set_hyperparams`), as a range test sets it step by step.
+
+    Raises:
+      ConfigError, DataError, ShardingError, ProbeError: naming the field.
+    """
+    if spec.plan.max_batch_size == memory.AUTO:
+      result = memory.probe(cls.for_probe(spec, devices=devices, mesh=mesh), workdir, say)
+      say(memory.format_probe(result))
+      spec = spec.replace(plan=dataclasses.replace(spec.plan, max_batch_size=result.max_batch_size))
+    plan = build.plan_of(spec)
+    optimizer = build.optimizer_of(spec, adaptive.constants(plan) if adjustable_rate else plan)
+    dataset = data.spec_for(spec.dataset.block())
+    model = build.model_of(spec, dataset.num_classes)
+    loss_fn = build.loss_of(spec, model, dataset)
+    if mesh is None:
+      mesh = shd.make_mesh(spec.mesh.data, spec.mesh.fsdp, devices=devices)
+    return cls(spec, plan, optimizer, model, dataset, loss_fn, mesh)
+
+  @classmethod
+  def for_probe(cls, spec: RunSpec, **options: Any) -> Experiment:
+    """The experiment the memory probe compiles the step of: `spec` with the baseline's
+    plan and no cap (the optimizer's structure is what matters, not the batches the plan
+    would take)."""
+    baseline = dataclasses.replace(spec.plan, strategy="decay_lr", max_batch_size=None)
+    return cls.from_spec(spec.replace(plan=baseline), **options)
+
+  @classmethod
+  def from_record(
+    cls, record: Mapping[str, Any], devices: Sequence[jax.Device] | None = None
+  ) -> Experiment:
+    """The experiment a checkpoint's or a snapshot's record was trained with, on
+    `devices` (default: all) with its `mesh.fsdp` split: a measurement need not run on
+    the devices that trained.
+
+    Raises:
+      ConfigError: when the record's model or data source was an object that cannot be
+        imported again (an experiment built in Python with an in-memory source).
+    """
+    spec = RunSpec.read(record["config"])
+    if IN_MEMORY in (spec.dataset.source, spec.model.name, spec.loss):
+      raise ConfigError(
+        "dataset.source: the run trained on an object in memory, which a checkpoint "
+        "cannot hold; measure it from Python with Experiment.from_spec"
+      )
+    mesh = shd.make_mesh(-1, spec.mesh.fsdp, devices=devices)
+    return cls.from_spec(spec, mesh=mesh)
+
+  # -- checks a command makes before its long work ------------------------------------
+
+  def check_for_training(self) -> None:
+    """Refuses a plan or an evaluation batch the mesh cannot split, or a training split
+    whose size is not `dataset.num_train_examples`; opens both splits.
+
+    Raises:
+      ConfigError, ShardingError: naming the field.
+    """
+    build.check_plan_on_mesh(self.spec, self.plan, self.mesh)
+    shd.check_batch_size(self.spec.eval.batch_size, self.mesh, field="eval_batch_size")
+    self.check_train_size()
+    _ = self.eval_source  # opened now: a missing split fails here, before the first step
+
+  def check_batch_sizes(self, batch_sizes: Sequence[int], field: str) -> None:
+    """Refuses a batch (of a range test) that the mesh cannot split, naming `field`."""
+    for batch_size in batch_sizes:
+      shd.check_batch_size(
+        batch_size, self.mesh, ghost_batch_size=self.spec.ghost_batch_size, field=field
+      )
+
+  def check_train_size(self) -> None:
+    size = len(self.train_source)
+    if size != self.plan.dataset_size:
+      raise ConfigError(
+        f"dataset.num_train_examples: {self.plan.dataset_size:,} but the "
+        f"{self.dataset.tfds_name} train split has {size:,} examples"
+      )
+
+  # -- what is built on demand --------------------------------------------------------
+
+  @functools.cached_property
+  def train_source(self) -> Any:
+    return data.load_split(self.spec.dataset.block(), "train")
+
+  @functools.cached_property
+  def eval_source(self) -> Any:
+    return data.load_split(self.spec.dataset.block(), "eval")
+
+  @functools.cached_property
+  def train_step(self) -> build.TrainStep:
+    """The train step (`.fn`) and whether it measures the noise scale (`.measures_noise`)."""
+    return build.train_step_of(
+      self.spec, self.model, self.optimizer, self.plan, self.mesh, self.dataset, self.loss_fn
+    )
+
+  @property
+  def example_inputs(self) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((1, *self.dataset.input_shape), np.float32)
+
+  @property
+  def fsdp_min_size(self) -> int:
+    return self.spec.mesh.fsdp_min_size
+
+  def abstract_state(self) -> st.TrainState:
+    """The train state's shapes and dtypes placed on the mesh: a restore target."""
+    return st.abstract_train_state(
+      self.model, self.optimizer, self.example_inputs, self.mesh, fsdp_min_size=self.fsdp_min_size
+    )
+
+  @functools.cached_property
+  def _init(self) -> Callable:
+    # jitted once, so that each start (a range test's batch sizes) takes a fresh copy of
+    # the same state without compiling the init again
+    shardings = st.train_state_shardings(
+      self.model, self.optimizer, self.example_inputs, self.mesh, fsdp_min_size=self.fsdp_min_size
+    )
+    inputs = self.example_inputs
+    return jax.jit(
+      lambda rng: st.init_train_state(self.model, self.optimizer, inputs, rng),
+      out_shardings=shardings,
+    )
+
+  def initial_state(self) -> st.TrainState:
+    """The initial train state from `spec.seed`, in place on the mesh."""
+    return self._init(jax.random.key(self.spec.seed))
+
+  def variables_target(self) -> dict[str, Any]:
+    """`{"params", "batch_stats"}` as a snapshot holds them, placed like the train state's."""
+    inputs = self.example_inputs
+    abstract = jax.eval_shape(
+      lambda: self.model.init(
+        init_rngs(jax.random.key(0)), jax.numpy.zeros(inputs.shape, inputs.dtype), train=False
+      )
+    )
+    replicated = shd.replicated(self.mesh)
+
+    def place(leaf, sharding):
+      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+    params = jax.tree.map(
+      lambda leaf: place(leaf, shd.param_sharding(leaf, self.mesh, min_size=self.fsdp_min_size)),
+      abstract["params"],
+    )
+    stats = jax.tree.map(lambda leaf: place(leaf, replicated), abstract.get("batch_stats", {}))
+    return {"params": params, "batch_stats": stats}
+
+  def training_subset(self, num_examples: int) -> dict[str, jax.Array]:
+    """The first `num_examples` of the training split, unaugmented, as one sharded batch.
+
+    The batch is padded to a multiple of the devices and `mask` marks the real
+    examples, so the subset is the same on any number of devices.
+    """
+    devices = shd.data_parallel_size(self.mesh)
+    size = -(-num_examples // devices) * devices
+    batches = data.eval_batches(
+      self.train_source,
+      self.dataset,
+      batch_size=size,
+      local=shd.process_batch_slice(self.mesh, size),
+      num_examples=num_examples,
+    )
+    (batch,) = list(batches)
+    return shd.global_batch(self.mesh, batch, size)

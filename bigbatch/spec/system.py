@@ -1,0 +1,136 @@
+"""The specs of where and how a run runs: mesh, noise measurement, memory probe,
+multi-host, evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from bigbatch import fields
+from bigbatch.fields import ConfigError, boolean, integer, positive, real
+from bigbatch.spec.block import Block
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec(Block):
+  """`mesh`: `data` devices split the batch (-1: all), `fsdp` devices shard parameters
+  and optimizer state (1: replicate them), `fsdp_min_size` is the smallest parameter
+  (in elements) worth sharding."""
+
+  data: int = -1
+  fsdp: int = 1
+  fsdp_min_size: int = 2**14
+
+  _PREFIX = "mesh."
+  _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
+    "data": integer(-1),
+    "fsdp": integer(1),
+    "fsdp_min_size": integer(0),
+  }
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    if self.data == 0:
+      raise ConfigError("mesh.data: must be -1 (all devices) or a positive number, got 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSpec(Block):
+  """`noise`: the gradient noise scale measured in the train step (`measure`), its
+  smoothing horizon as a fraction of an epoch of examples, the two-sided `confidence` of
+  B_simple's interval, and how far a batch must exceed its upper bound to be warned of."""
+
+  measure: bool = True
+  horizon_epochs: float = 0.1
+  confidence: float = 0.95
+  warn_ratio: float = 8.0
+
+  _PREFIX = "noise."
+  _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
+    "measure": boolean,
+    "horizon_epochs": positive,
+    "confidence": real(0.5, 1.0),
+    "warn_ratio": real(1.0),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorySpec(Block):
+  """`memory`: the batch-size probe's budget per CPU device (`budget_bytes`; unset: a
+  `cpu_fraction` of the RAM; GPU/TPU report their own) and the `margin` kept free."""
+
+  budget_bytes: int | None = None
+  cpu_fraction: float = 0.5
+  margin: float = 0.1
+
+  _PREFIX = "memory."
+  _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
+    "budget_bytes": integer(1, optional=True),
+    "cpu_fraction": real(0.0, 1.0, closed_high=True),
+    "margin": real(0.0, 1.0),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSpec(Block):
+  """`distributed`: multi-host JAX. `enabled` is "auto" (on a TPU pod, or when
+  `JAX_COORDINATOR_ADDRESS` is set), True or False; the other fields default to the
+  environment's `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`."""
+
+  enabled: Any = "auto"
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+
+  _PREFIX = "distributed."
+  _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
+    "num_processes": integer(1, optional=True),
+    "process_id": integer(0, optional=True),
+  }
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    processes, process = self.num_processes, self.process_id
+    if processes is not None and process is not None and process >= processes:
+      raise ConfigError(
+        f"distributed.process_id: must be below distributed.num_processes ({processes}), "
+        f"got {process}"
+      )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec(Block):
+  """Evaluation: every `every_epochs` (`eval_every_epochs`) over the whole test split in
+  batches of `batch_size` (`eval_batch_size`); `train_examples` > 0
+  (`eval_train_examples`) also measures the first K training examples, unaugmented."""
+
+  every_epochs: float = 1.0
+  batch_size: int = 1000
+  train_examples: int = 0
+
+  _NAMES: ClassVar[Mapping[str, str]] = {
+    "every_epochs": "eval_every_epochs",
+    "batch_size": "eval_batch_size",
+    "train_examples": "eval_train_examples",
+  }
+  _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
+    "every_epochs": positive,
+    "batch_size": integer(1),
+    "train_examples": integer(0),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec(Block):
+  """Checkpoints: every `every_steps` (`checkpoint_every_steps`), at every phase boundary
+  and at the end; the latest `keep` (`keep_checkpoints`) are kept."""
+
+  every_steps: int = 1000
+  keep: int = 3
+
+  _NAMES: ClassVar[Mapping[str, str]] = {
+    "every_steps": "checkpoint_every_steps",
+    "keep": "keep_checkpoints",
+  }
+  _CHECKS: ClassVar[Mapping[str, fields.Check]] = {"every_steps": integer(1), "keep": integer(1)}

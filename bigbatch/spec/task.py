@@ -1,0 +1,261 @@
+"""The specs of what a run trains: data, model, schedule, optimizer and plan."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from bigbatch import adaptive, fields, optim
+from bigbatch.fields import ConfigError, boolean, integer, one_of, real, text
+from bigbatch.planner import STRATEGIES as PLANNED
+from bigbatch.schedules import SCHEDULES, make_schedule
+from bigbatch.spec.block import Block, freeze, import_path, is_block, thaw
+
+# `plan.max_batch_size` measured by the memory probe (`auto` on the command line).
+AUTO = -1
+# Each optimizer's fields besides `name` and `learning_rate`, at their defaults
+# (`alpha` None: the paper's base, e for PowerSign and 1 + ... for AddSign).
+OPTIMIZERS: dict[str, dict[str, Any]] = {
+  "sgd_momentum": {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+  "adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8},
+  "adamw": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+  "amsgrad": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "bias_correction": True},
+  "power_sign": {
+    "beta": 0.9, "alpha": None, "decay": "none", "num_periods": 1.0, "weight_decay": 0.0
+  },
+  "add_sign": {
+    "beta": 0.9, "alpha": None, "decay": "none", "num_periods": 1.0, "weight_decay": 0.0
+  },
+}  # fmt: skip
+
+
+def _at_least_one(field: str, value: Any) -> float | None:
+  if value is not None and not (fields.real()(field, value) >= 1.0):
+    raise ConfigError(f"{field}: must be >= 1, got {value}")
+  return None if value is None else float(value)
+
+
+def _fraction(field: str, value: Any) -> float:
+  if not 0.0 <= fields.real()(field, value) < 1.0:
+    raise ConfigError(f"{field}: must be in [0, 1), got {value}")
+  return float(value)
+
+
+def _is_positive(field: str, value: Any) -> float:
+  if not fields.real()(field, value) > 0:
+    raise ConfigError(f"{field}: must be positive, got {value}")
+  return float(value)
+
+
+_OPTIMIZER_CHECKS: dict[str, fields.Check] = {
+  "weight_decay": real(0.0),
+  "nesterov": boolean,
+  "eps": real(0.0),
+  "bias_correction": boolean,
+  "alpha": _at_least_one,
+  "decay": one_of(*optim.SIGN_DECAYS),
+  "num_periods": _is_positive,
+}
+# The field a plan's momentum feeds, where it is not Adam's `b1`.
+_MOMENTUM_FIELDS = {"sgd_momentum": "momentum", "power_sign": "beta", "add_sign": "beta"}
+_SCHEDULE_FIELDS = tuple(p for p in inspect.signature(make_schedule).parameters if p != "epochs")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec(Block):
+  """`dataset`: a built-in dataset or any tfds dataset by `name` (read from its
+  `builder.info`), or a Python data `source` (an import path or an object); see
+  docs/MODELS.md for each field."""
+
+  num_train_examples: int
+  name: str | None = None
+  source: Any = None
+  generator_seed: int = 42
+  image_size: int | None = None
+  data_dir: str | None = None
+  input_key: str | None = None
+  label_key: str | None = None
+  train_split: str | None = None
+  eval_split: str | None = None
+  preprocess: str | None = None
+  num_classes: int | None = None
+
+  _PREFIX = "dataset."
+  _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
+    "num_train_examples": integer(1),
+    "generator_seed": integer(0),
+    "image_size": integer(1, optional=True),
+    "name": text(optional=True),
+  }
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    if self.name is None and self.source is None:
+      raise ConfigError("dataset.name: missing from the config (or set dataset.source)")
+
+  def block(self) -> dict[str, Any]:
+    """The fields that are set, as the data layer reads them (`bigbatch.data.spec_for`)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None}  # fmt: skip
+
+  def to_dict(self) -> dict[str, Any]:
+    return {**super().to_dict(), "source": import_path(self.source)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """`model`: a name of `bigbatch.models.MODELS`, a name added with `models.register`, an
+  import path, or (in Python) the class or factory itself; `fields` are its settings."""
+
+  name: Any
+  fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self) -> None:
+    if self.name is None or self.name == "":
+      raise ConfigError("model.name: missing from the config")
+    object.__setattr__(self, "fields", freeze(dict(self.fields)))
+
+  @classmethod
+  def read(cls, block: Any) -> ModelSpec:
+    if not is_block(block):
+      raise ConfigError(f"model: missing from the config, got {block!r}")
+    values = {k: block[k] for k in block.keys()}
+    return cls(values.pop("name", None), values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"name": import_path(self.name), **thaw(self.fields)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSpec:
+  """`schedule`: the baseline learning-rate schedule, a name of `SCHEDULES` and the fields
+  of `bigbatch.schedules.make_schedule` (unset ones at its defaults)."""
+
+  name: str
+  fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self) -> None:
+    if self.name not in SCHEDULES:
+      raise ConfigError(f"schedule.name: {self.name!r} is not one of {', '.join(SCHEDULES)}")
+    allowed = sorted(set(_SCHEDULE_FIELDS) - {"name"})
+    for key, value in self.fields.items():
+      if key not in allowed:
+        raise ConfigError(f"schedule.{key}: unknown field; allowed: {', '.join(allowed)}")
+      fields.numbers(f"schedule.{key}", value)
+    object.__setattr__(self, "fields", freeze(dict(self.fields)))
+
+  @classmethod
+  def read(cls, block: Any) -> ScheduleSpec:
+    if not is_block(block):
+      raise ConfigError("schedule: missing from the config")
+    values = {k: block[k] for k in block.keys()}
+    return cls(values.pop("name", None), values)
+
+  def set_fields(self) -> dict[str, Any]:
+    """The fields that are set (an unset field takes `make_schedule`'s default)."""
+    return {k: thaw(v) for k, v in self.fields.items() if v is not None}
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"name": self.name, **thaw(self.fields)}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """`optimizer`: one of `OPTIMIZERS` by `name`, its `learning_rate`, and its own fields
+  (`options`, every one filled in from `OPTIMIZERS`' defaults)."""
+
+  name: str
+  learning_rate: float
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self) -> None:
+    if self.name not in OPTIMIZERS:
+      raise ConfigError(f"optimizer.name: {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
+    allowed = OPTIMIZERS[self.name]
+    for key in self.options:
+      if key not in allowed:
+        names = ", ".join(("learning_rate", *allowed))
+        raise ConfigError(f"optimizer.{key}: not a field of {self.name}; allowed: {names}")
+    if self.learning_rate is None:
+      raise ConfigError("optimizer.learning_rate: missing from the config")
+    # its range is the planner's to check, with the schedule's (`build.plan_of`)
+    object.__setattr__(self, "learning_rate", real()("optimizer.learning_rate", self.learning_rate))
+    options = {**allowed, **{k: v for k, v in self.options.items() if v is not None}}
+    for key, check in _OPTIMIZER_CHECKS.items():
+      if key in options:
+        options[key] = check(f"optimizer.{key}", options[key])
+    field = self.momentum_field
+    options[field] = _fraction(f"optimizer.{field}", options[field])
+    object.__setattr__(self, "options", types.MappingProxyType(options))
+
+  @property
+  def momentum_field(self) -> str:
+    return _MOMENTUM_FIELDS.get(self.name, "b1")
+
+  @property
+  def momentum(self) -> float:
+    """The optimizer's momentum: `momentum` for SGD, `b1` for the Adam family, `beta` for
+    PowerSign and AddSign (what the plan's momentum feeds; see `build.momentum_of`)."""
+    return float(self.options[self.momentum_field])
+
+  @classmethod
+  def read(cls, block: Any) -> OptimizerSpec:
+    if not is_block(block):
+      raise ConfigError("optimizer: missing from the config")
+    values = {k: block[k] for k in block.keys()}
+    if values.get("name") not in OPTIMIZERS:
+      names = ", ".join(OPTIMIZERS)
+      raise ConfigError(f"optimizer.name: {values.get('name')!r} is not one of {names}")
+    return cls(values.pop("name"), values.pop("learning_rate", None), values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"name": self.name, "learning_rate": self.learning_rate, **self.options}
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanSpec(Block):
+  """`plan`: how batch sizes follow the schedule. `strategy` (decay_lr, increase_batch,
+  hybrid, accumulate, or decided while training: plateau, plateau_lr, noise, with their
+  fields in `adapt`), `max_batch_size` (the cap; `AUTO`: probed), `batch_multiple`,
+  `noise_rule` (approx | exact) and `min_phase_epochs`."""
+
+  strategy: str = "decay_lr"
+  max_batch_size: int | None = None
+  batch_multiple: int = 1
+  noise_rule: str = "approx"
+  min_phase_epochs: float | None = None
+  adapt: Mapping[str, Any] = dataclasses.field(default_factory=adaptive.default_config)
+
+  _PREFIX = "plan."
+  _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
+    "strategy": one_of(*PLANNED, *adaptive.STRATEGIES),
+    "max_batch_size": integer(AUTO, optional=True),
+  }  # the rest the planner checks, naming the same fields (`build.plan_of`)
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    if self.max_batch_size == 0:
+      raise ConfigError("plan.max_batch_size: must be a whole number >= 1 (or -1: auto), got 0")
+    defaults = adaptive.default_config()
+    for key in self.adapt:
+      if key not in defaults:
+        raise ConfigError(f"plan.adapt.{key}: unknown field; allowed: {', '.join(defaults)}")
+    adapt = {**defaults, **{k: v for k, v in self.adapt.items() if v is not None}}
+    object.__setattr__(self, "adapt", types.MappingProxyType(adapt))
+    if self.strategy in adaptive.STRATEGIES:
+      try:
+        self.settings().check()
+      except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+  @property
+  def adaptive(self) -> bool:
+    """Whether the phases are decided while training."""
+    return self.strategy in adaptive.STRATEGIES
+
+  def settings(self) -> adaptive.Settings:
+    """The settings of an adaptive strategy (`bigbatch.adaptive`)."""
+    return adaptive.Settings.from_config({**self.to_dict(), "adapt": dict(self.adapt)})

@@ -1,0 +1,86 @@
+"""The clock: each phase's steps and seconds, summed across the starts of a run."""
+
+import pytest
+
+from bigbatch import clock as clock_lib
+from bigbatch import planner, schedules
+from bigbatch.step import CompileRecord
+
+
+class FakeTime:
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self):
+    return self.now
+
+
+@pytest.fixture
+def fake_time(monkeypatch):
+  fake = FakeTime()
+  monkeypatch.setattr(clock_lib.time, "perf_counter", fake)
+  return fake
+
+
+def two_phase_plan():
+  schedule = schedules.make_schedule("step", 2.0, boundaries=(1.0,), factor=4.0)
+  return planner.plan_phases(
+    dataset_size=64, epochs=2.0, learning_rate=0.1, batch_size=8, momentum=0.9,
+    schedule=schedule, strategy="increase_batch",
+  )  # fmt: skip
+
+
+def test_a_phase_counts_its_steps_seconds_and_time_spent_apart(fake_time):
+  plan = two_phase_plan()
+  assert [p.batch_size for p in plan.phases] == [8, 32] and plan.phases[0].steps == 8
+  clock = clock_lib.Clock(plan, None)
+  clock.start_phase(0, 0, 8)
+  fake_time.now += 4.0
+  clock.spend(0, "eval_seconds", 0.5)
+  clock.spend(0, "checkpoint_seconds", 0.25)
+  clock.note(0, "grad_noise_scale", 123.0)
+  clock.end_phase(8)
+  clock.start_phase(1, 8, 32)
+  fake_time.now += 1.0
+  totals = clock.totals(
+    10, [CompileRecord(8, 2.0, False), CompileRecord(32, 3.0, True), CompileRecord(7, 9.0, True)]
+  )
+  first, second = totals["phases"]
+  assert totals["sessions"] == 1 and totals["wall_seconds"] == pytest.approx(5.0)
+  assert (first["steps"], first["seconds"], first["compile_seconds"]) == (8, 4.0, 2.0)
+  assert (first["eval_seconds"], first["checkpoint_seconds"]) == (0.5, 0.25)
+  assert first["grad_noise_scale"] == 123.0
+  # the phase in progress counts up to the step asked for; 7 is no phase's batch
+  assert (second["steps"], second["seconds"], second["compile_seconds"]) == (2, 1.0, 3.0)
+
+
+def test_a_resumed_run_adds_to_the_totals_its_checkpoint_carried(fake_time):
+  plan = two_phase_plan()
+  before = clock_lib.Clock(plan, None)
+  before.start_phase(0, 0, 8)
+  fake_time.now += 2.0
+  before.note(0, "grad_noise_scale_low", 50.0)
+  saved = before.totals(5, [CompileRecord(8, 1.5, False)])
+  after = clock_lib.Clock(plan, saved)  # a new start from the checkpoint at step 5
+  after.start_phase(0, 5, 8)
+  fake_time.now += 3.0
+  after.end_phase(8)
+  totals = after.totals(8, [CompileRecord(8, 0.5, False)])
+  first = totals["phases"][0]
+  assert totals["sessions"] == 2
+  assert (first["steps"], first["seconds"], first["compile_seconds"]) == (8, 5.0, 2.0)
+  assert first["grad_noise_scale_low"] == 50.0  # carried over from the first start
+  assert totals["wall_seconds"] == pytest.approx(2.0 + 3.0)
+
+
+def test_a_phase_decided_while_training_is_kept_across_a_restart(fake_time):
+  plan = two_phase_plan()
+  elapsed = {"sessions": 1, "wall_seconds": 1.0, "phases": [
+    {"phase": 2, "batch_size": 128, "steps": 3, "seconds": 0.5, "compile_seconds": 0.1},
+  ]}  # fmt: skip
+  totals = clock_lib.Clock(plan, elapsed).totals(0)
+  assert [(p["phase"], p["batch_size"], p["steps"]) for p in totals["phases"]] == [
+    (0, 8, 0),
+    (1, 32, 0),
+    (2, 128, 3),
+  ]
