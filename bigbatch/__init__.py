@@ -10,14 +10,14 @@ import importlib
 from typing import Any
 
 from bigbatch import schedules, sharding, step
-from bigbatch.noise import (
+from bigbatch.plan.noise import (
   batch_size_for_noise_scale,
   noise_scale,
   scale_learning_rate,
   scale_momentum,
 )
-from bigbatch.phases import Phase, Plan
-from bigbatch.planner import PlanError, plan_phases
+from bigbatch.plan.phases import Phase, Plan
+from bigbatch.plan.planner import PlanError, plan_phases
 from bigbatch.sharding import make_mesh
 from bigbatch.step import (
   CompiledSteps,
@@ -33,9 +33,9 @@ __version__ = "0.1.0"
 _LAZY = {
   "Trainer": "bigbatch.train",
   "train_and_evaluate": "bigbatch.train",
-  "Experiment": "bigbatch.experiment",
-  "StepInfo": "bigbatch.hooks",
-  "ConfigError": "bigbatch.fields",
+  "Experiment": "bigbatch.train.experiment",
+  "StepInfo": "bigbatch.train.hooks",
+  "ConfigError": "bigbatch.spec.fields",
   **{
     name: "bigbatch.spec"
     for name in (

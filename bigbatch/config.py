@@ -5,7 +5,7 @@ Configs are Python files with `get_config()` (the shipped recipes are in
 `read` turns one into the typed `bigbatch.spec.RunSpec`, every mistake a
 `ConfigError` whose one-line message names the field and what is allowed,
 before any long work starts. Below this layer nothing sees the ConfigDict:
-`bigbatch.experiment.Experiment` is built from the spec, and each piece gets
+`bigbatch.train.experiment.Experiment` is built from the spec, and each piece gets
 its own block.
 
 The `*_from_config` functions read a config and build one piece of it, for
@@ -21,10 +21,7 @@ import flax.linen as nn
 import optax
 from jax.sharding import Mesh
 
-from bigbatch import build
-from bigbatch.build import whole_batch_norm  # noqa: F401  (re-exported)
-from bigbatch.experiment import Experiment
-from bigbatch.phases import Plan
+from bigbatch.plan.phases import Plan
 
 # The blocks recipes are built from, and the config's error, where recipes and
 # callers have always imported them.
@@ -43,6 +40,9 @@ from bigbatch.recipe import (  # noqa: F401  (re-exported)
 )
 from bigbatch.schedules import Schedule
 from bigbatch.spec import RunSpec
+from bigbatch.train import build
+from bigbatch.train.build import whole_batch_norm  # noqa: F401  (re-exported)
+from bigbatch.train.experiment import Experiment
 
 
 def read(config: Any) -> RunSpec:

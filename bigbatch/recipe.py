@@ -19,8 +19,8 @@ from typing import Any
 import ml_collections
 
 from bigbatch import spec
-from bigbatch.fields import ConfigError
 from bigbatch.schedules import make_schedule
+from bigbatch.spec.fields import ConfigError
 
 # The recipes that ship with the package: found beside this file in a checkout
 # and in an installed wheel alike.
@@ -104,7 +104,7 @@ def default_plan_config(batch_multiple: int = 1) -> ml_collections.ConfigDict:
 
   Fields: `strategy` (decay_lr | increase_batch | hybrid | accumulate, or the
   phases decided while training: plateau | plateau_lr | noise, whose fields
-  are in `adapt`, see `bigbatch.adaptive`),
+  are in `adapt`, see `bigbatch.plan.adaptive`),
   `max_batch_size` (the cap, needed by hybrid and accumulate; -1 or `auto`
   on the command line: measured by the memory probe), `batch_multiple`
   (devices x ghost batch),
@@ -166,7 +166,7 @@ def set_run_fields(
   `compute_dtype` ("auto": bfloat16 on GPU/TPU, float32 on CPU; parameters
   float32), `loss` ("cross_entropy", with `label_smoothing` 0 and accuracy as
   the metric; or the import path of `loss_fn(outputs, batch) -> (per-example
-  loss, per-example metrics)`, see `bigbatch.losses`), `mesh` (batch over all devices, parameters
+  loss, per-example metrics)`, see `bigbatch.step.losses`), `mesh` (batch over all devices, parameters
   replicated), `distributed`, `memory` (the batch-size probe's budget),
   `log_every_steps` 50, `keep_checkpoints` 3, `background_compile` ("auto":
   compile the next phase while this one trains on a GPU or TPU, not on a CPU,
@@ -177,7 +177,7 @@ def set_run_fields(
   evaluation also measures the loss and accuracy of the first K training
   examples, unaugmented, logged as `train_eval_loss` and
   `train_eval_accuracy`), `snapshots` ("auto": keep the model at the end of
-  each cycle when the schedule restarts, see `bigbatch.snapshots`; "on"; "off").
+  each cycle when the schedule restarts, see `bigbatch.workdir.snapshots`; "on"; "off").
   Checkpoints are also saved at every phase boundary and at the end;
   evaluation covers the whole test split.
   """

@@ -6,10 +6,11 @@ import signal
 import pytest
 from small_run import metrics_rows, small_config, start
 
-from bigbatch import adaptive
-from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
 from bigbatch import train as bbtrain
+from bigbatch.plan import adaptive
+from bigbatch.train import data_position
+from bigbatch.workdir import checkpoint as ckpt
 
 # The small run (1,024 examples, batch 32, 3 epochs) deciding at every half epoch.
 PLATEAU = {
@@ -129,7 +130,7 @@ def test_the_plan_is_a_function_of_the_decisions():
     (40, 6, 160, 1280),
     (46, 2, 800, 2240),  # 3,072 - 2,240 = 832 examples: two batches of 800
   ]
-  assert bbtrain._position(plan, 46) == 2240 and bbtrain._position(plan, 48) == 3840
+  assert data_position(plan, 46) == 2240 and data_position(plan, 48) == 3840
 
 
 @pytest.fixture(scope="module")

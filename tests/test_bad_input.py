@@ -22,10 +22,10 @@ import orbax.checkpoint as ocp
 import pytest
 from small_run import CONFIG, overrides, small_config
 
-from bigbatch import checkpoint as ckpt
 from bigbatch import train as bbtrain
 from bigbatch import workdir as wd
 from bigbatch.cli import main
+from bigbatch.workdir import checkpoint as ckpt
 
 
 def files(path):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigbatch import checkpoint as ckpt
+from bigbatch.workdir import checkpoint as ckpt
 
 
 def state(value: float):

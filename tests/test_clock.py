@@ -2,9 +2,10 @@
 
 import pytest
 
-from bigbatch import clock as clock_lib
-from bigbatch import planner, schedules
+from bigbatch import schedules
+from bigbatch.plan import planner
 from bigbatch.step import CompileRecord
+from bigbatch.train import clock as clock_lib
 
 
 class FakeTime:

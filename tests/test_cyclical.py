@@ -156,7 +156,7 @@ def test_bigbatch_plan_turns_a_cyclical_config_into_phases(capsys):
 def test_the_plan_table_shows_the_cycle_and_says_when_nothing_is_saved(capsys, tmp_path):
   """First→last would read 0.025→0.02505 over five cycles: the row gives the range the
   rate spans in the phase (every step's value) and the cycle's length instead."""
-  from bigbatch import report
+  from bigbatch.plan import report
 
   path = CONFIGS / "mnist1d_decay_lr.py"
   args = ["--config.schedule.name=triangular", "--config.schedule.step_size_epochs=4"]

@@ -9,10 +9,10 @@ import pytest
 import tensorflow_datasets as tfds
 from small_run import small_config
 
-from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
 from bigbatch import data
 from bigbatch import train as bbtrain
+from bigbatch.workdir import checkpoint as ckpt
 
 SOURCE = {"source": "plugin_data:arrays", "num_classes": 10}
 

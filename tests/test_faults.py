@@ -1,7 +1,7 @@
 """Fault injection: `bigbatch train` killed, signalled, and given broken files.
 
 Each kill trial runs `bigbatch train` in subprocesses, kills it (SIGKILL at a
-named fault point, `bigbatch.faults`, or after a seeded random delay), starts
+named fault point, `bigbatch.workdir.faults`, or after a seeded random delay), starts
 it again until it completes, and checks that it ends bitwise equal to an
 uninterrupted run (the fingerprint of every array of the final checkpoint, and
 every logged value), with metrics.jsonl holding each (step, metric) once. The
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from small_run import metrics_rows, small_config, start, tensorboard_scalars
 
-from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
+from bigbatch.workdir import checkpoint as ckpt
 
 # Keys whose values differ between runs by nature (timings), not by state.
 TIMING_KEYS = {"examples_per_second"}

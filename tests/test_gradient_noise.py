@@ -15,9 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from bigbatch import gradients as gn
 from bigbatch import sharding as shd
 from bigbatch import step as st
+from bigbatch.step import gradients as gn
 
 N, FEATURES, CLASSES = 4096, 16, 4
 

@@ -9,10 +9,9 @@ import pytest
 from small_run import small_config
 
 from bigbatch import config as bbconfig
-from bigbatch import hooks
-from bigbatch.checkpoint import Checkpoints
-from bigbatch.experiment import Experiment
-from bigbatch.train import Trainer
+from bigbatch.train import Trainer, hooks
+from bigbatch.train.experiment import Experiment
+from bigbatch.workdir.checkpoint import Checkpoints
 
 
 def info(step=10, position=320, values=None, batch=32, index=0, said=None):

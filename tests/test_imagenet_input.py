@@ -17,8 +17,9 @@ import tensorflow as tf
 from array_record.python import array_record_module
 from PIL import Image
 
-from bigbatch import data, inputs
+from bigbatch import data
 from bigbatch.data import preprocess, records
+from bigbatch.step import inputs
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tools"))
 import fake_imagenet

@@ -7,10 +7,11 @@ import numpy as np
 import optax
 import pytest
 
-from bigbatch import data, inputs
+from bigbatch import data
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import create_model
+from bigbatch.step import inputs
 
 SPEC = data.dataset_spec("imagenet2012", 32)  # ImageNet's input at a test's size
 STATS = SPEC.device_normalisation

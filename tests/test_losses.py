@@ -10,11 +10,11 @@ import pytest
 from small_run import small_config
 
 from bigbatch import config as bbconfig
-from bigbatch import losses
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch import train as bbtrain
 from bigbatch.models import create_model
+from bigbatch.step import losses
 
 RNG = np.random.default_rng(0)
 BATCH = {

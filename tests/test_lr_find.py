@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bigbatch import lr_find
+from bigbatch.measure import lr_find
 
 
 def test_exponential_rates_are_fastais_schedule_ending_at_end():

@@ -9,8 +9,8 @@ import pytest
 from small_run import CONFIG, overrides, small_config
 
 from bigbatch import config as bbconfig
-from bigbatch import lr_find, lr_range
 from bigbatch.cli import main
+from bigbatch.measure import lr_find, lr_range
 
 
 def files(path):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from bigbatch import config as bbconfig
-from bigbatch import memory
 from bigbatch.cli import main
-from bigbatch.experiment import Experiment
+from bigbatch.measure import memory
+from bigbatch.train.experiment import Experiment
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 

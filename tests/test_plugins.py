@@ -10,12 +10,12 @@ import pytest
 from flax import nnx
 from small_run import small_config
 
-from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
 from bigbatch import models
 from bigbatch import step as st
 from bigbatch import train as bbtrain
 from bigbatch.models import create_model, init_rngs
+from bigbatch.workdir import checkpoint as ckpt
 
 X = jax.random.normal(jax.random.key(1), (8, 40))
 LABELS = jnp.arange(8) % 3
@@ -56,7 +56,7 @@ def test_a_train_step_on_an_nnx_model_is_nnxs_own_sgd_step():
     params=variables["params"],
     batch_stats=variables["batch_stats"],
     opt_state=tx.init(variables["params"]),
-    noise=st.gn.GradientNoise.zeros(),
+    noise=st.GradientNoise.zeros(),
   )
   new, metrics = jax.jit(st.make_train_step(model, tx))(state, {"inputs": X, "labels": LABELS})
 

@@ -1,6 +1,6 @@
 """The summary a user reads: B_simple with its bounds, rates net of what is not training."""
 
-from bigbatch import report
+from bigbatch.plan import report
 
 
 def phase(index, batch, steps, seconds, **extra):

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from bigbatch.runlog import MetricsLog, read_rows
-from bigbatch.workdir import WorkdirError
+from bigbatch.workdir.files import WorkdirError
+from bigbatch.workdir.runlog import MetricsLog, read_rows
 
 
 def events(workdir):

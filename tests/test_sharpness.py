@@ -8,7 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from bigbatch import sharding as shd
-from bigbatch import sharpness
+from bigbatch.measure import sharpness
 from bigbatch.models.small import MLP
 
 # a 10-parameter pytree: power iteration must not assume one flat vector

@@ -18,12 +18,13 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from small_run import small_config
 
-from bigbatch import checkpoint as ckpt
-from bigbatch import data, sharpness
+from bigbatch import data
 from bigbatch import train as bbtrain
 from bigbatch.cli import main
-from bigbatch.experiment import Experiment
+from bigbatch.measure import sharpness
 from bigbatch.step import cross_entropy
+from bigbatch.train.experiment import Experiment
+from bigbatch.workdir import checkpoint as ckpt
 
 SHORT = {
   "schedule.name": "cosine",

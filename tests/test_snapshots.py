@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from small_run import CONFIG, overrides, small_config, start
 
-from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
 from bigbatch import data
-from bigbatch import snapshots as snaps
 from bigbatch import train as bbtrain
 from bigbatch.cli import main
 from bigbatch.cli.ensemble import format_ensemble
-from bigbatch.experiment import Experiment
+from bigbatch.train.experiment import Experiment
+from bigbatch.workdir import checkpoint as ckpt
+from bigbatch.workdir import snapshots as snaps
 
 SGDR = {
   "schedule.name": "sgdr",

@@ -174,9 +174,9 @@ def test_a_record_from_before_the_spec_reads_with_the_defaults():
 
 
 def test_a_python_object_is_recorded_by_its_import_path():
-  from bigbatch.losses import classification
+  from bigbatch.step.losses import classification
 
   made = spec.ModelSpec(spec.MeshSpec, {})
   assert made.to_dict()["name"] == "bigbatch.spec.system:MeshSpec"
-  assert spec.import_path(classification) == "bigbatch.losses:classification"
+  assert spec.import_path(classification) == "bigbatch.step.losses:classification"
   assert spec.import_path(lambda split: split) == "<in-memory>"

@@ -16,7 +16,7 @@ from bigbatch import config as bbconfig
 from bigbatch import optim, plan_phases, schedules
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.models import create_model
+from bigbatch.models import compute_dtype, create_model
 
 EXAMPLE = {
   "inputs": jax.ShapeDtypeStruct((6, 6, 3), jnp.float32),
@@ -235,9 +235,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
   optimizer = optim.sgd_momentum(0.1, momentum=0.9)
   results = {}
   for dtype in ("float32", "bfloat16"):
-    model = create_model(
-      "tiny_cnn", num_classes=10, ghost_batch_size=2, dtype=st.compute_dtype(dtype)
-    )
+    model = create_model("tiny_cnn", num_classes=10, ghost_batch_size=2, dtype=compute_dtype(dtype))
     state, steps = setup(model, optimizer, mesh, ghost=2)
     batch = shd.global_batch(mesh, make_batch(16, 0), 16)
     hlo = steps.compiled(16).as_text()
@@ -247,14 +245,14 @@ def test_bfloat16_compute_keeps_float32_parameters():
     assert {leaf.dtype for leaf in jax.tree.leaves(state.opt_state)} >= {jnp.dtype("float32")}
     results[dtype] = jax.device_get(metrics)
   assert results["bfloat16"]["loss"] == pytest.approx(results["float32"]["loss"], rel=2e-2)
-  assert st.compute_dtype("auto") == jnp.float32  # on CPU
+  assert compute_dtype("auto") == jnp.float32  # on CPU
 
 
 PERSISTENT_CACHE_RUN = """
 import jax, jax.numpy as jnp
 from jax import monitoring
 from bigbatch import optim, sharding, step
-from bigbatch.models import create_model
+from bigbatch.models import compute_dtype, create_model
 
 events = []
 monitoring.register_event_listener(lambda event, **_: events.append(event))
@@ -289,7 +287,7 @@ def test_persistent_compilation_cache_spares_a_restarted_run_the_compile(tmp_pat
 
 
 def test_micro_batches_take_the_same_block_of_every_device():
-  from bigbatch.accumulate import micro_batches
+  from bigbatch.step.accumulate import micro_batches
 
   batch = {"x": jnp.arange(16)}
   split = micro_batches(batch, count=2, shards=2)["x"]
@@ -319,8 +317,8 @@ def test_an_accumulated_update_equals_the_whole_batch_update(model_name, ghost, 
 def test_a_checkpoint_of_state_format_1_restores_with_a_fresh_noise_smoothing(tmp_path):
   """Checkpoints written before B_simple had bounds hold the noise means alone: they
   restore as written (checked against their checksums), with the smoothing started again."""
-  from bigbatch import checkpoint as ckpt
-  from bigbatch import gradients as gn
+  from bigbatch.step import gradients as gn
+  from bigbatch.workdir import checkpoint as ckpt
 
   mesh = shd.make_mesh(devices=jax.devices()[:2])
   model = create_model("cnn1d", num_classes=10, ghost_batch_size=4)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bigbatch import checkpoint as ckpt
 from bigbatch import config as bbconfig
 from bigbatch import train as bbtrain
 from bigbatch.cli import main
+from bigbatch.train import data_position
+from bigbatch.workdir import checkpoint as ckpt
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
@@ -95,14 +96,14 @@ def test_mnist1d_trains_well_above_chance_and_logs(data_dir, tmp_path):
     assert all(np.isfinite(v) and v >= 0 for _, v in board.get(tag, [])), tag
   import re
 
-  from bigbatch import report
+  from bigbatch.plan import report
 
   forms = re.compile(r"^(—|> [\d,]+|< [\d,]+|[\d,]+ \[[\d,]+, [\d,]+\])$")
   keys = ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high")
   for phase in summary["phases"]:  # what the summary prints is one of its forms
     cell = report.format_noise_scale(*(phase.get(k) for k in keys))
     assert forms.match(cell), cell
-    assert cell in bbtrain.format_summary(summary)
+    assert cell in report.format_summary(summary)
   assert {r["batch_size"] for r in train_rows} == {32.0, 160.0, 800.0}
   evals = [r for r in rows if "eval_accuracy" in r]
   assert [round(r["epoch"]) for r in evals] == [2, 4, 6]
@@ -136,7 +137,7 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(data_dir, tmp_
   first = bbtrain.train_and_evaluate(config, tmp_path / "split", stop_at_step=stop, progress=False)
   assert first["status"] == "preempted" and first["step"] == stop
   record = ckpt.Checkpoints(tmp_path / "split" / "checkpoints").record(stop)
-  assert record["position"] == bbtrain._position(plan, stop)
+  assert record["position"] == data_position(plan, stop)
   bbtrain.train_and_evaluate(config, tmp_path / "split", progress=False)
   step_a, whole = final_params(tmp_path / "whole")
   step_b, split = final_params(tmp_path / "split")

@@ -219,7 +219,7 @@ def _switch_ratio(mode: str, batch_sizes: tuple[int, int], lead: float) -> tuple
   comes from `adaptive.next_phase`, is compiled in the background as the
   trainer does, and the learning rate changes in the optimizer's state.
   """
-  from bigbatch import adaptive
+  from bigbatch.plan import adaptive
 
   mesh, model, inputs, small = mnist_setup(batch_sizes[0])
   tx = optim.sgd_momentum(0.1, momentum=0.9)

@@ -84,8 +84,9 @@ def bigbatch_batches(root: str, steps: int, float32: bool = False):
 
   import tensorflow as tf
 
-  from bigbatch import data, inputs
+  from bigbatch import data
   from bigbatch.data import preprocess
+  from bigbatch.step import inputs
 
   source = data.load_split(
     {"name": "imagenet2012", "data_dir": os.path.join(root, "array_record")}, "train"

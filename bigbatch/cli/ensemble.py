@@ -12,10 +12,11 @@ from bigbatch.cli import args
 
 def ensemble(argv: list[str]) -> int:
   """`bigbatch ensemble --workdir DIR [--last M] [--json]`."""
-  from bigbatch import checkpoint, data, sharding
-  from bigbatch import snapshots as snaps
+  from bigbatch import data, sharding
   from bigbatch.config import ConfigError
-  from bigbatch.experiment import Experiment
+  from bigbatch.train.experiment import Experiment
+  from bigbatch.workdir import checkpoint
+  from bigbatch.workdir import snapshots as snaps
 
   def define(values):
     flags.DEFINE_integer(

@@ -18,9 +18,10 @@ COMMAND = "lr-find"
 
 def lr_find(argv: list[str]) -> int:
   """`bigbatch lr-find --config FILE [--start --end --steps --batch-sizes --out --json]`."""
-  from bigbatch import data, lr_range, memory, sharding
-  from bigbatch import lr_find as maths
+  from bigbatch import data, sharding
   from bigbatch.config import ConfigError, read
+  from bigbatch.measure import lr_find as maths
+  from bigbatch.measure import lr_range, memory
 
   values = args.parse(COMMAND, argv, _define)
   try:
@@ -116,8 +117,8 @@ def _is_main_process() -> bool:
 
 def _report(test, spec, rates, out: pathlib.Path, *, name: str, as_json: bool, log) -> int:
   """Prints the tests (and the fit), draws the PNG; 1 if a suggestion or the fit failed."""
-  from bigbatch import lr_find as maths
-  from bigbatch import lr_range
+  from bigbatch.measure import lr_find as maths
+  from bigbatch.measure import lr_range
 
   log(lr_range.format_table(test.curves, rates))
   problems = []

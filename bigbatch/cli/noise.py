@@ -12,8 +12,8 @@ from bigbatch.cli import args
 
 def noise(argv: list[str]) -> int:
   """`bigbatch noise --workdir DIR [--out PNG]`: a run's batch and measured noise scale."""
-  from bigbatch import checkpoint, report, runlog
-  from bigbatch.workdir import WorkdirError
+  from bigbatch.plan import report
+  from bigbatch.workdir import WorkdirError, checkpoint, runlog
 
   def define(values):
     flags.DEFINE_string("out", None, "the PNG (default: WORKDIR/noise.png)", flag_values=values)
@@ -38,7 +38,7 @@ def noise(argv: list[str]) -> int:
 
 def _planned_phases(directory: pathlib.Path) -> list[dict] | None:
   """The phases of the latest checkpoint's plan (None: no checkpoint yet)."""
-  from bigbatch import checkpoint
+  from bigbatch.workdir import checkpoint
 
   if not directory.is_dir():
     return None

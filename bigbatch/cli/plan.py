@@ -12,9 +12,11 @@ from bigbatch.cli import args
 
 
 def plan(argv: list[str]) -> int:
-  from bigbatch import adaptive, build, memory, report
   from bigbatch.config import ConfigError, read
-  from bigbatch.experiment import Experiment
+  from bigbatch.measure import memory
+  from bigbatch.plan import adaptive, report
+  from bigbatch.train import build
+  from bigbatch.train.experiment import Experiment
 
   def define(values):
     args.define_workdir(values)
@@ -58,7 +60,8 @@ def plan(argv: list[str]) -> int:
 
 def _decided_so_far(plan, workdir: str | None):
   """With `--workdir` of an adaptive run: the plan of the phases its checkpoint has decided."""
-  from bigbatch import adaptive, checkpoint
+  from bigbatch.plan import adaptive
+  from bigbatch.workdir import checkpoint
 
   directory = pathlib.Path(workdir or "") / "checkpoints"
   if not workdir or not directory.is_dir():
@@ -80,9 +83,10 @@ def _decided_so_far(plan, workdir: str | None):
 
 
 def probe(argv: list[str]) -> int:
-  from bigbatch import data, memory, sharding
+  from bigbatch import data, sharding
   from bigbatch.config import ConfigError, read
-  from bigbatch.experiment import Experiment
+  from bigbatch.measure import memory
+  from bigbatch.train.experiment import Experiment
 
   values = args.parse("probe", argv, args.define_workdir)
   try:

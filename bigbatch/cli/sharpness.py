@@ -12,9 +12,10 @@ from bigbatch.cli import args
 def sharpness(argv: list[str]) -> int:
   """`bigbatch sharpness --workdir DIR [--step N] [--examples 2048] [--epsilon 1e-3]
   [--iterations 50] [--json]`."""
-  from bigbatch import checkpoint, data, sharding
-  from bigbatch import sharpness as measure
+  from bigbatch import data, sharding
   from bigbatch.config import ConfigError
+  from bigbatch.measure import sharpness as measure
+  from bigbatch.workdir import checkpoint
 
   def define(values):
     flags.DEFINE_integer(

@@ -13,10 +13,11 @@ from bigbatch.cli import args
 
 
 def train(argv: list[str]) -> int:
-  from bigbatch import checkpoint, data, sharding
+  from bigbatch import data, sharding
   from bigbatch import workdir as workdir_lib
   from bigbatch.config import ConfigError, read
   from bigbatch.recipe import DEFAULT_RECIPE
+  from bigbatch.workdir import checkpoint
 
   if args.config_path(argv) is None:  # MNIST-1D, increasing batch size, on CPU
     argv = ["--config", DEFAULT_RECIPE, *argv]

@@ -51,7 +51,7 @@ def to_pixels(image: tf.Tensor) -> tf.Tensor:
   """A resized float image as uint8 pixels: clipped to [0, 255], rounded to the nearest level.
 
   ImageNet's images leave the host as these and are normalised on the device
-  (`bigbatch.inputs`): a float32 image is four times the bytes to batch and to
+  (`bigbatch.step.inputs`): a float32 image is four times the bytes to batch and to
   send, and the host's two normalisation passes (a multiply and a subtract) cost
   about 0.25 ms of a 1.7 ms example on one core (docs/BENCHMARKS.md). Rounding moves a pixel by at most
   half a level, 0.0087 after ImageNet's normalisation.

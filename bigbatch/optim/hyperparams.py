@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from bigbatch.phases import Plan
+from bigbatch.plan.phases import Plan
 
 Hyperparam = float | jax.Array | optax.Schedule | Plan
 

@@ -14,8 +14,8 @@ piece gets its own block, typed.
 in; checkpoints store it, and `RunSpec.read` reads it again.
 """
 
-from bigbatch.fields import ConfigError
 from bigbatch.spec.block import import_path
+from bigbatch.spec.fields import ConfigError
 from bigbatch.spec.run import RunSpec
 from bigbatch.spec.system import (
   CheckpointSpec,

@@ -13,8 +13,8 @@ import types
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from bigbatch import fields
-from bigbatch.fields import ConfigError
+from bigbatch.spec import fields
+from bigbatch.spec.fields import ConfigError
 
 IN_MEMORY = "<in-memory>"  # what a record says of a source that is an object, not a path
 

@@ -6,11 +6,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from bigbatch import fields
-from bigbatch.fields import ConfigError, integer, one_of, positive, real
 from bigbatch.models import COMPUTE_DTYPES
-from bigbatch.spec import system, task
+from bigbatch.spec import fields, system, task
 from bigbatch.spec.block import Block, import_path, is_block, thaw
+from bigbatch.spec.fields import ConfigError, integer, one_of, positive, real
 
 _BLOCKS = {
   "schedule": task.ScheduleSpec,

@@ -7,9 +7,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from bigbatch import fields
-from bigbatch.fields import ConfigError, boolean, integer, positive, real
+from bigbatch.spec import fields
 from bigbatch.spec.block import Block
+from bigbatch.spec.fields import ConfigError, boolean, integer, positive, real
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,11 +8,13 @@ import types
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from bigbatch import adaptive, fields, optim
-from bigbatch.fields import ConfigError, boolean, integer, one_of, real, text
-from bigbatch.planner import STRATEGIES as PLANNED
+from bigbatch import optim
+from bigbatch.plan import adaptive
+from bigbatch.plan.planner import STRATEGIES as PLANNED
 from bigbatch.schedules import SCHEDULES, make_schedule
+from bigbatch.spec import fields
 from bigbatch.spec.block import Block, freeze, import_path, is_block, thaw
+from bigbatch.spec.fields import ConfigError, boolean, integer, one_of, real, text
 
 # `plan.max_batch_size` measured by the memory probe (`auto` on the command line).
 AUTO = -1
@@ -257,5 +259,5 @@ class PlanSpec(Block):
     return self.strategy in adaptive.STRATEGIES
 
   def settings(self) -> adaptive.Settings:
-    """The settings of an adaptive strategy (`bigbatch.adaptive`)."""
+    """The settings of an adaptive strategy (`bigbatch.plan.adaptive`)."""
     return adaptive.Settings.from_config({**self.to_dict(), "adapt": dict(self.adapt)})

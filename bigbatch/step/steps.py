@@ -1,13 +1,13 @@
-"""The train state, and the pure train and eval steps.
+"""The pure train and eval steps.
 
 `make_train_step` returns one pure function `train_step(state, batch) ->
-(state, metrics)`; `bigbatch.compiled.CompiledSteps` (re-exported here) jits
-it with explicit shardings and a donated state and compiles it once for each
-batch size a plan uses.
+(state, metrics)`; `bigbatch.step.CompiledSteps` jits it with explicit
+shardings and a donated state and compiles it once for each batch size a plan
+uses.
 
 A batch is a dict of arrays with the examples on the leading axis:
 `inputs` (any shape; uint8 images are normalised on the device, see
-`bigbatch.inputs`), `labels` (int32 class indices) and, for evaluation, `mask`
+`bigbatch.step.inputs`), `labels` (int32 class indices) and, for evaluation, `mask`
 (1 for a real example, 0 for padding).
 """
 
@@ -17,166 +17,27 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from bigbatch import gradients as gn
-from bigbatch import sharding as shd
-from bigbatch.accumulate import accumulate
-from bigbatch.compiled import CompiledSteps as CompiledSteps  # re-exported
-from bigbatch.compiled import CompileRecord as CompileRecord  # re-exported
-from bigbatch.compiled import abstract_state as abstract_state  # re-exported
-from bigbatch.compiled import enable_compilation_cache as enable_compilation_cache
-from bigbatch.inputs import Normalisation, model_inputs
-from bigbatch.losses import LossFn, classification
-from bigbatch.losses import cross_entropy as cross_entropy  # re-exported
 from bigbatch.models import COMPUTE_DTYPES as COMPUTE_DTYPES  # re-exported
 from bigbatch.models import compute_dtype as compute_dtype  # re-exported
-from bigbatch.models import init_rngs
-from bigbatch.optim import current_hyperparams, state_shardings
+from bigbatch.optim import current_hyperparams
+from bigbatch.step import gradients as gn
+from bigbatch.step.accumulate import accumulate
+from bigbatch.step.compiled import CompiledSteps as CompiledSteps  # re-exported
+from bigbatch.step.compiled import CompileRecord as CompileRecord  # re-exported
+from bigbatch.step.compiled import abstract_state as abstract_state  # re-exported
+from bigbatch.step.compiled import enable_compilation_cache as enable_compilation_cache
+from bigbatch.step.inputs import Normalisation, model_inputs
+from bigbatch.step.losses import LossFn, classification
+from bigbatch.step.losses import cross_entropy as cross_entropy  # re-exported
+from bigbatch.step.state import TrainState
 
 Batch = Mapping[str, Any]
-
-
-class TrainState(flax.struct.PyTreeNode):
-  """Everything a train step changes: one small pytree, `step` its clock.
-
-  Attributes:
-    step: updates done so far (int32).
-    params: the model's parameters (float32 whatever the compute dtype).
-    batch_stats: batch-norm running averages ({} for a model without).
-    opt_state: the optimizer's state.
-    noise: the smoothed gradient-noise estimates (`gradients.GradientNoise`;
-      zeros while the noise scale is not measured).
-  """
-
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  noise: gn.GradientNoise
-
-
-# The train state's layout in a checkpoint's record (`state_format`). 2: the
-# gradient noise keeps its second moments (`gradients.GradientNoise`); a
-# checkpoint without the field holds format 1, the means alone.
-STATE_FORMAT = 2
-
-
-def restore_train_state(checkpoints: Any, step: int, target: TrainState) -> TrainState:
-  """Checkpoint `step`'s train state, placed like `target`, from any state format.
-
-  A format-1 checkpoint restores as it was written and gets a fresh gradient
-  noise smoothing: its means have no second moments to give them bounds, so
-  the measurement starts again (within a horizon of examples) and everything
-  else resumes as saved. `checkpoints` is a `checkpoint.Checkpoints`.
-  """
-  if checkpoints.record(step).get("state_format", 1) >= STATE_FORMAT:
-    return checkpoints.restore(step, target)
-  noise = target.noise
-  legacy = target.replace(noise=gn.GradientNoiseFormat1(noise.sq_norm, noise.trace, noise.weight))
-  state = checkpoints.restore(step, legacy)
-  shardings = jax.tree.map(lambda leaf: leaf.sharding, noise)
-  return state.replace(noise=jax.device_put(gn.GradientNoise.zeros(), shardings))
-
-
-def init_train_state(
-  model: nn.Module,
-  optimizer: optax.GradientTransformation,
-  example_inputs: jax.ShapeDtypeStruct,
-  rng: jax.Array,
-) -> TrainState:
-  """A fresh train state (pure: use under `jax.eval_shape` or `jax.jit`).
-
-  `example_inputs` gives only the input's shape and dtype.
-  """
-  inputs = jnp.zeros(example_inputs.shape, example_inputs.dtype)
-  variables = model.init(init_rngs(rng), inputs, train=False)
-  params = variables["params"]
-  return TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    batch_stats=variables.get("batch_stats", {}),
-    opt_state=optimizer.init(params),
-    noise=gn.GradientNoise.zeros(),
-  )
-
-
-def train_state_shardings(
-  model: nn.Module,
-  optimizer: optax.GradientTransformation,
-  example_inputs: jax.ShapeDtypeStruct,
-  mesh: Mesh,
-  *,
-  fsdp_min_size: int = 2**14,
-) -> TrainState:
-  """Where each leaf of the train state lives, derived from `jax.eval_shape` of init.
-
-  Parameters follow `sharding.param_sharding` (replicated, or split along
-  `fsdp`); each optimizer moment is sharded as its parameter; the step,
-  batch-norm statistics and scalars are replicated.
-  """
-  abstract = jax.eval_shape(
-    lambda: init_train_state(model, optimizer, example_inputs, jax.random.key(0))
-  )
-  params = jax.tree.map(
-    lambda leaf: jax.ShapeDtypeStruct(
-      leaf.shape, leaf.dtype, sharding=shd.param_sharding(leaf, mesh, min_size=fsdp_min_size)
-    ),
-    abstract.params,
-  )
-  replicated = shd.replicated(mesh)
-  return TrainState(
-    step=replicated,
-    params=jax.tree.map(lambda leaf: leaf.sharding, params),
-    batch_stats=jax.tree.map(lambda _: replicated, abstract.batch_stats),
-    opt_state=state_shardings(optimizer, params),
-    noise=jax.tree.map(lambda _: replicated, abstract.noise),
-  )
-
-
-def abstract_train_state(
-  model: nn.Module,
-  optimizer: optax.GradientTransformation,
-  example_inputs: jax.ShapeDtypeStruct,
-  mesh: Mesh,
-  *,
-  fsdp_min_size: int = 2**14,
-) -> TrainState:
-  """A fresh train state's shapes, dtypes and shardings, nothing allocated (a restore target)."""
-  shardings = train_state_shardings(
-    model, optimizer, example_inputs, mesh, fsdp_min_size=fsdp_min_size
-  )
-  init = lambda: init_train_state(model, optimizer, example_inputs, jax.random.key(0))  # noqa: E731
-  return abstract_state(shardings, jax.eval_shape(init))
-
-
-def create_train_state(
-  model: nn.Module,
-  optimizer: optax.GradientTransformation,
-  example_inputs: jax.ShapeDtypeStruct,
-  mesh: Mesh,
-  *,
-  seed: int = 0,
-  fsdp_min_size: int = 2**14,
-) -> TrainState:
-  """Initialises the train state directly in place on `mesh` (no host copy).
-
-  `example_inputs` is the shape and dtype of the model's input, e.g.
-  `jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)`; `seed` seeds the
-  parameters; `fsdp_min_size` is the smallest parameter split along `fsdp`.
-  """
-  shardings = train_state_shardings(
-    model, optimizer, example_inputs, mesh, fsdp_min_size=fsdp_min_size
-  )
-  init = jax.jit(
-    lambda rng: init_train_state(model, optimizer, example_inputs, rng), out_shardings=shardings
-  )
-  return init(jax.random.key(seed))
 
 
 def _micro_batch_count(batch_size: int, micro_batch_size: int | None, data_shards: int) -> int:
@@ -275,7 +136,7 @@ def make_train_step(
     label_smoothing: weight of the uniform distribution in the targets.
     micro_batch_size: the largest global batch computed at once; a larger one
       (a multiple of it) sums its micro-batches' gradients
-      (`bigbatch.accumulate`). None: never split.
+      (`bigbatch.step.accumulate`). None: never split.
     data_shards: devices the batch is split over (for cutting micro-batches
       without moving examples between devices).
     mesh: each data-parallel group takes the gradient of its own examples and
@@ -294,7 +155,7 @@ def make_train_step(
     normalisation: the (mean, std) that uint8 inputs are normalised with on
       the device (`DatasetSpec.device_normalisation`); float inputs ignore it.
     loss_fn: `loss_fn(outputs, batch) -> (per-example loss, per-example metrics)`
-      (`bigbatch.losses`); None: classification, cross-entropy smoothed by
+      (`bigbatch.step.losses`); None: classification, cross-entropy smoothed by
       `label_smoothing`, and accuracy.
     rng_seed: the seed of the `dropout` stream a model gets in training:
       `fold_in(key(rng_seed), step)`, so a resumed run draws what it would have

@@ -33,7 +33,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tensorflow.core.util import event_pb2
 
-from bigbatch.workdir import WorkdirError, write_atomic
+from bigbatch.workdir.files import WorkdirError, write_atomic
 
 # What `tf.summary.scalar` writes, without needing the tensorboard package.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(

@@ -26,11 +26,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from bigbatch import data, lr_find, optim
+from bigbatch import data, optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.experiment import Experiment
+from bigbatch.measure import lr_find
 from bigbatch.spec import RunSpec
+from bigbatch.train.experiment import Experiment
 
 
 @dataclasses.dataclass(frozen=True)

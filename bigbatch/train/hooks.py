@@ -19,8 +19,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bigbatch import adaptive, noise
-from bigbatch.phases import Phase, Plan
+from bigbatch.plan import adaptive, noise
+from bigbatch.plan.phases import Phase, Plan
 
 __all__ = ["MOMENTS", "Hook", "NoiseWarning", "PolicyHook", "SnapshotHook", "StepInfo"]
 

@@ -2,7 +2,7 @@
 
 `Trainer(experiment, workdir).run()` checks everything it can before any long
 work (workdir, the plan on the mesh, data, checkpoint), then trains the plan
-in the phase loop (`bigbatch.loop`), resuming from the workdir's latest
+in the phase loop (`bigbatch.train.loop`), resuming from the workdir's latest
 checkpoint. `train_and_evaluate(config, workdir)` does the same from a config
 or a spec; it is what `bigbatch train` runs.
 
@@ -13,7 +13,7 @@ again, and the final checkpoint carries the final evaluation, so a finished
 run started again changes nothing. Each checkpoint also carries the run's
 resolved spec and its time so far, so the summary describes the whole run
 across restarts. With a restarting schedule the model at the end of each
-cycle is kept apart (`bigbatch.snapshots`), before the checkpoint of its step.
+cycle is kept apart (`bigbatch.workdir.snapshots`), before the checkpoint of its step.
 """
 
 from __future__ import annotations
@@ -29,19 +29,19 @@ from typing import Any
 import jax
 import tqdm
 
-from bigbatch import faults
 from bigbatch import sharding as shd
-from bigbatch import snapshots as snaps
 from bigbatch import step as st
 from bigbatch import workdir as wd
-from bigbatch.clock import Clock
-from bigbatch.experiment import Experiment
-from bigbatch.hooks import Hook, NoiseWarning, PolicyHook, SnapshotHook, StepInfo
-from bigbatch.loop import Loop, NonFiniteLossError, data_position
-from bigbatch.report import format_batch_arithmetic, format_plan, format_summary
-from bigbatch.run import Run, set_up
-from bigbatch.runlog import MetricsLog
+from bigbatch.plan.report import format_batch_arithmetic, format_plan, format_summary
 from bigbatch.spec import RunSpec
+from bigbatch.train.clock import Clock
+from bigbatch.train.experiment import Experiment
+from bigbatch.train.hooks import Hook, NoiseWarning, PolicyHook, SnapshotHook, StepInfo
+from bigbatch.train.loop import Loop, NonFiniteLossError, data_position
+from bigbatch.train.setup import Run, set_up
+from bigbatch.workdir import faults
+from bigbatch.workdir import snapshots as snaps
+from bigbatch.workdir.runlog import MetricsLog
 
 __all__ = ["NonFiniteLossError", "Trainer", "format_summary", "train_and_evaluate"]
 
@@ -100,7 +100,7 @@ class Trainer:
 
   def add_hook(self, fn: Callable[[StepInfo], Any], every: int | str = 1) -> None:
     """Calls `fn(info)` after every `every`-th step, or at each `"log"` or `"eval"`
-    (`bigbatch.hooks`)."""
+    (`bigbatch.train.hooks`)."""
     self.hooks.append(Hook(fn, every))
 
   def run(self, *, stop_at_step: int | None = None) -> dict[str, Any]:

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from bigbatch import faults
-from bigbatch.step import abstract_state  # re-exported: restore targets are built with it
+from bigbatch.step.compiled import abstract_state  # re-exported: restore targets are built with it
+from bigbatch.workdir import faults
 
 # Config fields that a checkpoint is tied to: a run that changes one of them
 # cannot continue from it.
@@ -191,7 +191,7 @@ class Checkpoints:
   def save(self, step: int, state: Any, record: Mapping[str, Any], *, fault: str = "save") -> None:
     """Saves `state` and the JSON `record` as checkpoint `step` (no-op if it exists).
 
-    `fault` names the `bigbatch.faults` point reached once the save is issued.
+    `fault` names the `bigbatch.workdir.faults` point reached once the save is issued.
 
     Raises:
       CheckpointSaveError: naming the directory and the cause, if this save

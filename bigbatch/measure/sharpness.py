@@ -39,11 +39,11 @@ import jax.numpy as jnp
 import optax
 from jax.tree_util import Partial
 
-from bigbatch import checkpoint as ckpt
 from bigbatch import step as st
-from bigbatch.experiment import Experiment
-from bigbatch.inputs import Normalisation, model_inputs
 from bigbatch.step import cross_entropy
+from bigbatch.step.inputs import Normalisation, model_inputs
+from bigbatch.train.experiment import Experiment
+from bigbatch.workdir import checkpoint as ckpt
 
 # Keskar et al.'s two box sizes (their tables report both).
 PAPER_EPSILONS = (1e-3, 5e-4)

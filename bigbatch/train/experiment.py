@@ -19,13 +19,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from bigbatch import adaptive, build, data, memory
+from bigbatch import data
 from bigbatch import sharding as shd
 from bigbatch import step as st
+from bigbatch.measure import memory
 from bigbatch.models import init_rngs
-from bigbatch.phases import Plan
+from bigbatch.plan import adaptive
+from bigbatch.plan.phases import Plan
 from bigbatch.spec import ConfigError, RunSpec
 from bigbatch.spec.block import IN_MEMORY
+from bigbatch.train import build
 
 __all__ = ["Experiment"]
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from bigbatch import noise
-from bigbatch.phases import Phase, Plan
+from bigbatch.plan import noise
+from bigbatch.plan.phases import Phase, Plan
 
 
 def _number(value: float) -> str:

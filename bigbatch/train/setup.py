@@ -15,12 +15,12 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from bigbatch import adaptive
-from bigbatch import checkpoint as ckpt
 from bigbatch import step as st
-from bigbatch.experiment import Experiment
-from bigbatch.phases import Plan
+from bigbatch.plan import adaptive
+from bigbatch.plan.phases import Plan
 from bigbatch.spec import RunSpec
+from bigbatch.train.experiment import Experiment
+from bigbatch.workdir import checkpoint as ckpt
 
 
 @dataclasses.dataclass

@@ -56,8 +56,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec
 
-from bigbatch import accumulate
 from bigbatch import sharding as shd
+from bigbatch.step import accumulate
 
 
 class GradientNoise(flax.struct.PyTreeNode):

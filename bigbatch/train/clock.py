@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bigbatch import step as st
-from bigbatch.phases import Plan
+from bigbatch.plan.phases import Plan
 
 # per-phase values a checkpoint carries besides the times
 _NOTES = ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high")

@@ -47,8 +47,8 @@ from typing import Any
 
 import optax
 
-from bigbatch import noise
-from bigbatch.phases import Phase, Plan
+from bigbatch.plan import noise
+from bigbatch.plan.phases import Phase, Plan
 
 STRATEGIES = ("plateau", "plateau_lr", "noise")
 MONITORS = ("train_loss", "eval_loss", "train_eval_loss", "eval_accuracy")

@@ -11,7 +11,7 @@ batch B as `lr_opt(B) = lr_max / (1 + B_noise / B)`, so two best rates fix
 config's (learning rate, batch) into a larger pair with the same noise.
 
 Everything here is NumPy and plain floats on the recorded (rate, loss)
-pairs, like `bigbatch.noise`: no training loop, nothing compiled.
+pairs, like `bigbatch.plan.noise`: no training loop, nothing compiled.
 """
 
 from __future__ import annotations

@@ -34,14 +34,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigbatch import build, data
-from bigbatch import checkpoint as ckpt
+from bigbatch import data
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.evaluate import split_sums
-from bigbatch.fields import ConfigError
-from bigbatch.inputs import model_inputs
 from bigbatch.schedules import CYCLICAL_MODES, Cyclical, Schedule, WarmRestarts, Warmup
+from bigbatch.spec.fields import ConfigError
+from bigbatch.step.inputs import model_inputs
+from bigbatch.train import build
+from bigbatch.train.evaluate import split_sums
+from bigbatch.workdir import checkpoint as ckpt
 
 # `snapshots` config field: auto keeps them when the schedule restarts.
 MODES = ("auto", "on", "off")

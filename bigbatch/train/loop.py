@@ -6,7 +6,7 @@ TPU). The data position is a function of the step (`data_position`, the one plac
 steps become examples), so a run resumed from any checkpoint continues
 exactly where it stopped, across batch-size changes. Beside the steps it
 logs metrics rows, evaluates, saves checkpoints, and calls its hooks
-(`bigbatch.hooks`): what is logged up to a checkpoint's step is on disk
+(`bigbatch.train.hooks`): what is logged up to a checkpoint's step is on disk
 before the checkpoint is saved.
 """
 
@@ -20,15 +20,17 @@ from typing import Any
 import jax
 import tqdm
 
-from bigbatch import adaptive, data, faults, noise, optim
+from bigbatch import data, optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.clock import Clock
-from bigbatch.evaluate import Evaluator
-from bigbatch.hooks import NOISE_KEYS, Hook, StepInfo
-from bigbatch.phases import Phase, Plan
-from bigbatch.run import Run
-from bigbatch.runlog import MetricsLog
+from bigbatch.plan import adaptive, noise
+from bigbatch.plan.phases import Phase, Plan
+from bigbatch.train.clock import Clock
+from bigbatch.train.evaluate import Evaluator
+from bigbatch.train.hooks import NOISE_KEYS, Hook, StepInfo
+from bigbatch.train.setup import Run
+from bigbatch.workdir import faults
+from bigbatch.workdir.runlog import MetricsLog
 
 __all__ = ["Loop", "NonFiniteLossError", "compiles_in_background", "data_position"]
 

@@ -15,7 +15,7 @@ import numpy as np
 from bigbatch import data
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.run import Run
+from bigbatch.train.setup import Run
 
 
 class Evaluator:

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bigbatch import noise
-from bigbatch.phases import Phase, Plan
+from bigbatch.plan import noise
+from bigbatch.plan.phases import Phase, Plan
 from bigbatch.schedules import Schedule
 
 __all__ = ["NOISE_RULES", "STRATEGIES", "PlanError", "plan_phases"]  # Phase, Plan: phases.py

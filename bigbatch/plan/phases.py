@@ -1,6 +1,6 @@
 """A plan's parts: phases of training at one batch size each, and the plan that holds them.
 
-`bigbatch.planner` derives plans from a schedule; `bigbatch.adaptive` builds
+`bigbatch.plan.planner` derives plans from a schedule; `bigbatch.plan.adaptive` builds
 them from decisions taken while training. Both describe them with these.
 """
 

@@ -2,7 +2,7 @@
 
 Each builder takes the typed spec (`bigbatch.spec.RunSpec`) and only what it
 needs besides; a value the planner, a model or a loss refuses becomes a
-`ConfigError` that names the config field. `bigbatch.experiment` calls them
+`ConfigError` that names the config field. `bigbatch.train.experiment` calls them
 in order; nothing here compiles or reads data.
 """
 
@@ -17,14 +17,16 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from bigbatch import adaptive, gradients, losses, optim
+from bigbatch import optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import compute_dtype, create_model, init_rngs
-from bigbatch.phases import Plan
-from bigbatch.planner import PlanError, plan_phases
+from bigbatch.plan import adaptive
+from bigbatch.plan.phases import Plan
+from bigbatch.plan.planner import PlanError, plan_phases
 from bigbatch.schedules import Schedule, make_schedule
 from bigbatch.spec import ConfigError, RunSpec
+from bigbatch.step import gradients, losses
 
 # Planner arguments and the config fields they come from, for error messages.
 _PLAN_FIELDS = {
