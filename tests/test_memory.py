@@ -8,7 +8,7 @@ import pytest
 
 from bigbatch import config as bbconfig
 from bigbatch.cli import main
-from bigbatch.measure import memory
+from bigbatch.step import memory
 from bigbatch.train.experiment import Experiment
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"

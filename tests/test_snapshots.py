@@ -18,6 +18,7 @@ from bigbatch import data
 from bigbatch import train as bbtrain
 from bigbatch.cli import main
 from bigbatch.cli.ensemble import format_ensemble
+from bigbatch.train import build
 from bigbatch.train.experiment import Experiment
 from bigbatch.workdir import checkpoint as ckpt
 from bigbatch.workdir import snapshots as snaps
@@ -32,6 +33,11 @@ SGDR = {
 }
 CYCLE_ENDS = [16, 32, 48, 64]  # 32 steps an epoch
 SMALL_MODEL = {"model.channels": (8, 8), "model.strides": (2, 2)}  # in-process runs only
+
+
+def _spec_and_schedule(config):
+  spec = bbconfig.read(config)
+  return spec, build.schedule_of(spec)
 
 
 def train(data_dir, workdir, **options):
@@ -77,13 +83,13 @@ def snapshot_records(workdir):
 )
 def test_cycle_ends_follow_the_schedule(data_dir, fields, ends):
   config = small_config(data_dir, num_epochs=5, **fields)
-  assert snaps.snapshot_epochs(bbconfig.read(config)) == pytest.approx(ends)
+  assert snaps.snapshot_epochs(*_spec_and_schedule(config)) == pytest.approx(ends)
 
 
 def test_on_with_a_schedule_that_does_not_restart_is_refused(data_dir):
   config = small_config(data_dir, snapshots="on")  # the small run's step decay
   with pytest.raises(bbconfig.ConfigError, match="snapshots: 'on' needs a restarting schedule"):
-    snaps.snapshot_epochs(bbconfig.read(config))
+    snaps.snapshot_epochs(*_spec_and_schedule(config))
 
 
 def test_one_snapshot_per_cycle_end_kept_apart_from_the_checkpoints(trained):

@@ -14,6 +14,7 @@ def ensemble(argv: list[str]) -> int:
   """`bigbatch ensemble --workdir DIR [--last M] [--json]`."""
   from bigbatch import data, sharding
   from bigbatch.config import ConfigError
+  from bigbatch.measure import ensemble
   from bigbatch.train.experiment import Experiment
   from bigbatch.workdir import checkpoint
   from bigbatch.workdir import snapshots as snaps
@@ -47,7 +48,7 @@ def ensemble(argv: list[str]) -> int:
     experiment = Experiment.from_record(records[-1])
     target = experiment.variables_target()
     members = [store.restore(record["step"], target) for record in records]
-    results = snaps.evaluate_ensemble(experiment, members)
+    results = ensemble.evaluate_ensemble(experiment, members)
   except (ConfigError, data.DataError, sharding.ShardingError, checkpoint.CheckpointError) as error:
     return args.fail("ensemble", str(error))
   finally:

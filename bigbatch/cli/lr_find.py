@@ -21,7 +21,8 @@ def lr_find(argv: list[str]) -> int:
   from bigbatch import data, sharding
   from bigbatch.config import ConfigError, read
   from bigbatch.measure import lr_find as maths
-  from bigbatch.measure import lr_range, memory
+  from bigbatch.measure import lr_range
+  from bigbatch.step import memory
 
   values = args.parse(COMMAND, argv, _define)
   try:

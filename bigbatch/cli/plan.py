@@ -13,8 +13,8 @@ from bigbatch.cli import args
 
 def plan(argv: list[str]) -> int:
   from bigbatch.config import ConfigError, read
-  from bigbatch.measure import memory
   from bigbatch.plan import adaptive, report
+  from bigbatch.step import memory
   from bigbatch.train import build
   from bigbatch.train.experiment import Experiment
 
@@ -85,7 +85,7 @@ def _decided_so_far(plan, workdir: str | None):
 def probe(argv: list[str]) -> int:
   from bigbatch import data, sharding
   from bigbatch.config import ConfigError, read
-  from bigbatch.measure import memory
+  from bigbatch.step import memory
   from bigbatch.train.experiment import Experiment
 
   values = args.parse("probe", argv, args.define_workdir)

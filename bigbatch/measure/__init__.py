@@ -1,11 +1,12 @@
-"""Measurements of a model or a run: device memory, the learning-rate range, sharpness.
+"""Measurements of a model or a run: the learning-rate range, sharpness, snapshot ensembles.
 
-`memory` (the largest batch whose step fits in device memory), `lr_find` (the
-range test's maths), `lr_range` (the range test run on a spec) and
-`sharpness` (the Hessian's top eigenvalue and epsilon-sharpness of a
-checkpoint).
+`lr_find` (the range test's maths), `lr_range` (the range test run on an
+experiment), `sharpness` (the Hessian's top eigenvalue and epsilon-sharpness
+of a checkpoint) and `ensemble` (a run's snapshots as one ensemble). The
+memory probe, which sizes the batch before an experiment is built, is
+`bigbatch.step.memory`.
 """
 
-from bigbatch.measure.memory import ProbeError, ProbeResult, probe
+from bigbatch.measure.ensemble import evaluate_ensemble
 
-__all__ = ["ProbeError", "ProbeResult", "probe"]
+__all__ = ["evaluate_ensemble"]

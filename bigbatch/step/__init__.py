@@ -10,6 +10,7 @@ becomes on the device) and `losses` (the task: per-example loss and metrics).
 from bigbatch.step.compiled import CompiledSteps, CompileRecord, enable_compilation_cache
 from bigbatch.step.gradients import GradientNoise
 from bigbatch.step.losses import LossFn, classification, cross_entropy
+from bigbatch.step.memory import ProbeError, ProbeResult
 from bigbatch.step.state import (
   STATE_FORMAT,
   TrainState,
@@ -33,6 +34,8 @@ __all__ = [
   "CompiledSteps",
   "GradientNoise",
   "LossFn",
+  "ProbeError",
+  "ProbeResult",
   "TrainState",
   "abstract_train_state",
   "classification",

@@ -22,12 +22,12 @@ import numpy as np
 from bigbatch import data
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.measure import memory
 from bigbatch.models import init_rngs
 from bigbatch.plan import adaptive
 from bigbatch.plan.phases import Plan
 from bigbatch.spec import ConfigError, RunSpec
 from bigbatch.spec.block import IN_MEMORY
+from bigbatch.step import memory
 from bigbatch.train import build
 
 __all__ = ["Experiment"]

@@ -34,6 +34,7 @@ from bigbatch import step as st
 from bigbatch import workdir as wd
 from bigbatch.plan.report import format_batch_arithmetic, format_plan, format_summary
 from bigbatch.spec import RunSpec
+from bigbatch.train import build
 from bigbatch.train.clock import Clock
 from bigbatch.train.experiment import Experiment
 from bigbatch.train.hooks import Hook, NoiseWarning, PolicyHook, SnapshotHook, StepInfo
@@ -132,7 +133,7 @@ class Trainer:
         experiment = Experiment.from_spec(
           experiment, devices=self.devices, workdir=workdir, say=say
         )
-      snapshot_epochs = snaps.snapshot_epochs(experiment.spec)
+      snapshot_epochs = snaps.snapshot_epochs(experiment.spec, build.schedule_of(experiment.spec))
       run = set_up(experiment, workdir, say)
       try:
         return _train(run, self._hooks(run, snapshot_epochs), stop_at_step, self.progress)
