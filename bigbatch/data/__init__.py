@@ -1,4 +1,5 @@
-"""Input: datasets through tensorflow-datasets, and the position-based pipeline."""
+"""Input: datasets through tensorflow-datasets (images, byte-level text), and the
+position-based pipeline."""
 
 from bigbatch.data.datasets import (
   DATASETS,
@@ -12,14 +13,19 @@ from bigbatch.data.datasets import (
 )
 from bigbatch.data.mnist1d import Mnist1d, Mnist1dConfig
 from bigbatch.data.pipeline import epoch_permutation, eval_batches, example_batch, train_batches
+from bigbatch.data.text import TEXT_DATASETS, TextCorpus, TextCorpusConfig, TokenSource
 
 __all__ = [
   "DATASETS",
+  "TEXT_DATASETS",
   "ArraySource",
   "DataError",
   "DatasetSpec",
   "Mnist1d",
   "Mnist1dConfig",
+  "TextCorpus",
+  "TextCorpusConfig",
+  "TokenSource",
   "dataset_spec",
   "epoch_permutation",
   "eval_batches",

@@ -1,7 +1,8 @@
 """The datasets bigbatch trains on, read through tensorflow-datasets.
 
-MNIST-1D (the embedded default) is generated into the tfds data dir the
-first time it is asked for. CIFAR-10 and ImageNet (`imagenet2012`) are read
+MNIST-1D (the embedded default) and the text corpora (`python_stdlib`, a
+`text` directory; see `text`) are generated into the tfds data dir the
+first time they are asked for. CIFAR-10 and ImageNet (`imagenet2012`) are read
 from a data dir the user prepared with tfds (`prepare_command`); a dataset
 that is not there is refused at once with where tfds looked and how to prepare it.
 Any other tfds dataset, and a Python source, come through `external`.
@@ -9,7 +10,8 @@ Any other tfds dataset, and a Python source, come through `external`.
 Each split is a random-access *source* (examples by index), so that the
 input pipeline can put any example at any position of the stream: small
 datasets are held as arrays, ImageNet is read from its ArrayRecord files one
-batch at a time (`records.RecordSource`).
+batch at a time (`records.RecordSource`), text is cut into sequences of
+byte tokens by index (`text.TokenSource`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from bigbatch.data import external
+from bigbatch.data import external, text
 from bigbatch.data import preprocess as pre
 from bigbatch.data.mnist1d import Mnist1d, Mnist1dConfig
 from bigbatch.data.preprocess import (  # noqa: F401  (re-exported: the datasets' statistics)
@@ -105,6 +107,8 @@ def spec_for(config_dataset: Mapping[str, Any]) -> DatasetSpec:
     return dataset_spec(name, config_dataset.get("image_size"))
   if config_dataset.get("image_size") is not None:
     raise DataError(f"dataset.image_size: only imagenet2012 takes one, not {name!r}")
+  if name in text.TEXT_DATASETS:
+    return text.text_spec(config_dataset, get_builder(config_dataset))
   return external.tfds_spec(config_dataset, data_dir(config_dataset), ", ".join(DATASETS))
 
 
@@ -121,17 +125,21 @@ def get_builder(config_dataset: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
   """The tfds builder of a config's `dataset` block.
 
   MNIST-1D is generated (once) at `dataset.num_train_examples` training
-  examples from `dataset.generator_seed`; any other dataset must already be
-  prepared in the data dir.
+  examples from `dataset.generator_seed`, a text corpus (once) from the files
+  it lists now; any other dataset must already be prepared in the data dir.
 
   Raises:
     DataError: for an unknown or unprepared dataset, saying where tfds
       looked and how to prepare it.
   """
+  if not config_dataset.get("source") and config_dataset.get("name") in text.TEXT_DATASETS:
+    directory = _checked_data_dir(config_dataset)
+    config = text.corpus_config(config_dataset)
+    return _prepared(
+      lambda: text.TextCorpus(data_dir=directory, config=config), text.TFDS_NAME, directory
+    )
   spec = spec_for(config_dataset)
-  directory = data_dir(config_dataset)
-  if os.path.exists(directory) and not os.path.isdir(directory):
-    raise DataError(f"dataset.data_dir: {directory} exists and is not a directory")
+  directory = _checked_data_dir(config_dataset)
   if spec.tfds_name == "mnist1d":
     wanted = Mnist1dConfig(
       num_train_examples=int(config_dataset.get("num_train_examples", 50_000)),
@@ -144,21 +152,33 @@ def get_builder(config_dataset: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
         data_dir=directory, config=wanted.name if wanted.name in predefined else wanted
       )
 
-    builder = make()
-    if not builder.is_prepared():
-      try:
-        builder.download_and_prepare()
-      except FileExistsError:  # another process (same data dir) finished first
-        builder = make()
-        if not builder.is_prepared():
-          raise
-      except OSError as error:  # generating needs a data dir it can write
-        reason = error.strerror or str(error).splitlines()[0]
-        raise DataError(
-          f"dataset.data_dir: cannot generate mnist1d in {directory}: {reason}"
-        ) from None
-    return builder
+    return _prepared(make, "mnist1d", directory)
   return tfds.builder(spec.tfds_name, data_dir=directory)
+
+
+def _checked_data_dir(config_dataset: Mapping[str, Any]) -> str:
+  directory = data_dir(config_dataset)
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise DataError(f"dataset.data_dir: {directory} exists and is not a directory")
+  return directory
+
+
+def _prepared(make, name: str, directory: str) -> tfds.core.DatasetBuilder:
+  """`make()`'s builder of a dataset bigbatch generates, generated the first time."""
+  builder = make()
+  if not builder.is_prepared():
+    try:
+      builder.download_and_prepare()
+    except FileExistsError:  # another process (same data dir) finished first
+      builder = make()
+      if not builder.is_prepared():
+        raise
+    except OSError as error:  # generating needs a data dir it can write
+      reason = error.strerror or str(error).splitlines()[0]
+      raise DataError(
+        f"dataset.data_dir: cannot generate {name} in {directory}: {reason}"
+      ) from None
+  return builder
 
 
 def prepare_command(name: str, directory: str, in_memory: bool = True) -> str:
@@ -197,6 +217,8 @@ def load_split(config_dataset: Mapping[str, Any], split: str) -> ArraySource | R
   """The train or eval split (`split` is "train" or "eval") of a `dataset` block."""
   if config_dataset.get("source"):
     return external.source_split(config_dataset, split)
+  if config_dataset.get("name") in text.TEXT_DATASETS:
+    return text.token_source(config_dataset, get_builder(config_dataset), split)
   spec = spec_for(config_dataset)
   builder = get_builder(config_dataset)
   name = spec.train_split if split == "train" else spec.eval_split

@@ -228,13 +228,14 @@ def eval_batches(
 def example_batch(spec: DatasetSpec) -> Mapping[str, Any]:
   """Per-example shapes and dtypes of a training batch (for compiling the step).
 
-  ImageNet's inputs are uint8 (`DatasetSpec.device_normalisation`): the
-  executables compiled from this take the batches the pipeline yields as they are.
+  ImageNet's inputs are uint8 (`DatasetSpec.device_normalisation`), text's int32
+  tokens with a label per position (`DatasetSpec.label_shape`): the executables
+  compiled from this take the batches the pipeline yields as they are.
   """
   import jax
   import jax.numpy as jnp
 
   return {
     "inputs": jax.ShapeDtypeStruct(spec.input_shape, spec.input_dtype),
-    "labels": jax.ShapeDtypeStruct((), jnp.int32),
+    "labels": jax.ShapeDtypeStruct(spec.label_shape, jnp.int32),
   }

@@ -7,7 +7,7 @@ ImageNet's functions take the *encoded* JPEG and return uint8 pixels (`to_pixels
 which the step normalises on the device. Training decodes only its crop's
 pixels (`tf.io.decode_and_crop_jpeg`), yet gets the pixels that decoding the
 whole image and cropping it gives (bigbatch decoded whole images with PIL until
-it read ImageNet per batch; `tests/test_imagenet_input.py` holds the two equal):
+it read ImageNet per batch; `tests/data/test_imagenet_input.py` holds the two equal):
 - `dct_method="INTEGER_ACCURATE"` is libjpeg's accurate integer IDCT, which PIL
   uses; TF's default (the fast one) is off by up to 5 levels.
 - libjpeg-turbo's horizontal crop treats the window's left and right edges as

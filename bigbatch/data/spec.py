@@ -36,6 +36,16 @@ class DatasetSpec:
       no tf.data threads competing with the step for the cores. None: tf.data.
     input_key, label_key: the features holding an example's input and its
       class (in the pipeline the label is always `label`).
+    inputs_dtype: the dtype of a batch's `inputs`, where it is neither float32
+      nor uint8 pixels (int32 tokens); None: from `device_normalisation`.
+    label_shape: one example's label (`()`: a class; `(T,)`: a sequence's
+      next tokens).
+    tokens_per_example: the tokens an example holds (T for text), by which the
+      token clock counts examples; None: not a token dataset.
+    bytes_per_token: the text bytes a token stands for (1.0 for bytes), which
+      turns a loss in nats per token into bits per byte; None: not text.
+    num_train_examples: the training split's size, where the spec knows it
+      (text: derived from the corpus); None: `dataset.num_train_examples` says.
   """
 
   tfds_name: str
@@ -50,10 +60,17 @@ class DatasetSpec:
   host_preprocess: Callable[[np.ndarray], np.ndarray] | None = None
   input_key: str = "image"
   label_key: str = "label"
+  inputs_dtype: np.dtype | None = None
+  label_shape: tuple[int, ...] = ()
+  tokens_per_example: int | None = None
+  bytes_per_token: float | None = None
+  num_train_examples: int | None = None
 
   @property
   def input_dtype(self) -> np.dtype:
     """The dtype of a batch's `inputs` as the pipeline yields them."""
+    if self.inputs_dtype is not None:
+      return np.dtype(self.inputs_dtype)
     return np.dtype(np.uint8 if self.device_normalisation else np.float32)
 
 

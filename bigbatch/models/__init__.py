@@ -20,6 +20,7 @@ from bigbatch.models.inception import InceptionResNetV2
 from bigbatch.models.plugins import NNXModel, build, import_model
 from bigbatch.models.resnet import ResNet, WideResNet
 from bigbatch.models.small import MLP, ConvNet
+from bigbatch.models.transformer import PRESETS, Transformer
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
@@ -51,6 +52,8 @@ MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
   "tiny_cnn": (ConvNet, {"channels": (8, 16), "kernel": (3, 3), "strides": (1, 2)}),
   # no batch norm: for checks that must not depend on how the batch is split
   "mlp": (MLP, {"features": (32, 32)}),
+  # a byte-level language model; vocab_size is the dataset's classes
+  "transformer": (Transformer, {k: v for k, v in PRESETS["lm_tiny"].items() if k != "vocab_size"}),
 }
 
 
@@ -109,6 +112,7 @@ __all__ = [
   "InceptionResNetV2",
   "NNXModel",
   "ResNet",
+  "Transformer",
   "WideResNet",
   "create_model",
   "init_rngs",

@@ -70,9 +70,10 @@ _SCHEDULE_FIELDS = tuple(p for p in inspect.signature(make_schedule).parameters 
 class DataSpec(Block):
   """`dataset`: a built-in dataset or any tfds dataset by `name` (read from its
   `builder.info`), or a Python data `source` (an import path or an object); see
-  docs/MODELS.md for each field."""
+  docs/MODELS.md for each field. The text datasets (`python_stdlib`, or `text` with
+  `text_dir`) take `sequence_length` and derive `num_train_examples` from the corpus."""
 
-  num_train_examples: int
+  num_train_examples: int | None = None
   name: str | None = None
   source: Any = None
   generator_seed: int = 42
@@ -84,19 +85,38 @@ class DataSpec(Block):
   eval_split: str | None = None
   preprocess: str | None = None
   num_classes: int | None = None
+  text_dir: str | None = None
+  sequence_length: int | None = None
 
+  # `bigbatch.data.TEXT_DATASETS`, named here so that reading a config imports no TensorFlow
+  TEXT_DATASETS: ClassVar[tuple[str, ...]] = ("python_stdlib", "text")
   _PREFIX = "dataset."
   _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
-    "num_train_examples": integer(1),
+    # unset only for text (checked below); the message otherwise is `integer(1)`'s
+    "num_train_examples": lambda field, value: None if value is None else integer(1)(field, value),
     "generator_seed": integer(0),
     "image_size": integer(1, optional=True),
     "name": text(optional=True),
+    "text_dir": text(optional=True),
+    "sequence_length": integer(1, optional=True),
   }
 
   def __post_init__(self) -> None:
     super().__post_init__()
+    is_text = self.source is None and self.name in self.TEXT_DATASETS
+    if self.num_train_examples is None and not is_text:
+      raise ConfigError("dataset.num_train_examples: missing from the config")
     if self.name is None and self.source is None:
       raise ConfigError("dataset.name: missing from the config (or set dataset.source)")
+    which = repr(self.name) if self.source is None else "a dataset.source"
+    if is_text and self.sequence_length is None:
+      raise ConfigError(f"dataset.sequence_length: missing from the config ({self.name} needs it)")
+    if not is_text and self.sequence_length is not None:
+      raise ConfigError(
+        f"dataset.sequence_length: only python_stdlib and text take one, not {which}"
+      )
+    if self.text_dir is not None and (self.source is not None or self.name != "text"):
+      raise ConfigError(f"dataset.text_dir: only dataset.name 'text' takes one, not {which}")
 
   def block(self) -> dict[str, Any]:
     """The fields that are set, as the data layer reads them (`bigbatch.data.spec_for`)."""

@@ -14,7 +14,7 @@ import pytest
 from bigbatch import config as bbconfig
 from bigbatch.cli import args as cli_args
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 TOOL = ROOT / "tools" / "reproduce.py"
 
 

@@ -116,7 +116,7 @@ def test_cifar10_through_tfds_with_augmentation(tmp_path):
 
 
 def test_only_imagenet_takes_an_image_size():
-  # ImageNet's input itself: tests/test_imagenet_input.py (real JPEGs, reader processes)
+  # ImageNet's input itself: tests/data/test_imagenet_input.py (real JPEGs, reader processes)
   assert data.dataset_spec("imagenet2012", 299).input_shape == (299, 299, 3)
   with pytest.raises(data.DataError, match=r"dataset\.image_size: 64 is not allowed"):
     data.dataset_spec("cifar10", 64)

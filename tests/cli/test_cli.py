@@ -11,7 +11,7 @@ from ml_collections import config_flags
 
 from bigbatch import cli, config
 
-CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
+CONFIGS = pathlib.Path(__file__).parents[2] / "configs"
 
 # Recipe configs (with their variants) and the updates their plans must give.
 RECIPES = {
@@ -245,7 +245,7 @@ def test_a_field_given_twice_takes_its_last_value():
   """As every flag does; the flag parser alone would join two tuples into one."""
   from bigbatch.cli import args
 
-  config = str(pathlib.Path(__file__).parents[1] / "configs" / "mnist1d_increase_batch.py")
+  config = str(pathlib.Path(__file__).parents[2] / "configs" / "mnist1d_increase_batch.py")
   argv = ["--config", config, "--config.schedule.boundaries=(1.0,2.0)", "--config.seed", "3"]
   argv += ["--config.schedule.boundaries=(5.0,)", "--config.seed", "4"]
   values = args.parse("train", argv, lambda values: None)

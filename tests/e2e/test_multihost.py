@@ -10,7 +10,7 @@ from multihost_common import BATCH_SIZES, free_port, train
 
 from bigbatch import sharding
 
-HERE = pathlib.Path(__file__).parent
+HERE = pathlib.Path(__file__).parents[1]  # the helper scripts beside conftest.py
 
 
 def test_two_processes_feeding_their_own_slices_equal_one_process(tmp_path):

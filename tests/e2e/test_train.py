@@ -17,7 +17,7 @@ from bigbatch.cli import main
 from bigbatch.train import data_position
 from bigbatch.workdir import checkpoint as ckpt
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
+CONFIGS = pathlib.Path(__file__).parents[2] / "configs"
 
 
 def small_config(data_dir, *, examples=2048, epochs=6):

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-TOOLS = pathlib.Path(__file__).parents[1] / "tools"
+TOOLS = pathlib.Path(__file__).parents[2] / "tools"
 
 
 def load(name: str):

@@ -12,7 +12,7 @@ import bigbatch as bb
 from bigbatch import cli, config
 from bigbatch.schedules import make_schedule
 
-CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
+CONFIGS = pathlib.Path(__file__).parents[2] / "configs"
 MODES = ("triangular", "triangular2", "exp_range")
 
 

@@ -11,7 +11,7 @@ from bigbatch.cli import main
 from bigbatch.step import memory
 from bigbatch.train.experiment import Experiment
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
+CONFIGS = pathlib.Path(__file__).parents[2] / "configs"
 
 
 def probe_config(config, workdir=None, log=print):

@@ -21,7 +21,7 @@ from bigbatch import data
 from bigbatch.data import preprocess, records
 from bigbatch.step import inputs
 
-sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tools"))
+sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "tools"))
 import fake_imagenet
 
 

@@ -1,6 +1,7 @@
 """The train and eval steps: sharded equals unsharded, one compile per phase, exact sums."""
 
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -169,7 +170,9 @@ def test_batches_that_do_not_split_are_refused_before_compiling():
     steps.compiled(48)
   assert steps.compile_count == 0
 
-  config = bbconfig.load_sibling(__file__.replace("tests", "configs"), "mnist1d_base").get_config()
+  config = bbconfig.load_sibling(
+    str(pathlib.Path(__file__).parents[2] / "configs" / "x.py"), "mnist1d_base"
+  ).get_config()
   config.ghost_batch_size = 32
   plan = bbconfig.plan_from_config(config)
   with pytest.raises(bbconfig.ConfigError, match=r"batch_size: 128 must be .* of 256"):
@@ -184,7 +187,9 @@ def test_batches_that_do_not_split_are_refused_before_compiling():
 
 
 def test_model_from_config_names_bad_fields():
-  config = bbconfig.load_sibling(__file__.replace("tests", "configs"), "mnist1d_base").get_config()
+  config = bbconfig.load_sibling(
+    str(pathlib.Path(__file__).parents[2] / "configs" / "x.py"), "mnist1d_base"
+  ).get_config()
   model = bbconfig.model_from_config(config, num_classes=10)
   assert model.ghost_batch_size == 16 and model.dtype == jnp.float32
   config.model.name = "vgg"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import zipfile
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 
 INSTALLED_CHECK = """
 import json, pathlib, sys

@@ -4,7 +4,7 @@ import os
 import pathlib
 import subprocess
 
-SCRIPT = pathlib.Path(__file__).parents[1] / "tools" / "launch_tpu_pod.sh"
+SCRIPT = pathlib.Path(__file__).parents[2] / "tools" / "launch_tpu_pod.sh"
 
 
 def test_launch_creates_the_slice_and_runs_the_same_command_on_every_worker(tmp_path):

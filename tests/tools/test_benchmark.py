@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-TOOL = pathlib.Path(__file__).parents[1] / "tools" / "benchmark.py"
+TOOL = pathlib.Path(__file__).parents[2] / "tools" / "benchmark.py"
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """PowerSign and AddSign against a NumPy transcription of Bello et al. (2017)."""
 
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -192,7 +193,9 @@ def test_the_average_is_sharded_as_its_parameter():
 
 
 def mnist1d_config(**optimizer):
-  cfg = bbconfig.load_sibling(__file__.replace("tests", "configs"), "mnist1d_base").get_config()
+  cfg = bbconfig.load_sibling(
+    str(pathlib.Path(__file__).parents[2] / "configs" / "x.py"), "mnist1d_base"
+  ).get_config()
   cfg.optimizer = ml_collections.ConfigDict(optimizer)
   return cfg
 
