@@ -18,6 +18,7 @@ import types
 from typing import Any
 
 import flax.linen as nn
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -110,6 +111,11 @@ def train_step_from_config(
   normalisation: Any = None,
 ) -> tuple[Any, bool]:
   """The config's train step on `mesh`, and whether it measures the noise scale."""
-  dataset = types.SimpleNamespace(input_shape=input_shape, device_normalisation=normalisation)
+  dataset = types.SimpleNamespace(
+    input_shape=input_shape,
+    device_normalisation=normalisation,
+    model_input_dtype=np.dtype(np.float32),
+    bytes_per_token=None,
+  )
   step = build.train_step_of(read(config), model, optimizer, plan, mesh, dataset)
   return step.fn, step.measures_noise

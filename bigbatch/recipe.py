@@ -20,6 +20,7 @@ import ml_collections
 
 from bigbatch import spec
 from bigbatch.schedules import make_schedule
+from bigbatch.spec.clock import TOKEN_FIELDS
 from bigbatch.spec.fields import ConfigError
 
 # The recipes that ship with the package: found beside this file in a checkout
@@ -190,11 +191,45 @@ def set_run_fields(
   config.eval_every_epochs = float(eval_every_epochs)
   config.eval_batch_size = int(eval_batch_size)
   config.eval_train_examples = spec.EvalSpec().train_examples
+  config.eval_examples = spec.EvalSpec().examples
   config.checkpoint_every_steps = int(checkpoint_every_steps)
   config.keep_checkpoints = spec.CheckpointSpec().keep
   config.background_compile = defaults["background_compile"]
   config.noise = default_noise_config()
   config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
+  return config
+
+
+def to_token_clock(
+  config: ml_collections.ConfigDict, tokens: dict[str, Any]
+) -> ml_collections.ConfigDict:
+  """A config made by the blocks above, counting in tokens (a language model's; returns it).
+
+  Each field a token field stands for (`bigbatch.TOKEN_FIELDS`: `num_epochs`
+  -> `num_tokens`, `batch_size` -> `batch_tokens`, `schedule.warmup_epochs` ->
+  `schedule.warmup_tokens`, ...) is replaced by the token field, set from `tokens`
+  (dotted names) or left as a placeholder the command line can set.
+
+  Raises:
+    ConfigError: naming a key of `tokens` that is not a token field.
+  """
+  for name in tokens:
+    if name not in TOKEN_FIELDS:
+      raise ConfigError(f"{name}: not a token field; token fields: {', '.join(TOKEN_FIELDS)}")
+  for name, (twin, kind) in TOKEN_FIELDS.items():
+    *parents, last = twin.split(".")
+    block = config
+    for part in parents:
+      block = block.get(part) if block is not None else None
+    if block is None or last not in block:
+      continue
+    del block[last]
+    value = tokens.get(name)
+    if value is None:
+      value = ml_collections.config_dict.placeholder(
+        tuple if last == "boundaries" else int if kind == "batch" else float
+      )
+    block[name.rpartition(".")[2]] = value
   return config
 
 

@@ -155,6 +155,24 @@ def _last_of_each(args: list[str]) -> list[str]:
   return kept
 
 
+def _wrong_clock(config: ml_collections.ConfigDict, field: str) -> str | None:
+  """Why `field` is missing, where it is a field of the other clock (tokens or examples)."""
+  from bigbatch.spec.clock import TOKEN_FIELDS, is_token_clock
+
+  twins = {twin: name for name, (twin, _) in TOKEN_FIELDS.items()}
+  if is_token_clock(config) and field in twins:
+    return (
+      f"{field}: a language model counts in tokens (dataset.sequence_length is set); "
+      f"set {twins[field]} instead"
+    )
+  if not is_token_clock(config) and field in TOKEN_FIELDS:
+    return (
+      f"{field}: only for a language model (a text dataset with dataset.sequence_length); "
+      f"set {TOKEN_FIELDS[field][0]} instead"
+    )
+  return None
+
+
 def override_problem(config: ml_collections.ConfigDict, field: str) -> str | None:
   """What is wrong with setting `field` of `config`, naming it (None: nothing).
 
@@ -167,6 +185,9 @@ def override_problem(config: ml_collections.ConfigDict, field: str) -> str | Non
     if not isinstance(node, ml_collections.ConfigDict):
       return f"{field}: no such field ({where} is a value, not a block of fields)"
     if part not in node:
+      clock = _wrong_clock(config, field)
+      if clock:
+        return clock
       known = ", ".join(sorted(node.keys()))
       return f"{field}: no such field; {where or 'the config'} has: {known}"
     child = node[part]

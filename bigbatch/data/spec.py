@@ -67,6 +67,12 @@ class DatasetSpec:
   num_train_examples: int | None = None
 
   @property
+  def model_input_dtype(self) -> np.dtype:
+    """The dtype the model is called on: int32 tokens, else float32 (uint8 pixels are
+    normalised to float32 on the device first)."""
+    return np.dtype(self.inputs_dtype) if self.inputs_dtype is not None else np.dtype(np.float32)
+
+  @property
   def input_dtype(self) -> np.dtype:
     """The dtype of a batch's `inputs` as the pipeline yields them."""
     if self.inputs_dtype is not None:

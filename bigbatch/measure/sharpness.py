@@ -92,6 +92,7 @@ class _EvalLoss:
     inputs = model_inputs(batch["inputs"], self.normalisation)
     logits = self.model.apply(variables, inputs, train=False)
     losses = cross_entropy(logits, batch["labels"], self.label_smoothing)
+    losses = losses.mean(tuple(range(1, losses.ndim)))  # a sequence's: the mean of its tokens'
     if "mask" not in batch:
       return jnp.mean(losses)
     mask = batch["mask"].astype(losses.dtype)

@@ -90,7 +90,13 @@ def create_model(
   Raises:
     ValueError: naming `model.name` or the unknown `model.FIELD`.
   """
-  automatic = {"num_classes": num_classes, "ghost_batch_size": ghost_batch_size, "dtype": dtype}
+  # a language model's classes are its vocabulary
+  automatic = {
+    "num_classes": num_classes,
+    "vocab_size": num_classes,
+    "ghost_batch_size": ghost_batch_size,
+    "dtype": dtype,
+  }
   if not isinstance(name, str):  # the class or factory itself, from Python
     return build(name, getattr(name, "__qualname__", repr(name)), automatic, fields)
   if ":" in name:

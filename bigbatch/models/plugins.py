@@ -2,8 +2,9 @@
 
 `model.name` may be `"my_pkg.models:Net"`: a flax linen module class, a flax
 NNX module class, or a factory function. Its parameters come from the
-config's `model` block; `num_classes`, `dtype` and `ghost_batch_size` are
-passed when it takes them and the block does not set them.
+config's `model` block; `num_classes` (as `vocab_size` too, for a language
+model), `dtype` and `ghost_batch_size` are passed when it takes them and the
+block does not set them.
 
 An NNX module runs through `NNXModel`, flax's `nnx.bridge.ToLinen`: the
 module's `nnx.Param`s become the `params` collection and its
@@ -27,7 +28,7 @@ from flax.nnx import bridge
 from bigbatch.importing import import_object
 
 # what the trainer passes when a model takes it and the config does not set it
-AUTOMATIC = ("num_classes", "dtype", "ghost_batch_size")
+AUTOMATIC = ("num_classes", "vocab_size", "dtype", "ghost_batch_size")
 
 
 def _train_call(module: nnx.Module, x):

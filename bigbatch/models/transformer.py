@@ -285,6 +285,18 @@ class _Block(nnx.Module):
     return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
+# the fields `parameter_count` reads, at `Transformer`'s defaults
+_DEFAULTS = {
+  "vocab_size": 256,
+  "context_length": 256,
+  "num_layers": 4,
+  "width": 256,
+  "mlp_ratio": 4,
+  "positions": "learned",
+  "bias": True,
+}
+
+
 class Transformer(nnx.Module):
   """A decoder-only transformer language model: tokens in, next-token logits out.
 
@@ -349,6 +361,19 @@ class Transformer(nnx.Module):
     # dicts as every other model's; called by index, as "10" sorts before "2"
     self.blocks = nnx.Dict({str(i): _Block(**block) for i in range(num_layers)})
     self.final_norm = _layer_norm(width, bias=bias, dtype=dtype, rngs=rngs)
+
+  @staticmethod
+  def training_flops_per_token(sequence_length: int, **fields: Any) -> float:
+    """`flops_per_token` of a model with these fields (its defaults for the rest), for
+    MFU (`bigbatch.models.flops`)."""
+    fields = {**_DEFAULTS, **{k: v for k, v in fields.items() if k in _DEFAULTS}}
+    non_embedding = parameter_count(**fields, embeddings=False)
+    return flops_per_token(
+      num_layers=fields["num_layers"],
+      width=fields["width"],
+      sequence_length=sequence_length,
+      non_embedding_params=non_embedding,
+    )
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """Next-token logits.

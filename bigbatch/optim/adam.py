@@ -66,27 +66,39 @@ def _adam_family(
   return optax.chain(*parts)
 
 
-def _build(kind, learning_rate, b1, weight_decay, **static):
-  return optax.inject_hyperparams(_adam_family, static_args=_STATIC)(
+def _build(kind, learning_rate, b1, weight_decay, *, b2, eps, **static):
+  # b2 and eps that are numbers stay static, as in optax; a plan or a schedule of
+  # them (an Adam rule that moves them with the batch) lives in the state
+  moving = {
+    name: resolve(value, name, name)
+    for name, value in (("b2", b2), ("eps", eps))
+    if not isinstance(value, int | float)
+  }
+  fixed = {name: value for name, value in (("b2", b2), ("eps", eps)) if name not in moving}
+  return optax.inject_hyperparams(
+    _adam_family, static_args=tuple(k for k in _STATIC if k not in moving)
+  )(
     learning_rate=resolve(learning_rate, "learning_rate", "learning_rate", low=0.0),
     b1=resolve(b1, "b1", "momentum", low=0.0, high=1.0),
     weight_decay=resolve(weight_decay, "weight_decay", "weight_decay", low=0.0),
     kind=kind,
     use_decay=not is_zero(weight_decay),
+    **moving,
+    **fixed,
     **static,
   )
 
 
-def _check_b2(b2: float) -> None:
-  if not 0.0 <= b2 < 1.0:
+def _check_b2(b2: Hyperparam) -> None:
+  if isinstance(b2, int | float) and not 0.0 <= b2 < 1.0:
     raise ValueError(f"b2: must be in [0, 1), got {b2}")
 
 
 def adam(
   learning_rate: Hyperparam,
   b1: Hyperparam = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
+  b2: Hyperparam = 0.999,
+  eps: Hyperparam = 1e-8,
   *,
   eps_root: float = 0.0,
   mu_dtype: Any | None = None,
@@ -97,7 +109,9 @@ def adam(
   Args:
     learning_rate: float, optax schedule or `Plan`.
     b1: first-moment decay; float, schedule or `Plan` (its momentum).
-    b2, eps, eps_root, mu_dtype, nesterov: as in `optax.adam`.
+    b2, eps: as in `optax.adam`; a schedule or a `Plan` whose Adam rule moves them
+      (`bigbatch.plan.adam_rules`) keeps them in the optimizer's state.
+    eps_root, mu_dtype, nesterov: as in `optax.adam`.
   """
   _check_b2(b2)
   return _build(
@@ -118,8 +132,8 @@ def adam(
 def adamw(
   learning_rate: Hyperparam,
   b1: Hyperparam = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
+  b2: Hyperparam = 0.999,
+  eps: Hyperparam = 1e-8,
   *,
   weight_decay: Hyperparam = 1e-4,
   mask: Any | Callable[[optax.Params], Any] | None = None,
@@ -135,7 +149,8 @@ def adamw(
     learning_rate, b1: float, optax schedule or `Plan`.
     weight_decay: float, schedule or `Plan`.
     mask: which parameters are decayed, as in `optax.adamw`.
-    b2, eps, eps_root, mu_dtype, nesterov: as in `optax.adamw`.
+    b2, eps: as in `optax.adamw`; also a schedule or a `Plan` (see `adam`).
+    eps_root, mu_dtype, nesterov: as in `optax.adamw`.
   """
   _check_b2(b2)
   return _build(
@@ -156,8 +171,8 @@ def adamw(
 def amsgrad(
   learning_rate: Hyperparam,
   b1: Hyperparam = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
+  b2: Hyperparam = 0.999,
+  eps: Hyperparam = 1e-8,
   *,
   bias_correction: bool = True,
   eps_root: float = 0.0,
@@ -171,7 +186,8 @@ def amsgrad(
       before the maximum); False is the paper's algorithm,
       `m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; vmax = max(vmax, v);
       w -= lr m / (sqrt(vmax) + eps)`.
-    b2, eps, eps_root, mu_dtype: as in `optax.amsgrad`.
+    b2, eps: as in `optax.amsgrad`; also a schedule or a `Plan` (see `adam`).
+    eps_root, mu_dtype: as in `optax.amsgrad`.
   """
   _check_b2(b2)
   return _build(

@@ -30,7 +30,15 @@ the learning rate takes, as the `hybrid` plan does, so a decision always
 lowers the noise scale lr N / B by `factor`; at the cap the learning rate
 falls by the whole factor, down to `min_learning_rate`. The learning rate is
 otherwise held, for SGD as for Adam: the paper's increasing-batch schedules
-hold it for both (section 5.1 runs Adam on the same batch steps).
+hold it for both (section 5.1 runs Adam on the same batch steps). With
+`plan.adam_rule` set, a decision follows that rule instead
+(`bigbatch.plan.adam_rules`): under `sqrt` and `sde` the batch x k takes
+lr x sqrt(k), so a cut of the noise by `factor` is batch x factor with
+lr / sqrt(factor) (Seesaw), and `sde` and `beta2_halflife` move b1, b2 and
+eps with k. With the measured B_simple known, the rule does not raise the
+learning rate for the part of the batch past B_simple (Surge, Li et al.
+2024: Adam's best learning rate stops rising near B_noise); the decision
+says so.
 
 Each decision (step, data position, new batch, new learning rate, the reason
 and the measurement behind it) goes into the checkpoint and metrics, and
@@ -47,7 +55,7 @@ from typing import Any
 
 import optax
 
-from bigbatch.plan import noise
+from bigbatch.plan import adam_rules, noise
 from bigbatch.plan.phases import Phase, Plan
 
 STRATEGIES = ("plateau", "plateau_lr", "noise")
@@ -64,13 +72,32 @@ class Decision:
   learning_rate: float
   reason: str
   measurement: float | None  # what the reason names; None: not a number (unbounded)
+  # Adam's b1, b2 and eps from here, where the plan's Adam rule moves them (else None)
+  b1: float | None = None
+  b2: float | None = None
+  eps: float | None = None
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> Decision:
-    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+    """A recorded decision (one recorded before the Adam fields has none of them)."""
+    fields = dataclasses.fields(cls)
+    return cls(**{f.name: values[f.name] for f in fields if f.name in values})
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+  """What a decision changes: the batch, the learning rate, and Adam's b1, b2 and eps
+  where its rule moves them; `surge`: the learning rate was not raised past B_simple."""
+
+  batch_size: int
+  learning_rate: float
+  b1: float | None = None
+  b2: float | None = None
+  eps: float | None = None
+  surge: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +120,7 @@ class Settings:
   min_gain: float = 0.05
   max_batch_size: int | None = None
   batch_multiple: int = 1
+  adam_rule: str | None = None  # the plan's own field (`bigbatch.plan.adam_rules`)
 
   @classmethod
   def from_config(cls, plan: Mapping[str, Any]) -> Settings:
@@ -100,7 +128,7 @@ class Settings:
     `min_phase_epochs`, and the rest from its `adapt` block."""
     names = {f.name for f in dataclasses.fields(cls)}
     values = dict(plan.get("adapt") or {})
-    for key in ("strategy", "max_batch_size", "batch_multiple", "min_phase_epochs"):
+    for key in _SHARED:
       values[key] = plan.get(key)
     return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
@@ -130,8 +158,11 @@ class Settings:
 
 def default_config() -> dict[str, Any]:
   """The `plan.adapt` block: every field of `Settings` a config sets there, at its default."""
-  shared = {"strategy", "max_batch_size", "batch_multiple", "min_phase_epochs"}
-  return {f.name: f.default for f in dataclasses.fields(Settings) if f.name not in shared}
+  return {f.name: f.default for f in dataclasses.fields(Settings) if f.name not in _SHARED}
+
+
+# the fields of `Settings` that are the plan's own, not `plan.adapt`'s
+_SHARED = ("strategy", "max_batch_size", "batch_multiple", "min_phase_epochs", "adam_rule")
 
 
 def initial_plan(plan: Plan, strategy: str, learning_rate: float) -> Plan:
@@ -168,6 +199,12 @@ def plan_from_decisions(initial: Plan, decisions: list[Decision]) -> Plan:
   n, end_example = initial.dataset_size, round(initial.epochs * initial.dataset_size)
   starts = [(0, 0, first.batch_size, first.learning_rate, first.start_epoch)]
   starts += [(d.step, d.position, d.batch_size, d.learning_rate, d.position / n) for d in decisions]
+  adam = [(first.momentum, first.b2, first.eps)]
+  for d in decisions:  # a rule that moves none of them leaves the first phase's
+    b1, b2, eps = adam[-1]
+    adam.append((b1 if d.b1 is None else d.b1, b2 if d.b2 is None else d.b2,
+                 eps if d.eps is None else d.eps))  # fmt: skip
+  power = adam_rules.rule(initial.adam_rule).lr_power
   phases = []
   for index, (step, position, batch, lr, epoch) in enumerate(starts):
     if index + 1 < len(starts):
@@ -177,7 +214,8 @@ def plan_from_decisions(initial: Plan, decisions: list[Decision]) -> Plan:
       steps, end_epoch = -(-(end_example - position) // batch), initial.epochs
       until = end_example
     b0 = initial.baseline_batch_size  # the baseline's steps over the same examples
-    g = lr * noise.batch_noise_factor(n, batch) / (1.0 - first.momentum)
+    g = lr * noise.batch_noise_factor(n, batch) ** power / (1.0 - first.momentum)
+    b1, b2, eps = adam[index]
     phases.append(
       dataclasses.replace(
         first,
@@ -194,17 +232,27 @@ def plan_from_decisions(initial: Plan, decisions: list[Decision]) -> Plan:
         noise_deviation=g / first.noise_scale - 1.0 if first.noise_scale else 0.0,
         baseline_steps=-(-until // b0) - (-(-position // b0)),
         learning_rate_fn=optax.constant_schedule(lr),
+        momentum=b1,
+        final_momentum=b1,
+        momentum_fn=optax.constant_schedule(b1),
+        b2=b2,
+        eps=eps,
       )
     )
   return dataclasses.replace(initial, phases=tuple(phases))
 
 
-def next_phase(settings: Settings, phase: Phase, dataset_size: int) -> tuple[int, float] | None:
-  """The batch and learning rate after a decision in `phase`; None if nothing can change.
+def next_phase(
+  settings: Settings, phase: Phase, dataset_size: int, b_simple: float | None = None
+) -> Change | None:
+  """What a decision in `phase` changes; None if nothing can change.
 
-  The noise scale lr N / B falls by `factor`: the batch takes what it can (a
-  whole multiple of `batch_multiple`, at most the cap), the learning rate the
-  rest (down to `min_learning_rate`).
+  The noise scale falls by `factor`: the batch takes what it can (a whole
+  multiple of `batch_multiple`, at most the cap), the learning rate the rest
+  (down to `min_learning_rate`). Under an Adam rule the batch's ratio k raises
+  the learning rate by k^lr_power (sqrt(k) under `sqrt` and `sde`) and moves
+  b1, b2 and eps; `b_simple` (the measured noise scale, if known) caps the
+  part of k that raises the learning rate at B_simple (Surge).
   """
   batch, lr = phase.batch_size, phase.learning_rate
   if settings.strategy == "plateau_lr":
@@ -214,10 +262,28 @@ def next_phase(settings: Settings, phase: Phase, dataset_size: int) -> tuple[int
     cap -= cap % settings.batch_multiple
     wanted = math.floor(batch * settings.factor / settings.batch_multiple + 1e-9)
     new_batch = max(batch, min(wanted * settings.batch_multiple, cap))
-  new_lr = max(lr * (new_batch / batch) / settings.factor, settings.min_learning_rate)
+  rule = adam_rules.rule(settings.adam_rule)
+  ratio = raised = new_batch / batch
+  if rule.name is not None and b_simple is not None and new_batch > b_simple:
+    raised = max(1.0, min(new_batch, b_simple) / batch)  # no rise for the part past it
+  new_lr = max(lr * raised**rule.lr_power / settings.factor, settings.min_learning_rate)
   if new_batch == batch and new_lr >= lr:
     return None
-  return new_batch, new_lr
+  change = Change(new_batch, new_lr, surge=raised < ratio)
+  if rule.moves_betas:
+    moved = rule.hyperparams(ratio, phase.momentum, phase.b2, phase.eps)
+    change = dataclasses.replace(change, b1=moved.b1, b2=moved.b2, eps=moved.eps)
+  return change
+
+
+def measured_noise_scale(values: Mapping[str, Any]) -> float | None:
+  """B_simple as far as an evaluation's values know it: the estimate, else its lower
+  bound (B_simple is at least that), else None."""
+  for key in ("grad_noise_scale", "grad_noise_scale_low"):
+    value = noise.known(values.get(key))
+    if value is not None:
+      return value
+  return None
 
 
 class Policy:
@@ -298,7 +364,7 @@ class Policy:
     self.resolved_in_phase |= resolved
     self.measured_in_phase |= low is not None
     long_enough = position - phase.first_example >= s.min_phase_epochs * self.dataset_size
-    change = next_phase(s, phase, self.dataset_size)
+    change = next_phase(s, phase, self.dataset_size, measured_noise_scale(values))
     if not long_enough or change is None:
       return None
     if low is not None and low >= s.noise_ratio * phase.batch_size:
@@ -307,9 +373,9 @@ class Policy:
       reason = "|G|^2 not resolved at any evaluation of the phase: B_simple far above the batch"
     else:
       return None
-    if change[0] != phase.batch_size and low is not None:  # below the cap: worth the steps?
+    if change.batch_size != phase.batch_size and low is not None:  # below the cap: worth it?
       steps_now, _ = noise.critical_batch_costs(phase.batch_size, low)
-      steps_then, _ = noise.critical_batch_costs(change[0], low)
+      steps_then, _ = noise.critical_batch_costs(change.batch_size, low)
       if steps_now / steps_then - 1.0 < s.min_gain:
         return None
     return reason, low
@@ -338,11 +404,16 @@ class Policy:
         return None
       reason = f"{s.monitor} plateau: no improvement in {s.patience + 1} evaluations"
       measurement = monitored
-    change = next_phase(s, phase, self.dataset_size)
+    change = next_phase(s, phase, self.dataset_size, measured_noise_scale(values))
     if change is None:
       return None
     measurement = None if measurement is None else float(measurement)
-    decision = Decision(step, position, change[0], change[1], reason, measurement)
+    if change.surge:
+      reason += "; lr not raised past the measured B_simple (Surge)"
+    decision = Decision(
+      step, position, change.batch_size, change.learning_rate, reason, measurement,
+      change.b1, change.b2, change.eps,
+    )  # fmt: skip
     self.decisions.append(decision)
     self.resolved_in_phase = self.measured_in_phase = False  # a new phase
     return decision
@@ -390,6 +461,12 @@ def describe(settings: Settings, plan: Plan, eval_every_epochs: float) -> str:
       f"or {s.min_delta:g} for {s.patience + 1} evaluations; cooldown {s.cooldown}"
     )
   fewest = -(-round(plan.epochs * plan.dataset_size) // cap)
+  rule = adam_rules.rule(s.adam_rule)
+  adam = (
+    [f"  {rule.describe()}; with B_simple measured, the rate is not raised past it (Surge)"]
+    if rule.name
+    else []
+  )
   return "\n".join(
     [
       f"adaptive: {s.strategy}: phases are decided at each evaluation (every "
@@ -398,5 +475,6 @@ def describe(settings: Settings, plan: Plan, eval_every_epochs: float) -> str:
       f"  {rule}: {change}",
       f"  updates: at most {plan.total_steps:,} (no decision), at least about {fewest:,} "
       f"(the cap from the start)",
+      *adam,
     ]
   )

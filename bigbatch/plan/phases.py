@@ -17,7 +17,7 @@ from bigbatch.schedules import Schedule
 
 __all__ = ["SCHEDULED_FIELDS", "Phase", "Plan"]
 
-SCHEDULED_FIELDS = ("learning_rate", "momentum", "weight_decay", "batch_size")
+SCHEDULED_FIELDS = ("learning_rate", "momentum", "weight_decay", "batch_size", "b2", "eps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +28,10 @@ class Phase:
   first example is the first one at or after `start_epoch * N`. Learning rate
   and momentum are given at the phase's first and last step; inside the phase
   they follow `learning_rate_fn` / `momentum_fn` of the step within the phase.
-  The noise scale is the exact `lr (N/B - 1) / (1 - m)` at the first step, and
-  `noise_deviation` its relative difference from the baseline's there.
+  The noise scale is the exact `lr (N/B - 1) / (1 - m)` at the first step (under
+  Adam's square-root rules `lr sqrt(N/B - 1) / (1 - m)`, the quantity they hold), and
+  `noise_deviation` its relative difference from the baseline's there. `b2` and
+  `eps` are Adam's, as the plan's `adam_rule` moves them (None for SGD).
   """
 
   index: int
@@ -52,6 +54,8 @@ class Phase:
   learning_rate_fn: Callable[[Any], Any] = dataclasses.field(repr=False, compare=False)
   momentum_fn: Callable[[Any], Any] = dataclasses.field(repr=False, compare=False)
   micro_batches: int = 1
+  b2: float | None = None
+  eps: float | None = None
 
   @property
   def end_step(self) -> int:
@@ -83,6 +87,8 @@ class Plan:
   baseline_learning_rate: float
   baseline_momentum: float
   baseline_schedule: Schedule = dataclasses.field(repr=False)
+  adam_rule: str | None = None  # `bigbatch.plan.adam_rules`; None: SGD's, the paper's
+  tokens_per_example: int | None = None  # a language model's sequence length
 
   @property
   def total_steps(self) -> int:
@@ -121,7 +127,7 @@ class Plan:
     """An optax schedule (step -> value) of one field, across all phases.
 
     Args:
-      name: one of `learning_rate`, `momentum`, `weight_decay`, `batch_size`.
+      name: one of `SCHEDULED_FIELDS` (`b2` and `eps`: a plan with an Adam rule).
 
     Returns:
       A function of the global step that is jit-compatible: the value of the
@@ -129,6 +135,8 @@ class Plan:
     """
     if name not in SCHEDULED_FIELDS:
       raise ValueError(f"plan field {name!r} is not one of {', '.join(SCHEDULED_FIELDS)}")
+    if name in ("b2", "eps") and self.adam_rule is None:
+      raise ValueError(f"plan field {name!r}: the plan has no Adam rule (adam_rule)")
     if name == "learning_rate":
       parts = [p.learning_rate_fn for p in self.phases]
     elif name == "momentum":
@@ -149,4 +157,6 @@ class Plan:
       "noise_rule": self.noise_rule,
       "max_batch_size": self.max_batch_size,
       "baseline_batch_size": self.baseline_batch_size,
+      "adam_rule": self.adam_rule,
+      "tokens_per_example": self.tokens_per_example,
     }

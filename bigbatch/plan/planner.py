@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bigbatch.plan import noise
+from bigbatch.plan import adam_rules, noise
 from bigbatch.plan.phases import Phase, Plan
 from bigbatch.schedules import Schedule
 
@@ -51,6 +51,9 @@ def _validate(
   noise_rule,
   min_phase_epochs,
   schedule,
+  adam_rule,
+  b2,
+  eps,
 ):
   """Raises `PlanError` naming the first argument of `plan_phases` no plan can use."""
   del schedule  # checked when it was built
@@ -76,6 +79,19 @@ def _validate(
     "min_phase_epochs",
     f"must be in (0, epochs={epochs}], got {min_phase_epochs}",
   )
+  _validate_adam(adam_rule, b2, eps)
+
+
+def _validate_adam(adam_rule, b2, eps) -> None:
+  """An Adam rule, with the b2 and eps it starts from."""
+  _check(
+    adam_rule is None or adam_rule in adam_rules.ADAM_RULES,
+    "adam_rule",
+    f"{adam_rule!r} is not one of {', '.join(adam_rules.ADAM_RULES)}",
+  )
+  if adam_rule is not None:
+    _check(b2 is not None and 0.0 <= b2 < 1.0, "b2", f"must be in [0, 1), got {b2}")
+    _check(eps is not None and eps >= 0.0, "eps", f"must be >= 0, got {eps}")
 
 
 def _validate_batch(dataset_size, batch_size, batch_multiple) -> None:
@@ -244,6 +260,15 @@ def _phase_rates(schedule: Schedule, values, first_epoch, per_step, steps, scale
   return (lr, lr_end, lr_fn), (mom, mom_end, m_fn)
 
 
+def _moved_momentum(rule: adam_rules.Rule, ratio: float, m_fn):
+  """A phase's momentum schedule (step -> b1) moved by the rule at batch ratio `ratio`."""
+
+  def fn(step):
+    return rule.momentum(ratio, m_fn(step))
+
+  return fn
+
+
 def _phases(
   chosen: list[tuple[float, int]],
   schedule: Schedule,
@@ -256,9 +281,12 @@ def _phases(
   momentum: float,
   weight_decay: float,
   micro_batch: int | None,
+  adam: tuple[adam_rules.Rule, float | None, float | None],
 ) -> list[Phase]:
   """The chosen (first epoch, batch) pairs as phases of whole steps, boundaries where the
-  baseline's fall; `micro_batch`: accumulate over micro-batches of this size."""
+  baseline's fall; `micro_batch`: accumulate over micro-batches of this size; `adam`:
+  the Adam rule and the b2 and eps it starts from (the paper's rule for SGD)."""
+  rule, b2, eps = adam
 
   def lr_values(epoch, xp):
     return learning_rate * schedule.multiplier(epoch, xp)
@@ -270,8 +298,11 @@ def _phases(
   ends = [p[0] for p in chosen[1:]] + [epochs]
   for (start, batch), end in zip(chosen, ends):
     # Whatever part of a change of the noise scale the batch did not take
-    # (rises, the cap, rounding), the learning rate takes.
-    scale = noise.batch_noise_factor(n, b0, exact) / noise.batch_noise_factor(n, batch, exact)
+    # (rises, the cap, rounding), the learning rate takes: in full under the
+    # paper's rule (lr / B held), by its square root under Adam's square-root
+    # rules (lr^2 / B held).
+    factor = noise.batch_noise_factor(n, b0, exact) / noise.batch_noise_factor(n, batch, exact)
+    scale = factor**rule.lr_power
     start_example, end_example = round(start * n), round(end * n)
     steps = -(-(end_example - consumed) // batch)
     if steps <= 0:  # shorter than one batch: the previous phase already covered it
@@ -281,8 +312,14 @@ def _phases(
       schedule, (lr_values, momentum_values), first_epoch, per_step, steps, scale
     )
     base_lr = float(lr_values(first_epoch, np))  # the baseline's, at the same example
-    g = lr * noise.batch_noise_factor(n, batch) / (1.0 - mom)
-    g_base = base_lr * noise.batch_noise_factor(n, b0) / (1.0 - mom)
+    power = rule.lr_power  # the noise the rule holds: lr N/B, or lr sqrt(N/B)
+    g = lr * noise.batch_noise_factor(n, batch) ** power / (1.0 - mom)
+    g_base = base_lr * noise.batch_noise_factor(n, b0) ** power / (1.0 - mom)
+    ratio = batch / b0
+    moved = rule.hyperparams(ratio, mom, b2, eps) if rule.name else None
+    if rule.name == "sde":  # b1 follows the batch, from the schedule's value at each step
+      mom, mom_end = moved.b1, rule.momentum(ratio, mom_end)
+      m_fn = _moved_momentum(rule, ratio, m_fn)
     result.append(
       Phase(
         index=len(result),
@@ -305,6 +342,8 @@ def _phases(
         learning_rate_fn=lr_fn,
         momentum_fn=m_fn,
         micro_batches=-(-batch // micro_batch) if micro_batch else 1,
+        b2=moved.b2 if moved else None,
+        eps=moved.eps if moved else None,
       )
     )
     consumed += steps * batch
@@ -326,6 +365,9 @@ def plan_phases(
   batch_multiple: int = 1,
   noise_rule: str = "approx",
   min_phase_epochs: float | None = None,
+  adam_rule: str | None = None,
+  b2: float | None = None,
+  eps: float | None = None,
 ) -> Plan:
   """Derives batch-size phases that keep the noise scale on the baseline's path.
 
@@ -371,6 +413,12 @@ def plan_phases(
       paper does (`g ∝ lr N / B`); `exact` solves `lr (N/B - 1) = const`.
     min_phase_epochs: shortest phase cut from a continuous schedule; default
       a tenth of training.
+    adam_rule: for Adam, AdamW and AMSGrad, how the learning rate, b1, b2 and
+      eps follow the batch (`bigbatch.plan.adam_rules`: `paper`, `sqrt`, `sde`,
+      `beta2_halflife`); None: SGD's, the paper's rule. Under `sqrt` and `sde`
+      a decay by a becomes batch x a and lr / sqrt(a) (Seesaw), and the noise
+      columns hold lr sqrt(N/B) / (1 - m), the quantity those rules keep.
+    b2, eps: Adam's at the baseline's batch (needed with `adam_rule`).
 
   Returns:
     The `Plan`.
@@ -403,6 +451,7 @@ def plan_phases(
     momentum=momentum,
     weight_decay=weight_decay,
     micro_batch=max_batch_size if strategy == "accumulate" else None,
+    adam=(adam_rules.rule(adam_rule), b2, eps),
   )
   return Plan(
     phases=tuple(result),
@@ -416,4 +465,5 @@ def plan_phases(
     baseline_learning_rate=float(learning_rate),
     baseline_momentum=float(momentum),
     baseline_schedule=schedule,
+    adam_rule=adam_rule,
   )

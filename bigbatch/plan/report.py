@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from bigbatch.plan import noise
+from bigbatch.plan import adam_rules, noise
 from bigbatch.plan.phases import Phase, Plan
 
 
@@ -48,8 +48,30 @@ def saving_words(plan: Plan) -> str:
   return f"{1 / plan.saving:.2f}x more than the baseline"
 
 
-def _epochs(phase: Phase) -> str:
+def _epochs(plan: Plan, phase: Phase) -> str:
+  """The phase's span: epochs, or tokens for a language model (its clock)."""
+  if plan.tokens_per_example:
+    per_epoch = plan.dataset_size * plan.tokens_per_example
+    return (
+      f"{tokens_text(phase.start_epoch * per_epoch)}–{tokens_text(phase.end_epoch * per_epoch)}"
+    )
   return f"{phase.start_epoch:g}–{phase.end_epoch:g}"
+
+
+def tokens_text(tokens: float) -> str:
+  """A count of tokens, short: 1.5M, 262k, 900."""
+  tokens = round(tokens)  # a count of tokens, whatever the epochs' float arithmetic left
+  for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    if abs(tokens) >= size:
+      return f"{tokens / size:.4g}{unit}"
+  return f"{tokens:.4g}"
+
+
+def batch_text(batch: int, tokens_per_example: int | None) -> str:
+  """A batch: examples, or for a language model sequences x length = tokens."""
+  if tokens_per_example:
+    return f"{batch:,}×{tokens_per_example:,}={batch * tokens_per_example:,}"
+  return f"{batch:,}"
 
 
 PLAN_HEADER = (
@@ -69,25 +91,38 @@ PLAN_HEADER = (
 )
 
 
+def _header(plan: Plan, accumulating: bool) -> tuple[str, ...]:
+  header = list(PLAN_HEADER)
+  if plan.tokens_per_example:
+    header[1:3] = ["tokens", "batch (seq×len=tokens)"]
+  if plan.adam_rule is not None:  # Adam's b1, b2 and eps, as the rule moves them
+    header[4:5] = ["β1", "β2", "ε"]
+  if accumulating:
+    header.insert(3, "micro")
+  return tuple(header)
+
+
 def _plan_rows(plan: Plan, accumulating: bool) -> list[tuple[str, ...]]:
   """The phase table's header and one row a phase, as text cells."""
-  header = PLAN_HEADER[:3] + ("micro",) + PLAN_HEADER[3:] if accumulating else PLAN_HEADER
-  rows = [header]
+  rows = [_header(plan, accumulating)]
+  tokens = plan.tokens_per_example
   for p in plan.phases:
     micro = (f"{p.micro_batches}",) if accumulating else ()
+    adam = (f"{p.b2:.6g}", f"{p.eps:.3g}") if plan.adam_rule is not None else ()
     rows.append(
       (
         str(p.index),
-        _epochs(p),
-        f"{p.batch_size:,}",
+        _epochs(plan, p),
+        batch_text(p.batch_size, tokens),
         *micro,
         _learning_rate_cell(plan, p),
         _changing(p.momentum, p.final_momentum),
+        *adam,
         _number(p.noise_scale),
         f"{p.noise_deviation:+.1%}",
         f"{p.steps:,}",
         "│",
-        f"{plan.baseline_batch_size:,}",
+        batch_text(plan.baseline_batch_size, tokens),
         _number(p.baseline_learning_rate),
         _number(p.baseline_noise_scale),
         f"{p.baseline_steps:,}",
@@ -109,7 +144,8 @@ def _plan_footer(plan: Plan, accumulating: bool) -> list[str]:
   if accumulating:
     passes = sum(p.steps * p.micro_batches for p in plan.phases)
     lines.append(
-      f"accumulation: micro = micro-batches of at most {plan.max_batch_size:,} per update; "
+      f"accumulation: micro = micro-batches of at most "
+      f"{batch_text(plan.max_batch_size, plan.tokens_per_example)} per update; "
       f"{plan.total_steps:,} updates take {passes:,} micro-batch passes "
       f"(the same examples; {plan.baseline_total_steps / plan.total_steps:.2f}x fewer updates, "
       f"up to {max(p.micro_batches for p in plan.phases)}x the compute per update)"
@@ -122,7 +158,7 @@ def format_plan(plan: Plan) -> str:
   accumulating = plan.strategy == "accumulate"
   rows = _plan_rows(plan, accumulating)
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-  left = {1, 4, 5, 9} if accumulating else {1, 3, 4, 8}
+  left = {i for i, name in enumerate(rows[0]) if name in _LEFT}
   lines = [
     "  ".join(
       cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
@@ -130,13 +166,50 @@ def format_plan(plan: Plan) -> str:
     for row in rows
   ]
   lines.insert(1, "─" * len(lines[0]))
-  cap = f", cap {plan.max_batch_size:,}" if plan.max_batch_size is not None else ""
-  title = (
-    f"plan: {plan.strategy} (noise rule {plan.noise_rule}{cap}), "
-    f"N = {plan.dataset_size:,}, {plan.epochs:g} epochs"
+  cap = (
+    f", cap {batch_text(plan.max_batch_size, plan.tokens_per_example)}"
+    if plan.max_batch_size is not None
+    else ""
   )
-  note = "noise = lr (N/B - 1) / (1 - m) at each phase's first step; Δnoise vs the baseline"
-  return "\n".join([title, "", *lines, "", *_plan_footer(plan, accumulating), note])
+  return "\n".join([_title(plan, cap), "", *lines, "", *_plan_footer(plan, accumulating),
+                    *_notes(plan)])  # fmt: skip
+
+
+_LEFT = ("epochs", "tokens", "lr", "momentum", "β1", "│")  # left-aligned columns
+
+
+def _title(plan: Plan, cap: str) -> str:
+  if plan.tokens_per_example:
+    per_epoch = plan.dataset_size * plan.tokens_per_example
+    size = (
+      f"N = {plan.dataset_size:,} sequences × {plan.tokens_per_example:,} = "
+      f"{tokens_text(per_epoch)} tokens, {tokens_text(plan.epochs * per_epoch)} tokens "
+      f"({plan.epochs:.3g} epochs)"
+    )
+  else:
+    size = f"N = {plan.dataset_size:,}, {plan.epochs:g} epochs"
+  return f"plan: {plan.strategy} (noise rule {plan.noise_rule}{cap}), {size}"
+
+
+def _notes(plan: Plan) -> list[str]:
+  """What the noise columns hold, and the Adam rule the phases follow."""
+  rule = adam_rules.rule(plan.adam_rule)
+  if rule.lr_power == 1.0:
+    notes = ["noise = lr (N/B - 1) / (1 - m) at each phase's first step; Δnoise vs the baseline"]
+  else:
+    notes = [
+      "noise = lr sqrt(N/B - 1) / (1 - m) at each phase's first step (lr^2/B, the quantity "
+      "the square-root rules hold); Δnoise vs the baseline"
+    ]
+  if plan.adam_rule is not None:
+    notes.append(rule.describe())
+    clipped = [p.index for p in plan.phases if p.momentum == 0.0 or p.b2 == 0.0]
+    if rule.name == "sde" and clipped:
+      notes.append(
+        f"sde: k (1 - b) passed 1 in phase(s) {', '.join(map(str, clipped))}: the beta is "
+        "clipped at 0 (the SDE holds only for k (1 - b) small)"
+      )
+  return notes
 
 
 def _plan_curves(plan: Plan, points: int = 64):
@@ -203,24 +276,31 @@ def plot_plan(plan: Plan, path: str) -> None:
 def format_batch_arithmetic(
   plan: Plan, *, devices: int, processes: int, platform: str, mesh_shape: Any, ghost: Any
 ) -> str:
-  """The batch arithmetic a user checks first: global / per-host / per-device, steps/epoch."""
-  lines = [
-    f"devices: {devices} ({platform}) in {processes} process(es); "
-    f"mesh {dict(mesh_shape)}; "
+  """The batch arithmetic a user checks first: global / per-host / per-device, steps/epoch
+  (for a language model each in sequences x length = tokens)."""
+  length = plan.tokens_per_example
+  rows = [("phase", "global batch", "per host", "per device", "steps/epoch", "steps")]
+  for phase in plan.phases:
+    rows.append(
+      (
+        f"{phase.index}",
+        batch_text(phase.batch_size, length),
+        batch_text(phase.batch_size // processes, length),
+        batch_text(phase.batch_size // devices, length),
+        f"{plan.dataset_size / phase.batch_size:,.1f}",
+        f"{phase.steps:,}",
+      )
+    )
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  first = (
+    f"devices: {devices} ({platform}) in {processes} process(es); mesh {dict(mesh_shape)}; "
     + (
       f"ghost batch {ghost}"
       if ghost
       else "no ghost batch: batch norm, if any, over the whole batch"
-    ),
-    "phase  global batch  per host  per device  steps/epoch  steps",
-  ]
-  for phase in plan.phases:
-    lines.append(
-      f"{phase.index:5d}  {phase.batch_size:12,d}  {phase.batch_size // processes:8,d}  "
-      f"{phase.batch_size // devices:10,d}  {plan.dataset_size / phase.batch_size:11,.1f}  "
-      f"{phase.steps:5,d}"
     )
-  return "\n".join(lines)
+  )
+  return "\n".join([first, *("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)])
 
 
 def format_noise_scale(value: float | None, low: float | None, high: float | None) -> str:
@@ -235,14 +315,48 @@ def format_noise_scale(value: float | None, low: float | None, high: float | Non
   return f"{value:,.0f} [{low:,.0f}, {high:,.0f}]"
 
 
-def _phase_rate(phase: Mapping[str, Any]) -> str:
+def _phase_examples_per_second(phase: Mapping[str, Any]) -> float | None:
   """Training examples per second: the phase's seconds less evaluations, checkpoints and
-  the wait for its compile (`—` where nothing is left to time)."""
+  the wait for its compile (None where nothing is left to time)."""
   spent = sum(phase.get(k, 0.0) for k in ("eval_seconds", "checkpoint_seconds"))
   seconds = phase["seconds"] - spent - phase.get("compile_wait_seconds", 0.0)
   if phase["steps"] < 2 or seconds <= 1e-3:
-    return "—"
-  return f"{phase['steps'] * phase['batch_size'] / seconds:,.0f}"
+    return None
+  return phase["steps"] * phase["batch_size"] / seconds
+
+
+def _rate_cells(phase: Mapping[str, Any], throughput: Mapping[str, Any] | None) -> tuple:
+  """The phase's rate: examples/s, or for a language model tokens/s and MFU (`—`:
+  not timed, or MFU not known: no peak for the device, or no FLOPs for the model)."""
+  rate = _phase_examples_per_second(phase)
+  if not throughput:
+    return ("—" if rate is None else f"{rate:,.0f}",)
+  length, per_token, peak = (
+    throughput.get(k) for k in ("tokens_per_example", "flops_per_token", "peak_flops")
+  )
+  if rate is None:
+    return ("—", "—")
+  mfu = f"{rate * length * per_token / peak:.1%}" if per_token and peak else "—"
+  return (f"{rate * length:,.0f}", mfu)
+
+
+def _final_line(summary: Mapping[str, Any]) -> list[str]:
+  if summary.get("throughput") and summary.get("final_test_loss") is not None:
+    extras = [
+      f"{name} {summary[key]:{form}}"
+      for name, key, form in (
+        ("perplexity", "final_test_perplexity", ".3f"),
+        ("bits per byte", "final_test_bits_per_byte", ".4f"),
+      )
+      if summary.get(key) is not None
+    ]
+    return [", ".join([f"final held-out loss {summary['final_test_loss']:.4f}", *extras])]
+  if summary.get("final_test_accuracy") is not None:
+    return [
+      f"final test accuracy {summary['final_test_accuracy']:.4f}, "
+      f"test loss {summary['final_test_loss']:.4f}"
+    ]
+  return []
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -252,14 +366,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     f"{summary['status']} at step {summary['step']:,} of {summary['updates']:,} "
     f"(baseline {summary['baseline_updates']:,}); wall time {summary['wall_seconds']:.1f} s"
     + (f" over {sessions} starts" if sessions > 1 else ""),
+    *_final_line(summary),
   ]
-  if summary.get("final_test_accuracy") is not None:
-    lines.append(
-      f"final test accuracy {summary['final_test_accuracy']:.4f}, "
-      f"test loss {summary['final_test_loss']:.4f}"
-    )
+  throughput = summary.get("throughput")
+  length = throughput.get("tokens_per_example") if throughput else None
   measured = any("grad_noise_scale_low" in phase for phase in summary["phases"])
-  header = ("phase", "batch", "steps", "seconds", "train ex/s", "eval s", "ckpt s", "compile s")
+  rates = ("train tok/s", "MFU") if throughput else ("train ex/s",)
+  header = ("phase", "batch", "steps", "seconds", *rates, "eval s", "ckpt s", "compile s")
   rows = [header + (("B_simple",) if measured else ())]
   for phase in summary["phases"]:
     noise = (
@@ -270,10 +383,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     rows.append(
       (
         str(phase["phase"]),
-        f"{phase['batch_size']:,}",
+        batch_text(phase["batch_size"], length),
         f"{phase['steps']:,}",
         f"{phase['seconds']:.1f}",
-        _phase_rate(phase),
+        *_rate_cells(phase, throughput),
         f"{phase.get('eval_seconds', 0.0):.1f}",
         f"{phase.get('checkpoint_seconds', 0.0):.1f}",
         f"{phase['compile_seconds']:.2f}",
@@ -282,10 +395,21 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     )
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-  lines.append(
-    "train ex/s: examples over the phase's seconds less its evaluations (eval s), "
+  lines += _summary_notes(summary, throughput, measured)
+  return "\n".join(lines)
+
+
+def _summary_notes(summary, throughput, measured: bool) -> list[str]:
+  unit = "tokens" if throughput else "examples"
+  lines = [
+    f"train {'tok' if throughput else 'ex'}/s: {unit} over the phase's seconds less its evaluations (eval s), "
     "checkpoints (ckpt s) and the wait for its step to compile"
-  )
+  ]
+  if throughput:
+    lines.append(
+      "MFU: the model's training FLOPs (6N + 12 L d T per token) over the devices' dense "
+      "peak; —: not known (no peak for the device, or no FLOP count for the model)"
+    )
   if measured:
     level = f"{summary.get('noise_confidence', 0.95):.0%}"
     lines.append(
@@ -293,7 +417,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
       f"its {level} interval; > L: |G|^2 not resolved, so B_simple is at least L; —: not "
       "known (tr(S) not resolved, or under 2 steps' estimates in the smoothing horizon)"
     )
-  return "\n".join(lines)
+  return lines
 
 
 _NOISE_KEYS = ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high")

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from bigbatch.models import COMPUTE_DTYPES
-from bigbatch.spec import fields, system, task
-from bigbatch.spec.block import Block, import_path, is_block, thaw
+from bigbatch.plan.adaptive import default_config as adaptive_defaults
+from bigbatch.spec import clock, fields, system, task
+from bigbatch.spec.block import Block, freeze, import_path, is_block, thaw
 from bigbatch.spec.fields import ConfigError, integer, one_of, positive, real
 
 _BLOCKS = {
@@ -32,7 +33,7 @@ _GROUPS = {
 class RunSpec(Block):
   """A whole run: its top-level fields and one spec per block (docs/CONFIGS.md)."""
 
-  num_epochs: float
+  num_epochs: float | None  # None: a language model's, until its clock is resolved
   batch_size: int
   optimizer: task.OptimizerSpec
   schedule: task.ScheduleSpec
@@ -54,9 +55,11 @@ class RunSpec(Block):
   noise: system.NoiseSpec = dataclasses.field(default_factory=system.NoiseSpec)
   memory: system.MemorySpec = dataclasses.field(default_factory=system.MemorySpec)
   distributed: system.DistributedSpec = dataclasses.field(default_factory=system.DistributedSpec)
+  # a language model's token fields as given (`bigbatch.spec.clock`; dotted names)
+  token_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
-    "num_epochs": positive,
+    "num_epochs": lambda field, value: None if value is None else positive(field, value),
     "batch_size": integer(1),
     "seed": integer(0),
     "ghost_batch_size": integer(1, optional=True),
@@ -67,18 +70,45 @@ class RunSpec(Block):
     "background_compile": one_of("auto", "on", "off", True, False),
   }
 
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    object.__setattr__(self, "token_fields", freeze(dict(self.token_fields)))
+    if self.num_epochs is None and not self.token_fields:
+      raise ConfigError("num_epochs: missing from the config")
+    if self.plan.adam_rule is not None and self.optimizer.name not in task.ADAM_FAMILY:
+      raise ConfigError(
+        f"plan.adam_rule: only for {', '.join(task.ADAM_FAMILY)}; "
+        f"{self.optimizer.name} keeps the paper's rule (unset it)"
+      )
+
   @classmethod
   def read(cls, config: Any) -> RunSpec:
     """The spec of a whole config (a `ConfigDict`, or a record's nested dict).
 
+    A language model's config counts in tokens (`bigbatch.spec.clock`): its
+    batches are read into sequences here, its durations stay in tokens
+    (`token_fields`) until `resolve` knows the training split's size.
+
     Raises:
       ConfigError: naming the first field that is unknown, missing, not finite, or out
-        of range, and what it accepts.
+        of range (or on the wrong clock), and what it accepts.
     """
     if not is_block(config):
       raise ConfigError(f"config: must be a block of fields, got {type(config).__name__}")
     _check_finite(config, "")
-    top = {f.name for f in dataclasses.fields(cls)} - set(_GROUPS)
+    nested, tokens = clock.split(_nested(config), _example_defaults())
+    if tokens:
+      for name in ("num_tokens", "batch_tokens"):
+        if tokens.get(name) is None:
+          raise ConfigError(f"{name}: missing from the config (a language model counts in tokens)")
+    required = ("batch_size",) if tokens else ("num_epochs", "batch_size")
+    return cls._from_nested(nested, required, tokens)
+
+  @classmethod
+  def _from_nested(
+    cls, config: Mapping[str, Any], required: tuple[str, ...], tokens: Mapping[str, Any]
+  ) -> RunSpec:
+    top = {f.name for f in dataclasses.fields(cls)} - set(_GROUPS) - {"token_fields"}
     grouped = {spec.field(f.name): (group, f.name) for group, spec in _GROUPS.items()
                for f in dataclasses.fields(spec)}  # fmt: skip
     values: dict[str, Any] = {}
@@ -92,30 +122,79 @@ class RunSpec(Block):
       else:
         allowed = ", ".join(sorted(top | set(grouped)))
         raise ConfigError(f"{key}: unknown field; allowed: {allowed}")
-    for name in ("num_epochs", "batch_size"):
+    for name in required:
       if values.get(name) is None:
         raise ConfigError(f"{name}: missing from the config")
     for name, spec in _BLOCKS.items():
       values[name] = spec.read(values.get(name))
     for group, spec in _GROUPS.items():
       values[group] = spec.read({k: v for k, v in groups[group].items() if v is not None})
-    return cls(**{k: v for k, v in values.items() if v is not None or k in _BLOCKS})
+    values = {k: v for k, v in values.items() if v is not None or k in _BLOCKS}
+    return cls(**{"num_epochs": None, **values}, token_fields=tokens)
 
-  def to_dict(self) -> dict[str, Any]:
-    """The config's own layout, every default filled in (what a checkpoint records)."""
+  @property
+  def resolved(self) -> bool:
+    """Whether every duration is in epochs (always, but for a language model's spec
+    before `resolve`)."""
+    return self.num_epochs is not None
+
+  def resolve(self, train_examples: int) -> RunSpec:
+    """This spec with a language model's durations in epochs of its `train_examples`
+    sequences (each `dataset.sequence_length` tokens); any other spec as it is."""
+    if not self.token_fields:
+      return self
+    length = self.dataset.sequence_length
+    config = clock.resolve(self._example_dict(), self.token_fields, train_examples * length)
+    if config["dataset"].get("num_train_examples") is None:  # the corpus's, from now on
+      config["dataset"]["num_train_examples"] = int(train_examples)
+    return self._from_nested(config, ("num_epochs", "batch_size"), self.token_fields)
+
+  def _example_dict(self) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
       if f.name in _GROUPS:
         out |= {value.field(k): v for k, v in value.to_dict().items()}
-      else:
+      elif f.name != "token_fields":
         out[f.name] = thaw(value)
     out["loss"] = import_path(self.loss)
+    return out
+
+  def to_dict(self) -> dict[str, Any]:
+    """The config's own layout, every default filled in (what a checkpoint records); a
+    language model's token fields as given, in place of the fields they stand for."""
+    out = self._example_dict()
+    for name, value in self.token_fields.items():
+      clock.replace_twin(out, name, thaw(value))
     return out
 
   def replace(self, **changes: Any) -> RunSpec:
     """A copy with `changes`, each checked again."""
     return dataclasses.replace(self, **changes)
+
+
+def _nested(config: Any) -> dict[str, Any]:
+  """A config's blocks as nested dicts (a `ConfigDict`'s too), its values as they are."""
+  return {
+    key: _nested(config[key]) if is_block(config[key]) and not isinstance(config[key], type)
+    else config[key]
+    for key in config.keys()
+  }  # fmt: skip
+
+
+def _example_defaults() -> dict[str, Any]:
+  """The default of each field a token field stands for (dotted names)."""
+  defaults = {"plan.adapt.monitor_horizon_epochs": adaptive_defaults()["monitor_horizon_epochs"]}
+  for dotted, _ in clock.TOKEN_FIELDS.values():
+    block, _, name = dotted.rpartition(".")
+    if block == "schedule":
+      defaults[dotted] = task.schedule_defaults()[name]
+    elif block in ("plan", "noise"):
+      spec = {"plan": task.PlanSpec, "noise": system.NoiseSpec}[block]
+      defaults[dotted] = {f.name: f.default for f in dataclasses.fields(spec)}[name]
+    elif dotted == "eval_every_epochs":
+      defaults[dotted] = system.EvalSpec().every_epochs
+  return defaults
 
 
 def _check_finite(block: Any, prefix: str) -> None:

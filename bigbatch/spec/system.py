@@ -101,23 +101,28 @@ class DistributedSpec(Block):
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec(Block):
-  """Evaluation: every `every_epochs` (`eval_every_epochs`) over the whole test split in
-  batches of `batch_size` (`eval_batch_size`); `train_examples` > 0
-  (`eval_train_examples`) also measures the first K training examples, unaugmented."""
+  """Evaluation: every `every_epochs` (`eval_every_epochs`) over the test split in
+  batches of `batch_size` (`eval_batch_size`): the whole split, or its first `examples`
+  (`eval_examples` > 0: a fixed held-out subset, where the whole split would cost more
+  than the training between evaluations); `train_examples` > 0 (`eval_train_examples`)
+  also measures the first K training examples, unaugmented."""
 
   every_epochs: float = 1.0
   batch_size: int = 1000
   train_examples: int = 0
+  examples: int = 0
 
   _NAMES: ClassVar[Mapping[str, str]] = {
     "every_epochs": "eval_every_epochs",
     "batch_size": "eval_batch_size",
     "train_examples": "eval_train_examples",
+    "examples": "eval_examples",
   }
   _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
     "every_epochs": positive,
     "batch_size": integer(1),
     "train_examples": integer(0),
+    "examples": integer(0),
   }
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from bigbatch import optim
-from bigbatch.plan import adaptive
+from bigbatch.plan import adam_rules, adaptive
 from bigbatch.plan.planner import STRATEGIES as PLANNED
 from bigbatch.schedules import SCHEDULES, make_schedule
 from bigbatch.spec import fields
@@ -64,6 +64,12 @@ _OPTIMIZER_CHECKS: dict[str, fields.Check] = {
 # The field a plan's momentum feeds, where it is not Adam's `b1`.
 _MOMENTUM_FIELDS = {"sgd_momentum": "momentum", "power_sign": "beta", "add_sign": "beta"}
 _SCHEDULE_FIELDS = tuple(p for p in inspect.signature(make_schedule).parameters if p != "epochs")
+
+
+def schedule_defaults() -> dict[str, Any]:
+  """Each `schedule` field's default (`make_schedule`'s)."""
+  parameters = inspect.signature(make_schedule).parameters
+  return {name: parameters[name].default for name in _SCHEDULE_FIELDS if name != "name"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,24 +243,37 @@ class OptimizerSpec:
     return {"name": self.name, "learning_rate": self.learning_rate, **self.options}
 
 
+ADAM_FAMILY = ("adam", "adamw", "amsgrad")  # the optimizers `plan.adam_rule` is for
+
+
+def _adam_rule(field: str, value: Any) -> str | None:
+  if value is not None and value not in adam_rules.ADAM_RULES:
+    names = ", ".join(adam_rules.ADAM_RULES)
+    raise ConfigError(f"{field}: {value!r} is not one of {names} (or unset: paper)")
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanSpec(Block):
   """`plan`: how batch sizes follow the schedule. `strategy` (decay_lr, increase_batch,
   hybrid, accumulate, or decided while training: plateau, plateau_lr, noise, with their
   fields in `adapt`), `max_batch_size` (the cap; `AUTO`: probed), `batch_multiple`,
-  `noise_rule` (approx | exact) and `min_phase_epochs`."""
+  `noise_rule` (approx | exact), `min_phase_epochs`, and `adam_rule` (Adam, AdamW and
+  AMSGrad only: paper | sqrt | sde | beta2_halflife; unset: paper)."""
 
   strategy: str = "decay_lr"
   max_batch_size: int | None = None
   batch_multiple: int = 1
   noise_rule: str = "approx"
   min_phase_epochs: float | None = None
+  adam_rule: str | None = None
   adapt: Mapping[str, Any] = dataclasses.field(default_factory=adaptive.default_config)
 
   _PREFIX = "plan."
   _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
     "strategy": one_of(*PLANNED, *adaptive.STRATEGIES),
     "max_batch_size": integer(AUTO, optional=True),
+    "adam_rule": lambda field, value: _adam_rule(field, value),
   }  # the rest the planner checks, naming the same fields (`build.plan_of`)
 
   def __post_init__(self) -> None:

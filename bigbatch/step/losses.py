@@ -6,13 +6,18 @@ the per-example loss (shape `[B]`) and `metrics` a dict of per-example
 values (each `[B]`). The step differentiates the mean loss and reports
 each metric's mean over the batch; the evaluation reports the means over a
 whole split as `eval_NAME`. The default is classification: softmax
-cross-entropy against integer labels, and `accuracy`. `loss` in a config is
-`cross_entropy` or the import path of a function of yours.
+cross-entropy against integer labels, and `accuracy`. For a language model the
+labels are a sequence's next tokens (`[B, T]`): the example's loss and
+accuracy are their means over its T tokens (every sequence has T, so the
+mean over examples is the mean over tokens), and `bits_per_byte` (the loss
+in bits over the bytes a token stands for) comes with them. `loss` in a
+config is `cross_entropy` or the import path of a function of yours.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,25 +38,36 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def _classification(logits, batch, label_smoothing: float):
+def _classification(logits, batch, label_smoothing: float, bytes_per_token: float | None):
   losses = cross_entropy(logits, batch["labels"], label_smoothing)
-  correct = jnp.argmax(logits, -1) == batch["labels"]  # no gradient flows through it
-  return losses, {"accuracy": correct.astype(losses.dtype)}
+  correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(losses.dtype)  # no gradient
+  within = tuple(range(1, losses.ndim))  # a sequence's tokens: one example's loss is their mean
+  losses, correct = losses.mean(within), correct.mean(within)
+  metrics = {"accuracy": correct}
+  if bytes_per_token:
+    metrics["bits_per_byte"] = losses / (math.log(2.0) * bytes_per_token)
+  return losses, metrics
 
 
-def classification(label_smoothing: float = 0.0) -> LossFn:
-  """Softmax cross-entropy (smoothed by `label_smoothing`) and accuracy."""
-  return functools.partial(_classification, label_smoothing=label_smoothing)
+def classification(label_smoothing: float = 0.0, bytes_per_token: float | None = None) -> LossFn:
+  """Softmax cross-entropy (smoothed by `label_smoothing`) and accuracy, per example or,
+  for labels `[B, T]`, per token averaged over the example's tokens; with
+  `bytes_per_token` (text) also bits per byte."""
+  return functools.partial(
+    _classification, label_smoothing=label_smoothing, bytes_per_token=bytes_per_token
+  )
 
 
-def resolve(name: str | LossFn | None, label_smoothing: float = 0.0) -> LossFn:
+def resolve(
+  name: str | LossFn | None, label_smoothing: float = 0.0, bytes_per_token: float | None = None
+) -> LossFn:
   """The loss a config's `loss` names: `cross_entropy` (or None) or an import path.
 
   Raises:
     ValueError: naming `loss`.
   """
   if name in (None, "", "cross_entropy"):
-    return classification(label_smoothing)
+    return classification(label_smoothing, bytes_per_token)
   if callable(name):  # the function itself, from Python
     return name
   if ":" not in str(name):

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from bigbatch import optim
+from bigbatch import data, optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import compute_dtype, create_model, init_rngs
-from bigbatch.plan import adaptive
+from bigbatch.plan import adam_rules, adaptive
 from bigbatch.plan.phases import Plan
 from bigbatch.plan.planner import PlanError, plan_phases
 from bigbatch.schedules import Schedule, make_schedule
@@ -40,11 +40,27 @@ _PLAN_FIELDS = {
   "batch_multiple": "plan.batch_multiple",
   "noise_rule": "plan.noise_rule",
   "min_phase_epochs": "plan.min_phase_epochs",
+  "adam_rule": "plan.adam_rule",
+  "b2": "optimizer.b2",
+  "eps": "optimizer.eps",
 }
+
+
+def resolved(spec: RunSpec) -> RunSpec:
+  """`spec` with a language model's token durations in epochs of its training split
+  (read from the corpus, once a process); any other spec as it is."""
+  if spec.resolved:
+    return spec
+  try:
+    dataset = data.spec_for(spec.dataset.block())
+  except data.DataError as error:
+    raise ConfigError(str(error)) from None
+  return spec.resolve(dataset.num_train_examples)
 
 
 def schedule_of(spec: RunSpec) -> Schedule:
   """The baseline learning-rate schedule of `spec.schedule`."""
+  spec = resolved(spec)
   try:
     return make_schedule(spec.schedule.name, spec.num_epochs, **spec.schedule.set_fields())
   except (TypeError, ValueError) as error:
@@ -64,11 +80,15 @@ def plan_of(spec: RunSpec) -> Plan:
   # sets batches (from ratios of noise scales); and the plan's momentum is
   # what feeds `b1` or `beta`. So they stand in for the momentum, and the
   # absolute noise scales logged for these optimizers carry that factor.
+  spec = resolved(spec)
   schedule = schedule_of(spec)
   if spec.plan.adaptive:
     baseline = _planned(spec, schedule, "decay_lr")
-    return adaptive.initial_plan(baseline, spec.plan.strategy, spec.optimizer.learning_rate)
-  return _planned(spec, schedule, spec.plan.strategy)
+    plan = adaptive.initial_plan(baseline, spec.plan.strategy, spec.optimizer.learning_rate)
+  else:
+    plan = _planned(spec, schedule, spec.plan.strategy)
+  # a language model's tables count tokens: sequences x length
+  return dataclasses.replace(plan, tokens_per_example=spec.dataset.sequence_length)
 
 
 def _planned(spec: RunSpec, schedule: Schedule, strategy: str) -> Plan:
@@ -87,10 +107,24 @@ def _planned(spec: RunSpec, schedule: Schedule, strategy: str) -> Plan:
       batch_multiple=plan.batch_multiple,
       noise_rule=plan.noise_rule,
       min_phase_epochs=plan.min_phase_epochs,
+      **_adam_of(spec),
     )
   except PlanError as error:
     field, _, message = str(error).partition(": ")
     raise ConfigError(f"{_PLAN_FIELDS.get(field, field)}: {message}") from None
+
+
+def _adam_of(spec: RunSpec) -> dict[str, Any]:
+  """The planner's Adam arguments: the rule (unset: none, the paper's as for SGD) and
+  the b2 and eps it starts from."""
+  rule = spec.plan.adam_rule
+  if rule is None:
+    return {}
+  return {
+    "adam_rule": rule,
+    "b2": spec.optimizer.options["b2"],
+    "eps": spec.optimizer.options["eps"],
+  }
 
 
 def optimizer_of(spec: RunSpec, plan: Plan) -> optax.GradientTransformationExtraArgs:
@@ -119,6 +153,8 @@ def optimizer_of(spec: RunSpec, plan: Plan) -> optax.GradientTransformationExtra
       **alpha,
     )
   common = {"b2": opt["b2"], "eps": opt["eps"]}
+  if adam_rules.rule(plan.adam_rule).moves_betas:  # b2 and eps follow the batch
+    common = {"b2": plan, "eps": plan}
   if name == "adam":
     return optim.adam(plan, b1=plan, **common)
   if name == "adamw":
@@ -150,15 +186,15 @@ def loss_of(spec: RunSpec, model: nn.Module, dataset: Any):
     ConfigError: naming `loss` and what is wrong with what it returns.
   """
   try:
-    loss_fn = losses.resolve(spec.loss, spec.label_smoothing)
-    inputs = jax.ShapeDtypeStruct((2, *dataset.input_shape), jnp.float32)
+    loss_fn = losses.resolve(spec.loss, spec.label_smoothing, dataset.bytes_per_token)
+    inputs = jax.ShapeDtypeStruct((2, *dataset.input_shape), dataset.model_input_dtype)
     variables = jax.eval_shape(
       lambda x: model.init(init_rngs(jax.random.key(0)), x, train=False), inputs
     )
     outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, inputs)
     batch = {
       "inputs": jax.ShapeDtypeStruct((2, *dataset.input_shape), dataset.input_dtype),
-      "labels": jax.ShapeDtypeStruct((2,), jnp.int32),
+      "labels": jax.ShapeDtypeStruct((2, *dataset.label_shape), jnp.int32),
     }
     losses.check(loss_fn, outputs, batch)
   except ValueError as error:
@@ -204,12 +240,14 @@ def _halves_fit(spec: RunSpec, plan: Plan, mesh: Mesh) -> bool:
   return (min(plan.batch_sizes) // 2) % (ghost * shards) == 0
 
 
-def whole_batch_norm(model: nn.Module, input_shape: tuple[int, ...], ghost: int | None) -> bool:
+def whole_batch_norm(
+  model: nn.Module, input_shape: tuple[int, ...], ghost: int | None, dtype: Any = jnp.float32
+) -> bool:
   """Whether `model` normalises over the whole batch: it keeps batch statistics and no
   ghost batch size is set (read from `jax.eval_shape` of its init: nothing is allocated)."""
   if ghost is not None and "ghost_batch_size" in getattr(model, "__dataclass_fields__", {}):
     return False  # a ghost batch norm: a model that takes no ghost batch ignores it
-  inputs = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  inputs = jax.ShapeDtypeStruct((1, *input_shape), dtype)
   variables = jax.eval_shape(
     lambda x: model.init(init_rngs(jax.random.key(0)), x, train=False), inputs
   )
@@ -248,7 +286,9 @@ def train_step_of(
   batches (`_halves_fit`).
   """
   noise = spec.noise
-  whole = whole_batch_norm(model, dataset.input_shape, spec.ghost_batch_size)
+  whole = whole_batch_norm(
+    model, dataset.input_shape, spec.ghost_batch_size, dataset.model_input_dtype
+  )
   per_device = shd.data_parallel_size(mesh) == 1 or not whole
   # whole-batch statistics would become each half's if the batch were cut to measure
   measure = noise.measure and not whole and _halves_fit(spec, plan, mesh)
@@ -266,6 +306,6 @@ def train_step_of(
     noise_confidence=noise.confidence,
     normalisation=dataset.device_normalisation,
     rng_seed=spec.seed,
-    loss_fn=loss_fn or losses.resolve(spec.loss, spec.label_smoothing),
+    loss_fn=loss_fn or losses.resolve(spec.loss, spec.label_smoothing, dataset.bytes_per_token),
   )
   return TrainStep(step, measure)

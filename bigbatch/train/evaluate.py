@@ -7,6 +7,7 @@ count.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -41,10 +42,19 @@ class Evaluator:
       self._steps, state, source, run.dataset, run.mesh, self.batch_size, num_examples
     )
     count = max(int(totals["count"]), 1)
-    return {f"{prefix}_{key}": float(v) / count for key, v in totals.items() if key != "count"}
+    means = {f"{prefix}_{key}": float(v) / count for key, v in totals.items() if key != "count"}
+    loss = means.get(f"{prefix}_loss")
+    if run.dataset.tokens_per_example and loss is not None and loss < 700.0:
+      # a language model's: exp of the mean loss per token (a mean of the
+      # per-example values would not be the corpus's perplexity); past e^700 it
+      # is no float, and not shown
+      means[f"{prefix}_perplexity"] = math.exp(loss)
+    return means
 
   def __call__(self, state) -> dict[str, float]:
-    results = self._measure(state, self.run.eval_source, "eval")
+    results = self._measure(
+      state, self.run.eval_source, "eval", self.run.spec.eval.examples or None
+    )
     if self.train_examples > 0:
       results |= self._measure(state, self.run.train_source, "train_eval", self.train_examples)
     return results

@@ -17,12 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
 from bigbatch import data
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.models import init_rngs
+from bigbatch.models import compute_dtype, flops, init_rngs
 from bigbatch.plan import adaptive
 from bigbatch.plan.phases import Plan
 from bigbatch.spec import ConfigError, RunSpec
@@ -67,6 +66,7 @@ class Experiment:
     Raises:
       ConfigError, DataError, ShardingError, ProbeError: naming the field.
     """
+    spec = build.resolved(spec)  # a language model's tokens, in epochs of its corpus
     if spec.plan.max_batch_size == memory.AUTO:
       result = memory.probe(cls.for_probe(spec, devices=devices, mesh=mesh), workdir, say)
       say(memory.format_probe(result))
@@ -157,7 +157,22 @@ class Experiment:
 
   @property
   def example_inputs(self) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((1, *self.dataset.input_shape), np.float32)
+    return jax.ShapeDtypeStruct((1, *self.dataset.input_shape), self.dataset.model_input_dtype)
+
+  @functools.cached_property
+  def throughput(self) -> flops.Throughput:
+    """Tokens per example, the model's FLOPs per token and the devices' peak: what turns
+    examples/s into tokens/s and MFU (a language model's; unknown parts None)."""
+    length = self.dataset.tokens_per_example
+    devices = self.mesh.devices.flat
+    peaks = [
+      flops.peak_flops(d.device_kind, compute_dtype(self.spec.compute_dtype)) for d in devices
+    ]
+    return flops.Throughput(
+      length,
+      flops.model_flops_per_token(self.model, length),
+      sum(peaks) if peaks and None not in peaks else None,
+    )
 
   @property
   def fsdp_min_size(self) -> int:

@@ -130,23 +130,34 @@ class Loop:
     examples = data_position(self.plan, at) - data_position(self.plan, then_step)
     rate = examples / max(now - then, 1e-9)
     self._last_log = (now, at)
+    position = data_position(self.plan, at)
+    throughput = self.run.experiment.throughput
+    tokens = (
+      {"tokens": position * throughput.tokens_per_example} if throughput.tokens_per_example else {}
+    )
     values = {
       **fetched[-1],
-      "epoch": data_position(self.plan, at) / self.plan.dataset_size,
+      "epoch": position / self.plan.dataset_size,
+      **tokens,
       "phase": phase.index,
       "examples_per_second": rate,
+      **throughput.rates(rate),
       **(evaluation or {}),
     }
     self.logs.write(at, values)
     self._note_noise(phase, values)
     self.call_hooks("log", state, at, phase, values)
+    where = (
+      {"tokens": f"{values['tokens']:,}", "tok_s": f"{values['tokens_per_second']:,.0f}"}
+      if "tokens" in values
+      else {"epoch": f"{values['epoch']:.2f}", "ex_s": f"{rate:,.0f}"}
+    )
     self.bar.set_postfix(
       phase=phase.index,
-      epoch=f"{values['epoch']:.2f}",
       loss=f"{float(values['loss']):.4f}",
       lr=f"{float(values.get('learning_rate', 0.0)):.4g}",
       batch=phase.batch_size,
-      ex_s=f"{rate:,.0f}",
+      **where,
       refresh=False,
     )
     self._pending.clear()
@@ -224,7 +235,7 @@ class Loop:
     policy, following = self.run.policy, None
     if policy is not None:
       change = adaptive.next_phase(policy.settings, phase, self.plan.dataset_size)
-      following = change[0] if change else None
+      following = change.batch_size if change else None
     elif phase.index + 1 < len(self.plan.phases):
       following = self.plan.phases[phase.index + 1].batch_size
     if following is not None and following != phase.batch_size:
@@ -278,8 +289,13 @@ class Loop:
 
   def _apply(self, state, decision: adaptive.Decision):
     """Switches to the decided phase: learning rate, plan, logs, and a checkpoint here."""
+    moved = {
+      k: getattr(decision, k) for k in ("b1", "b2", "eps") if getattr(decision, k) is not None
+    }
     state = state.replace(
-      opt_state=optim.set_hyperparams(state.opt_state, learning_rate=decision.learning_rate)
+      opt_state=optim.set_hyperparams(
+        state.opt_state, learning_rate=decision.learning_rate, **moved
+      )
     )
     self.plan = self.run.plan = adaptive.plan_from_decisions(
       self.run.initial_plan, self.run.policy.decisions

@@ -65,6 +65,20 @@ def _summary(run: Run, status: str, step: int, elapsed: Mapping[str, Any], final
     "wall_seconds": elapsed["wall_seconds"],
     "phases": elapsed["phases"],
     "noise_confidence": run.spec.noise.confidence,
+    **_language_model_summary(run, final),
+  }
+
+
+def _language_model_summary(run: Run, final: Mapping[str, Any]) -> dict[str, Any]:
+  """A language model's: the held-out perplexity and bits per byte, and what turns the
+  phases' examples/s into tokens/s and MFU."""
+  throughput = run.experiment.throughput
+  if not throughput.tokens_per_example:
+    return {}
+  return {
+    "final_test_perplexity": final.get("eval_perplexity"),
+    "final_test_bits_per_byte": final.get("eval_bits_per_byte"),
+    "throughput": throughput.to_dict(),
   }
 
 

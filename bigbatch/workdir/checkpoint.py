@@ -42,7 +42,10 @@ BINDING_FIELDS = (
   "dataset.name",
   "dataset.source",
   "dataset.num_train_examples",
+  "dataset.sequence_length",
+  "dataset.text_dir",
   "optimizer.name",
+  "plan.adam_rule",
   "ghost_batch_size",
   "loss",
 )

@@ -59,9 +59,30 @@ def test_recipe_configs_plan_to_the_papers_updates(name):
   assert plan.total_steps == RECIPES[name]
 
 
+# The language models' recipes count tokens: their updates are tokens / batch tokens, the
+# same for any corpus large enough (planned here on the standard library's, in a temporary
+# data dir; lm_1b's own dataset is the user's text_dir).
+LM_RECIPES = {
+  "lm_tiny_increase_batch.py": 197,  # 150 + 37.5 + 6.25 + 1.6, each phase rounded up (+warm-up)
+  "lm_tiny_noise.py": 500,  # the plan before any decision: 2,048,000 / 4,096
+  "gpt2_small.py": 1_050,
+  "lm_1b.py": 11_779,
+}
+
+
 def test_every_config_file_is_covered():
   files = {p.name for p in CONFIGS.glob("*.py") if not p.name.endswith("_base.py")}
-  assert files == {name.partition(":")[0] for name in RECIPES}
+  assert files == {name.partition(":")[0] for name in RECIPES} | set(LM_RECIPES)
+
+
+@pytest.mark.parametrize("name", LM_RECIPES)
+def test_language_model_recipes_plan_their_updates(name, data_dir):
+  recipe = load(name)
+  recipe.dataset.name, recipe.dataset.data_dir = "python_stdlib", data_dir
+  plan = config.plan_from_config(recipe)
+  assert plan.total_steps == LM_RECIPES[name]
+  baseline_batch = plan.baseline_batch_size * plan.tokens_per_example
+  assert plan.baseline_total_steps == -(-recipe.num_tokens // baseline_batch)
 
 
 @pytest.mark.parametrize(

@@ -46,20 +46,26 @@ def test_plateau_follows_reduce_lr_on_plateau():
   assert [policy._plateau(v) for v in [0.5, 0.54, 0.56, 0.70]] == [False, True, False, False]
 
 
+def next_change(*args):
+  """`adaptive.next_phase`'s batch and learning rate (None: no change)."""
+  change = adaptive.next_phase(*args)
+  return None if change is None else (change.batch_size, change.learning_rate)
+
+
 def test_a_decision_lowers_the_noise_scale_by_the_factor():
   s = settings(factor=5.0, max_batch_size=800)
-  assert adaptive.next_phase(s, phase_of(32), 1024) == (160, pytest.approx(0.1))
+  assert next_change(s, phase_of(32), 1024) == (160, pytest.approx(0.1))
   # 160 x 5 = 800, the cap: the batch takes it all
-  assert adaptive.next_phase(s, phase_of(160), 1024) == (800, pytest.approx(0.1))
+  assert next_change(s, phase_of(160), 1024) == (800, pytest.approx(0.1))
   # at the cap the learning rate takes the whole factor
-  assert adaptive.next_phase(s, phase_of(800), 1024) == (800, pytest.approx(0.02))
+  assert next_change(s, phase_of(800), 1024) == (800, pytest.approx(0.02))
   # a cap of 640 takes 4 of the 5: the learning rate the remaining 5/4
   capped = settings(factor=5.0, max_batch_size=640)
-  assert adaptive.next_phase(capped, phase_of(160), 1024) == (640, pytest.approx(0.08))
+  assert next_change(capped, phase_of(160), 1024) == (640, pytest.approx(0.08))
   classic = settings(strategy="plateau_lr", factor=10.0, min_learning_rate=0.005)
-  assert adaptive.next_phase(classic, phase_of(32), 1024) == (32, pytest.approx(0.01))
-  assert adaptive.next_phase(classic, phase_of(32, 0.01), 1024) == (32, pytest.approx(0.005))
-  assert adaptive.next_phase(classic, phase_of(32, 0.005), 1024) is None
+  assert next_change(classic, phase_of(32), 1024) == (32, pytest.approx(0.01))
+  assert next_change(classic, phase_of(32, 0.01), 1024) == (32, pytest.approx(0.005))
+  assert next_change(classic, phase_of(32, 0.005), 1024) is None
 
 
 def measured(value, low, high):

@@ -121,3 +121,21 @@ def test_a_run_with_a_users_loss_logs_its_metrics_and_evaluates_them(tmp_path):
   evaluated = [r for r in rows if "eval_error" in r]
   assert trained and evaluated and not any("accuracy" in r for r in rows)
   assert 0.0 <= evaluated[-1]["eval_error"] <= 1.0 and evaluated[-1]["eval_loss"] > 0
+
+
+def test_a_sequences_loss_is_the_mean_of_its_tokens_cross_entropies():
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 7, (3, 5)), jnp.int32)
+  per_example, metrics = losses.classification(bytes_per_token=1.0)(logits, {"labels": labels})
+  log_softmax = jax.nn.log_softmax(np.asarray(logits, np.float64))
+  by_hand = -np.take_along_axis(log_softmax, np.asarray(labels)[..., None], -1)[..., 0].mean(1)
+  np.testing.assert_allclose(per_example, by_hand, rtol=1e-5)
+  correct = (np.argmax(np.asarray(logits), -1) == np.asarray(labels)).mean(1)
+  np.testing.assert_allclose(metrics["accuracy"], correct)
+  np.testing.assert_allclose(metrics["bits_per_byte"], by_hand / np.log(2), rtol=1e-5)
+  # two bytes a token: half the bits per byte
+  _, two = losses.classification(bytes_per_token=2.0)(logits, {"labels": labels})
+  np.testing.assert_allclose(two["bits_per_byte"], by_hand / np.log(2) / 2, rtol=1e-5)
+  # images keep their metrics: no bits per byte without bytes per token
+  assert set(losses.classification()(logits[:, 0], {"labels": labels[:, 0]})[1]) == {"accuracy"}

@@ -1,0 +1,207 @@
+"""A language model through `bigbatch train`: the token clock, Adam's rule, the metrics, a
+SIGKILL right after a batch change resumed bitwise, and bad input as one line.
+
+The model is lm_tiny's architecture shrunk (2 layers of width 32) on a directory of
+generated text, sequences of 16 tokens: batches of 8 -> 32 -> 128 -> 512 sequences at the
+baseline's three decays (x4 each, `sde`: the betas and eps move), the last two as
+micro-batches of 64 sequences (`accumulate`).
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from small_run import metrics_rows
+
+from bigbatch.cli import main
+from bigbatch.plan import report
+from bigbatch.train import train_and_evaluate
+from bigbatch.workdir import checkpoint as ckpt
+
+T = 16
+CODE = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"
+FIELDS = {
+  "dataset.name": "text",
+  "dataset.sequence_length": T,
+  "model.num_layers": 2,
+  "model.width": 32,
+  "model.num_heads": 2,
+  "model.context_length": T,
+  "num_tokens": 16_384,
+  "batch_tokens": 8 * T,
+  "eval_every_tokens": 4_096,
+  "eval_examples": 64,
+  "eval_batch_size": 64,
+  "schedule.warmup_tokens": 512,
+  "schedule.boundaries_tokens": (4_096, 8_192, 12_288),
+  "plan.max_batch_tokens": 64 * T,
+  "plan.adam_rule": "sde",
+  "log_every_steps": 5,
+  "checkpoint_every_steps": 10,
+}
+WORDS = ["def", "return", "self", "x", "y", "import", "for", "in", "if", "else", "(", ")"]
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+  """40 files of generated, code-like text (about 120 KB)."""
+  directory = tmp_path_factory.mktemp("text")
+  rng = np.random.default_rng(0)
+  for i in range(40):
+    lines = [" ".join(rng.choice(WORDS, size=8)) for _ in range(70)]
+    (directory / f"doc{i:02d}.py").write_text("\n".join(lines) + "\n")
+  return str(directory)
+
+
+def flags(text_dir, data_dir, **changes):
+  values = {**FIELDS, "dataset.text_dir": text_dir, "dataset.data_dir": data_dir, **changes}
+  out = []
+  for field, value in values.items():
+    text = f"({','.join(map(str, value))})" if isinstance(value, tuple) else str(value)
+    out.append(f"--config.{field}={text}")
+  return out
+
+
+def run(workdir, text_dir, data_dir, fault=None):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env.pop("BIGBATCH_FAULT", None)
+  if fault:
+    env["BIGBATCH_FAULT"] = fault
+  args = ["train", "--config", "lm_tiny_increase_batch", "--workdir", str(workdir), "--noprogress"]
+  done = subprocess.run(
+    [sys.executable, "-c", CODE, *args, *flags(text_dir, data_dir)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  return done.returncode, done.stdout + done.stderr
+
+
+def config(text_dir, data_dir):
+  from bigbatch.recipe import load_recipe
+
+  recipe = load_recipe("lm_tiny_increase_batch").get_config()
+  recipe.update_from_flattened_dict(
+    {**FIELDS, "dataset.text_dir": text_dir, "dataset.data_dir": data_dir}
+  )
+  return recipe
+
+
+@pytest.fixture(scope="module")
+def reference(text_dir, data_dir, tmp_path_factory):
+  """The uninterrupted run, in this process."""
+  workdir = tmp_path_factory.mktemp("lm_reference")
+  summary = train_and_evaluate(config(text_dir, data_dir), workdir, progress=False)
+  return workdir, summary
+
+
+def fingerprint(workdir):
+  checkpoints = ckpt.Checkpoints(pathlib.Path(workdir) / "checkpoints")
+  step = checkpoints.latest_step()
+  record = checkpoints.record(step)
+  checkpoints.close()
+  return step, record["fingerprint"], record["final_eval"], record["plan"]
+
+
+def test_the_ramp_trains_in_tokens_and_reports_a_language_models_figures(reference):
+  workdir, summary = reference
+  _, _, final, plan = fingerprint(workdir)
+  batches = [p["batch_size"] for p in plan["phases"]]
+  assert batches == [8, 8, 32, 128, 512] and plan["tokens_per_example"] == T
+  micro = [p["micro_batches"] for p in plan["phases"]]
+  assert micro == [1, 1, 1, 2, 8]
+  # sde: at batch ratio k, 1 - b1 and 1 - b2 grow k-fold and eps shrinks by sqrt(k)
+  k = [b / 8 for b in batches]
+  assert [p["momentum"] for p in plan["phases"]] == pytest.approx([max(1 - x * 0.1, 0) for x in k])
+  assert [p["b2"] for p in plan["phases"]] == pytest.approx([max(1 - x * 0.05, 0) for x in k])
+  assert [p["eps"] for p in plan["phases"]] == pytest.approx([1e-8 / math.sqrt(x) for x in k])
+  rows = metrics_rows(workdir)
+  positions = [r for r in rows if "tokens" in r]
+  for row in positions:  # the data position in tokens is sequences x T
+    assert row["tokens"] == round(row["epoch"] * summary["throughput"]["tokens_per_example"]
+                                  * plan["dataset_size"])  # fmt: skip
+    assert row["tokens_per_second"] == pytest.approx(row["examples_per_second"] * T)
+    assert "mfu" not in row  # a CPU: no peak, so no MFU
+  assert positions[-1]["tokens"] >= 16_384
+  evaluated = [r for r in rows if "eval_loss" in r]
+  assert len(evaluated) >= 4
+  for row in evaluated:
+    assert row["eval_perplexity"] == pytest.approx(math.exp(row["eval_loss"]))
+    assert row["eval_bits_per_byte"] == pytest.approx(row["eval_loss"] / math.log(2))
+  assert evaluated[-1]["eval_loss"] < evaluated[0]["eval_loss"] < math.log(256)
+  assert final["eval_loss"] == pytest.approx(summary["final_test_loss"])
+  text = report.format_summary(summary)
+  assert "final held-out loss" in text and "train tok/s" in text and "512×16=8,192" in text
+
+
+def test_killed_right_after_a_batch_change_resumes_bitwise(reference, text_dir, data_dir, tmp_path):
+  # one device in each process (the reference above trained on this process's 8)
+  workdir = tmp_path / "whole"
+  code, output = run(workdir, text_dir, data_dir)
+  assert code == 0, output[-2000:]
+  _, _, _, plan = fingerprint(workdir)
+  change = next(p for p in plan["phases"] if p["batch_size"] == 32)["first_step"] + 1
+  killed = tmp_path / "killed"
+  code, output = run(killed, text_dir, data_dir, fault=f"step@{change}")
+  assert code == -9, output[-2000:]  # SIGKILL at the first update of batch 32
+  code, output = run(killed, text_dir, data_dir)
+  assert code == 0, output[-2000:]
+  assert fingerprint(killed)[:3] == fingerprint(workdir)[:3]
+  tmp_path = killed
+  by_step = {r["step"]: r for r in metrics_rows(workdir)}
+  for row in metrics_rows(tmp_path):
+    same = by_step[row["step"]]
+    for key, value in row.items():
+      if key not in ("examples_per_second", "tokens_per_second"):
+        assert value == same[key], (row["step"], key)
+
+
+def bad(capsys, args, word):
+  status = main(["train", *args])
+  err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+  assert status == 2 and len(err) == 1 and err[0].startswith("bigbatch train: error: "), err
+  assert word in err[0], err[0]
+
+
+@pytest.mark.parametrize(
+  ("changes", "word"),
+  [
+    ({"dataset.sequence_length": 32, "batch_tokens": 256}, "model.context_length: 16, but"),
+    ({"batch_tokens": 100}, "batch_tokens: 100 is not a whole number of sequences of 16"),
+    ({"plan.adam_rule": "cube"}, "plan.adam_rule: 'cube' is not one of paper, sqrt"),
+  ],
+)
+def test_bad_language_model_input_is_one_line(capsys, tmp_path, text_dir, data_dir, changes, word):
+  args = ["--config", "lm_tiny_increase_batch", "--workdir", str(tmp_path / "w"), "--noprogress"]
+  bad(capsys, [*args, *flags(text_dir, data_dir, **changes)], word)
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_an_empty_text_directory_is_one_line(capsys, tmp_path, data_dir):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  args = ["--config", "lm_tiny_increase_batch", "--workdir", str(tmp_path / "w"), "--noprogress"]
+  bad(capsys, [*args, *flags(str(empty), data_dir)], "holds no text (no non-empty files)")
+
+
+def test_a_clock_mixed_up_is_one_line(capsys, tmp_path, text_dir, data_dir):
+  args = ["--workdir", str(tmp_path / "w"), "--noprogress"]
+  bad(
+    capsys, [*args, "--config", "mnist1d_base", "--config.num_tokens=1000"], "num_tokens: only for"
+  )
+  lm = [*args, "--config", "lm_tiny_increase_batch", *flags(text_dir, data_dir)]
+  bad(capsys, [*lm, "--config.num_epochs=3"], "num_epochs: a language model counts in tokens")
+
+
+def test_the_summary_file_counts_tokens(reference):
+  workdir, _ = reference
+  saved = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
+  assert saved["throughput"]["tokens_per_example"] == T
+  assert saved["final_test_perplexity"] == pytest.approx(math.exp(saved["final_test_loss"]))
+  assert saved["throughput"]["peak_flops"] is None  # a CPU
