@@ -233,8 +233,9 @@ def parse(command: str, args: list[str], define) -> flags.FlagValues:
       raise SystemExit(fail(command, problem))
   values = flags.FlagValues()
   # `auto` (measure the cap) travels as memory.AUTO through the int-typed field
+  caps = ("--config.plan.max_batch_size=", "--config.plan.max_batch_tokens=")
   args = [
-    "--config.plan.max_batch_size=-1" if a == "--config.plan.max_batch_size=auto" else a
+    a.removesuffix("auto") + "-1" if a.startswith(caps) and a.endswith("=auto") else a
     for a in _last_of_each(args)
   ]
   argv = [f"bigbatch {command}", *args]

@@ -96,5 +96,5 @@ def probe(argv: list[str]) -> int:
     result = memory.probe(experiment, workdir=args.workdir_of(values, argv))
   except (ConfigError, data.DataError, sharding.ShardingError, memory.ProbeError) as error:
     return args.fail("probe", str(error))
-  print(memory.format_probe(result))
+  print(memory.format_probe(result, experiment.spec.dataset.sequence_length))
   return 0

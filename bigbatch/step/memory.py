@@ -194,8 +194,9 @@ def store(path: pathlib.Path, key: str, result: ProbeResult) -> None:
   path.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
 
-def format_probe(result: ProbeResult) -> str:
-  """The probe's table: per-device batch -> bytes needed vs available."""
+def format_probe(result: ProbeResult, tokens_per_example: int | None = None) -> str:
+  """The probe's table: per-device batch -> bytes needed vs available (a language model's
+  batches also in tokens: `tokens_per_example` is its sequence length)."""
   mib = 2**20
   lines = [
     f"budget per device: {result.budget / mib:,.1f} MiB ({result.budget_source}); "
@@ -213,6 +214,9 @@ def format_probe(result: ProbeResult) -> str:
     f"largest per-device batch: {result.per_device_batch:,}; x {result.data_parallel} "
     f"data-parallel devices = max_batch_size {result.max_batch_size:,}"
   )
+  if tokens_per_example:
+    tokens = result.max_batch_size * tokens_per_example
+    lines[-1] += f" sequences of {tokens_per_example:,} = plan.max_batch_tokens {tokens:,}"
   return "\n".join(lines)
 
 

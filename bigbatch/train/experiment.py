@@ -69,7 +69,7 @@ class Experiment:
     spec = build.resolved(spec)  # a language model's tokens, in epochs of its corpus
     if spec.plan.max_batch_size == memory.AUTO:
       result = memory.probe(cls.for_probe(spec, devices=devices, mesh=mesh), workdir, say)
-      say(memory.format_probe(result))
+      say(memory.format_probe(result, spec.dataset.sequence_length))
       spec = spec.replace(plan=dataclasses.replace(spec.plan, max_batch_size=result.max_batch_size))
     plan = build.plan_of(spec)
     optimizer = build.optimizer_of(spec, adaptive.constants(plan) if adjustable_rate else plan)

@@ -205,3 +205,21 @@ def test_the_summary_file_counts_tokens(reference):
   assert saved["throughput"]["tokens_per_example"] == T
   assert saved["final_test_perplexity"] == pytest.approx(math.exp(saved["final_test_loss"]))
   assert saved["throughput"]["peak_flops"] is None  # a CPU
+
+
+def test_the_memory_probe_and_the_range_test_run_on_a_language_model(
+  capsys, tmp_path, text_dir, data_dir
+):
+  lm = ["--config", "lm_tiny_increase_batch", *flags(text_dir, data_dir)]
+  probe = ["--config.plan.max_batch_tokens=auto", "--config.plan.strategy=hybrid",
+           f"--config.memory.budget_bytes={16 * 2**20}", "--config.memory.margin=0"]  # fmt: skip
+  assert main(["plan", *lm, *probe, "--workdir", str(tmp_path / "probe")]) == 0
+  out = capsys.readouterr().out
+  cap = int(out.split("= max_batch_size ")[1].split()[0].replace(",", ""))
+  assert f"sequences of 16 = plan.max_batch_tokens {cap * 16:,}" in out
+  assert f"cap {cap:,}×16={cap * 16:,}" in out
+  found = ["lr-find", *lm, "--steps", "8", "--json", "--workdir", str(tmp_path / "lr")]
+  assert main(found) == 0
+  (curve,) = json.loads(capsys.readouterr().out)["curves"]
+  assert curve["batch_size"] == 8 and len(curve["losses"]) >= 2
+  assert curve["losses"][0] == pytest.approx(math.log(256), abs=0.2)  # bytes, at the start
