@@ -13,6 +13,7 @@ import os
 import sys
 
 from bigbatch.cli.args import fail
+from bigbatch.cli.cbs import cbs
 from bigbatch.cli.ensemble import ensemble
 from bigbatch.cli.lr_find import lr_find
 from bigbatch.cli.noise import noise
@@ -44,6 +45,9 @@ commands:
   recipes the shipped recipes' names, each with its first docstring line
   sharpness Hessian top eigenvalue and Keskar's epsilon-sharpness at a checkpoint:
           --workdir DIR [--step N] [--examples 2048] [--epsilon 1e-3] [--iterations 50] [--json]
+  cbs     the critical batch by branching from a checkpoint, beside the measured B_simple:
+          --workdir DIR --step S --batch-sizes B1,B2,... --tokens T | --examples E
+          [--tolerance auto|X] [--json] [--out PNG]
 
 examples:
   bigbatch plan --config cifar10_5_2_increase_batch
@@ -57,7 +61,7 @@ examples:
 """
 
 COMMANDS = {"plan": plan, "train": train, "probe": probe, "noise": noise, "lr-find": lr_find}
-COMMANDS |= {"ensemble": ensemble, "sharpness": sharpness, "recipes": recipes}
+COMMANDS |= {"ensemble": ensemble, "sharpness": sharpness, "recipes": recipes, "cbs": cbs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,9 @@ class Experiment:
   dataset: data.DatasetSpec
   loss_fn: Callable
   mesh: Any
+  # the state a run starts from instead of the seed's (a branch's: its parent's
+  # checkpoint); `start(experiment)` gives it in place on the mesh
+  start: Callable[[Experiment], st.TrainState] | None = None
 
   @classmethod
   def from_spec(
@@ -198,7 +201,9 @@ class Experiment:
     )
 
   def initial_state(self) -> st.TrainState:
-    """The initial train state from `spec.seed`, in place on the mesh."""
+    """The initial train state from `spec.seed` (or `start`), in place on the mesh."""
+    if self.start is not None:
+      return self.start(self)
     return self._init(jax.random.key(self.spec.seed))
 
   def variables_target(self) -> dict[str, Any]:

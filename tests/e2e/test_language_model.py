@@ -223,3 +223,24 @@ def test_the_memory_probe_and_the_range_test_run_on_a_language_model(
   (curve,) = json.loads(capsys.readouterr().out)["curves"]
   assert curve["batch_size"] == 8 and len(curve["losses"]) >= 2
   assert curve["losses"][0] == pytest.approx(math.log(256), abs=0.2)  # bytes, at the start
+
+
+def test_branches_of_a_language_model_count_tokens_and_follow_the_adam_rule(reference, capsys):
+  workdir, _ = reference
+  checkpoints = ckpt.Checkpoints(pathlib.Path(workdir) / "checkpoints")
+  step = checkpoints.all_steps()[0]
+  checkpoints.close()
+  flags = ["--workdir", str(workdir), "--step", str(step), "--batch-sizes", "128,256",
+           "--tokens", "1024", "--tolerance", "0.1"]  # fmt: skip
+  assert main(["cbs", *flags]) == 0
+  out = capsys.readouterr().out
+  assert "8×16=128" in out and "16×16=256" in out and "1,024 tokens a branch" in out
+  root = pathlib.Path(workdir) / "cbs" / f"step_{step}"
+  small, large = (fingerprint(p)[3] for p in (root / "128", root / "256"))  # tokens
+  assert [p["batch_size"] for p in small["phases"]] == [8] and large["phases"][0]["steps"] == 4
+  # sde: each branch moves the run's b1 and b2 at the step by its own batch ratio, so the
+  # branch at twice the batch has twice 1 - b1 and 1 - b2, and eps / sqrt(2)
+  one, two = small["phases"][0], large["phases"][0]
+  assert 1 - two["momentum"] == pytest.approx(2 * (1 - one["momentum"]))
+  assert 1 - two["b2"] == pytest.approx(2 * (1 - one["b2"]))
+  assert two["eps"] == pytest.approx(one["eps"] / 2**0.5)

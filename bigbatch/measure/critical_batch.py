@@ -1,0 +1,105 @@
+"""The critical batch from branches: the largest batch that does not lose, two ways.
+
+McCandlish et al. (2018) predict the critical batch from the gradient noise
+scale B_simple, which bigbatch measures in the step. Merrill et al. (2025,
+"Critical Batch Size Revisited") measure it directly instead: from one
+checkpoint, short branches train the same number of tokens at several batch
+sizes, and the critical batch is the largest batch whose loss after that
+budget is not worse than the smallest batch's. Zhang et al. (ICLR 2025)
+define it by steps: the largest batch whose steps to a target loss exceed
+ideal linear scaling (the smallest batch's steps x B_min / B) by no more
+than 20%. `bigbatch cbs` runs the branches (`bigbatch.measure.branches`);
+this module holds the arithmetic on their results.
+
+"Not worse" needs a tolerance, since two branches that differ only in their
+data order end at different losses. `tolerance_from_repeat` sizes it from
+such a pair at the smallest batch: their difference d has a standard
+deviation of sqrt(2) sigma, so |d| estimates sqrt(2) sigma and the tolerance
+is 2 sigma = sqrt(2) |d|.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+__all__ = [
+  "BranchResult",
+  "critical_batch",
+  "steps_to",
+  "tolerance_from_repeat",
+  "zhang_critical_batch",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class BranchResult:
+  """One branch: its batch, its updates, its held-out loss after the budget, and the
+  held-out loss at each evaluation, as (step, loss) from the branch's start."""
+
+  batch_size: int
+  steps: int
+  final_loss: float
+  curve: tuple[tuple[int, float], ...] = ()
+
+
+def tolerance_from_repeat(first: float, second: float, floor: float = 1e-4) -> float:
+  """Two sigma of a branch's final loss, from two that differ only in their data order
+  (sqrt(2) |d|), at least `floor` (two equal losses say little about the spread)."""
+  return max(math.sqrt(2.0) * abs(first - second), floor)
+
+
+def _by_batch(results: Sequence[BranchResult]) -> list[BranchResult]:
+  ordered = sorted(results, key=lambda r: r.batch_size)
+  if not ordered:
+    raise ValueError("no branches")
+  return ordered
+
+
+def critical_batch(results: Sequence[BranchResult], tolerance: float) -> int:
+  """The largest batch whose final loss is within `tolerance` of the smallest batch's
+  (Merrill et al.); the smallest batch when none larger is."""
+  ordered = _by_batch(results)
+  reference = ordered[0].final_loss
+  return max(r.batch_size for r in ordered if r.final_loss <= reference + tolerance)
+
+
+def steps_to(curve: Sequence[tuple[int, float]], target: float) -> float | None:
+  """The first step at which the loss reaches `target`, interpolated linearly between
+  evaluations (the curve starts at the branch's start); None if it never does."""
+  previous = None
+  for step, loss in curve:
+    if loss <= target:
+      if previous is None or previous[1] <= target:
+        return float(step)
+      (s0, l0), (s1, l1) = previous, (step, loss)
+      return s0 + (s1 - s0) * (l0 - target) / (l0 - l1)
+    previous = (step, loss)
+  return None
+
+
+def zhang_critical_batch(
+  results: Sequence[BranchResult], target: float, excess: float = 0.2
+) -> tuple[int | None, dict[int, tuple[float | None, float | None]]]:
+  """Zhang et al.'s critical batch: where the steps to `target` cross (1 + excess) x ideal
+  linear scaling from the smallest batch: the largest batch before the first that needs
+  more (or never reaches `target`).
+
+  Returns:
+    `(batch, {batch: (steps to target, ideal steps)})`; batch None when the smallest
+    batch never reaches `target` (nothing to scale from).
+  """
+  ordered = _by_batch(results)
+  base = steps_to(ordered[0].curve, target)
+  table: dict[int, tuple[float | None, float | None]] = {}
+  best, crossed = None, False
+  for result in ordered:
+    steps = steps_to(result.curve, target)
+    ideal = None if base is None else base * ordered[0].batch_size / result.batch_size
+    table[result.batch_size] = (steps, ideal)
+    scales = steps is not None and ideal is not None and steps <= (1.0 + excess) * ideal
+    crossed = crossed or not scales
+    if not crossed:
+      best = result.batch_size
+  return best, table
