@@ -183,7 +183,8 @@ def _branch_row(result, steps_to_target, ideal_steps) -> dict[str, Any]:
 
 
 def format_cbs(result: dict[str, Any], parent) -> str:
-  from bigbatch.plan.report import batch_text, format_noise_scale
+  from bigbatch.plan.report import batch_text
+  from bigbatch.plan.summary import format_noise_scale
 
   length = result["tokens_per_example"]
   first = result["branches"][0]

@@ -12,7 +12,7 @@ from bigbatch.cli import args
 
 def noise(argv: list[str]) -> int:
   """`bigbatch noise --workdir DIR [--out PNG]`: a run's batch and measured noise scale."""
-  from bigbatch.plan import report
+  from bigbatch.plan import summary
   from bigbatch.workdir import WorkdirError, checkpoint, runlog
 
   def define(values):
@@ -27,7 +27,7 @@ def noise(argv: list[str]) -> int:
     rows = runlog.read_rows(metrics, say=lambda line: print(line, file=sys.stderr))
     phases = _planned_phases(workdir / "checkpoints")
     out = values.out or str(workdir / "noise.png")
-    report.plot_noise(rows, out, phases=phases, title=workdir.name)
+    summary.plot_noise(rows, out, phases=phases, title=workdir.name)
   except (WorkdirError, checkpoint.CheckpointError, ValueError) as error:
     return args.fail("noise", str(error))
   except OSError as error:

@@ -260,6 +260,12 @@ def _phase_rates(schedule: Schedule, values, first_epoch, per_step, steps, scale
   return (lr, lr_end, lr_fn), (mom, mom_end, m_fn)
 
 
+def _held(rule: adam_rules.Rule, lr: float, n: int, batch: int, momentum: float) -> float:
+  """The noise the rule holds at a phase's first step: lr N/B (the paper's), or lr sqrt(N/B)
+  (Adam's square-root rules), over 1 - m."""
+  return lr * noise.batch_noise_factor(n, batch) ** rule.lr_power / (1.0 - momentum)
+
+
 def _moved_momentum(rule: adam_rules.Rule, ratio: float, m_fn):
   """A phase's momentum schedule (step -> b1) moved by the rule at batch ratio `ratio`."""
 
@@ -312,9 +318,7 @@ def _phases(
       schedule, (lr_values, momentum_values), first_epoch, per_step, steps, scale
     )
     base_lr = float(lr_values(first_epoch, np))  # the baseline's, at the same example
-    power = rule.lr_power  # the noise the rule holds: lr N/B, or lr sqrt(N/B)
-    g = lr * noise.batch_noise_factor(n, batch) ** power / (1.0 - mom)
-    g_base = base_lr * noise.batch_noise_factor(n, b0) ** power / (1.0 - mom)
+    g, g_base = (_held(rule, rate, n, b, mom) for rate, b in ((lr, batch), (base_lr, b0)))
     ratio = batch / b0
     moved = rule.hyperparams(ratio, mom, b2, eps) if rule.name else None
     if rule.name == "sde":  # b1 follows the batch, from the schedule's value at each step

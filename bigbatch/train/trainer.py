@@ -32,7 +32,8 @@ import tqdm
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch import workdir as wd
-from bigbatch.plan.report import format_batch_arithmetic, format_plan, format_summary
+from bigbatch.plan.report import format_batch_arithmetic, format_plan
+from bigbatch.plan.summary import format_summary
 from bigbatch.spec import RunSpec
 from bigbatch.train import build
 from bigbatch.train.clock import Clock

@@ -19,7 +19,7 @@ import pytest
 from small_run import metrics_rows
 
 from bigbatch.cli import main
-from bigbatch.plan import report
+from bigbatch.plan import summary as run_summary
 from bigbatch.train import train_and_evaluate
 from bigbatch.workdir import checkpoint as ckpt
 
@@ -136,7 +136,7 @@ def test_the_ramp_trains_in_tokens_and_reports_a_language_models_figures(referen
     assert row["eval_bits_per_byte"] == pytest.approx(row["eval_loss"] / math.log(2))
   assert evaluated[-1]["eval_loss"] < evaluated[0]["eval_loss"] < math.log(256)
   assert final["eval_loss"] == pytest.approx(summary["final_test_loss"])
-  text = report.format_summary(summary)
+  text = run_summary.format_summary(summary)
   assert "final held-out loss" in text and "train tok/s" in text and "512×16=8,192" in text
 
 

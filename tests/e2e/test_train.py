@@ -96,14 +96,14 @@ def test_mnist1d_trains_well_above_chance_and_logs(data_dir, tmp_path):
     assert all(np.isfinite(v) and v >= 0 for _, v in board.get(tag, [])), tag
   import re
 
-  from bigbatch.plan import report
+  from bigbatch.plan import summary as run_summary
 
   forms = re.compile(r"^(—|> [\d,]+|< [\d,]+|[\d,]+ \[[\d,]+, [\d,]+\])$")
   keys = ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high")
   for phase in summary["phases"]:  # what the summary prints is one of its forms
-    cell = report.format_noise_scale(*(phase.get(k) for k in keys))
+    cell = run_summary.format_noise_scale(*(phase.get(k) for k in keys))
     assert forms.match(cell), cell
-    assert cell in report.format_summary(summary)
+    assert cell in run_summary.format_summary(summary)
   assert {r["batch_size"] for r in train_rows} == {32.0, 160.0, 800.0}
   evals = [r for r in rows if "eval_accuracy" in r]
   assert [round(r["epoch"]) for r in evals] == [2, 4, 6]

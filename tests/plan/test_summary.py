@@ -1,6 +1,6 @@
 """The summary a user reads: B_simple with its bounds, rates net of what is not training."""
 
-from bigbatch.plan import report
+from bigbatch.plan import summary as run_summary
 
 
 def phase(index, batch, steps, seconds, **extra):
@@ -30,14 +30,14 @@ SUMMARY = {
 
 
 def test_the_noise_scale_is_shown_with_its_interval_as_a_bound_or_as_unknown():
-  assert report.format_noise_scale(1185.4, 736.2, 3119.0) == "1,185 [736, 3,119]"
-  assert report.format_noise_scale(None, 7384.0, None) == "> 7,384"
-  assert report.format_noise_scale(None, None, None) == "—"
-  assert report.format_noise_scale(None, 10.0, 900.0) == "< 900"
+  assert run_summary.format_noise_scale(1185.4, 736.2, 3119.0) == "1,185 [736, 3,119]"
+  assert run_summary.format_noise_scale(None, 7384.0, None) == "> 7,384"
+  assert run_summary.format_noise_scale(None, None, None) == "—"
+  assert run_summary.format_noise_scale(None, 10.0, 900.0) == "< 900"
 
 
 def test_the_summary_table_and_its_rates():
-  lines = report.format_summary(SUMMARY).splitlines()
+  lines = run_summary.format_summary(SUMMARY).splitlines()
   assert lines[0] == ("completed at step 300 of 300 (baseline 768); wall time 12.3 s over 2 starts")
   assert lines[1] == "final test accuracy 0.9679, test loss 0.1235"
   table = [line.split() for line in lines[2:6]]
@@ -53,6 +53,6 @@ def test_the_summary_table_and_its_rates():
 
 def test_an_unmeasured_run_has_no_noise_column():
   plain = {**SUMMARY, "phases": [phase(0, 32, 10, 1.0)], "sessions": 1}
-  lines = report.format_summary(plain).splitlines()
+  lines = run_summary.format_summary(plain).splitlines()
   assert lines[0].endswith("wall time 12.3 s")
   assert "B_simple" not in lines[2] and not any(line.startswith("B_simple") for line in lines)
