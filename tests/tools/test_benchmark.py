@@ -43,3 +43,35 @@ def test_benchmark_quick_writes_the_table_and_results(tmp_path):
   assert table.count("\n| ") == (1 + 4 + 2 + 4 + 3) + (1 + 2)
   assert "| 1. step (2 devices, noise measured): trainer's / minimal |" in table
   assert "| 128 | " in table and "| 2 / 1 |" in table
+
+
+LM_TOOL = TOOL.parent / "benchmark_lm.py"
+
+
+@pytest.mark.slow
+def test_benchmark_lm_quick_writes_both_noise_settings(tmp_path):
+  # one small batch: the run is the compiles of the three steps (about 25 s on 2 cores)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  done = subprocess.run(
+    [sys.executable, str(LM_TOOL), "--quick", "--batch-sizes", "8", "--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((tmp_path / "lm_step.json").read_text())
+  assert results["device"].endswith("x 1") and results["parameters"] == 3_225_088
+  assert list(results["batches"]) == ["8"] and results["steps_per_timing"] == {"8": 1}
+  runs = results["batches"]["8"]
+  assert {name: r["measures_noise"] for name, r in runs.items()} == {
+    "measured": True,
+    "not_measured": False,
+  }
+  for r in runs.values():
+    assert 0 < r["ratio_min"] <= r["throughput_ratio"] <= r["ratio_max"]
+    assert r["a_tokens_per_second"] == 8 * 128 / r["a_seconds"]
+    assert r["b_tokens_per_second"] == 8 * 128 / r["b_seconds"]
+  table = (tmp_path / "lm_step.md").read_text()
+  assert table.count("\n| ") == 1 + 2
+  assert "| 8 x 128 | measured | " in table and "| 8 x 128 | not measured | " in table
