@@ -227,7 +227,7 @@ def to_token_clock(
     value = tokens.get(name)
     if value is None:
       value = ml_collections.config_dict.placeholder(
-        tuple if last == "boundaries" else int if kind == "batch" else float
+        tuple if last in ("boundaries", "ramp") else int if kind == "batch" else float
       )
     block[name.rpartition(".")[2]] = value
   return config

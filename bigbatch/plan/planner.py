@@ -24,7 +24,7 @@ from bigbatch.schedules import Schedule
 
 __all__ = ["NOISE_RULES", "STRATEGIES", "PlanError", "plan_phases"]  # Phase, Plan: phases.py
 
-STRATEGIES = ("decay_lr", "increase_batch", "hybrid", "accumulate")
+STRATEGIES = ("decay_lr", "increase_batch", "hybrid", "accumulate", "ramp")
 NOISE_RULES = ("approx", "exact")
 
 
@@ -54,6 +54,7 @@ def _validate(
   adam_rule,
   b2,
   eps,
+  ramp,
 ):
   """Raises `PlanError` naming the first argument of `plan_phases` no plan can use."""
   del schedule  # checked when it was built
@@ -80,6 +81,30 @@ def _validate(
     f"must be in (0, epochs={epochs}], got {min_phase_epochs}",
   )
   _validate_adam(adam_rule, b2, eps)
+  _validate_ramp(strategy, ramp, epochs, batch_size, batch_multiple, dataset_size)
+
+
+def _validate_ramp(strategy, ramp, epochs, batch_size, batch_multiple, dataset_size) -> None:
+  """A ramp: (epoch, batch) pairs, the epochs rising inside training, the batches whole
+  multiples of `batch_multiple` that never fall below the one before."""
+  _check(strategy == "ramp" or not ramp, "ramp", f"only with strategy 'ramp', not {strategy!r}")
+  if strategy != "ramp":
+    return
+  _check(bool(ramp), "ramp", "strategy 'ramp' needs (epoch, batch) pairs")
+  before_epoch, before_batch = 0.0, batch_size
+  for pair in ramp:
+    _check(len(pair) == 2, "ramp", f"each entry is (epoch, batch), got {pair!r}")
+    epoch, batch = pair
+    _check(
+      before_epoch < epoch < epochs,
+      "ramp",
+      f"epoch {epoch:g} is not in ({before_epoch:g}, {epochs:g})",
+    )
+    whole = float(batch).is_integer() and batch % batch_multiple == 0
+    _check(whole and before_batch <= batch <= dataset_size, "ramp",
+           f"batch {batch:g} must be a multiple of {batch_multiple} from {before_batch:,} "
+           f"to the dataset's {dataset_size:,}")  # fmt: skip
+    before_epoch, before_batch = epoch, batch
 
 
 def _validate_adam(adam_rule, b2, eps) -> None:
@@ -197,12 +222,15 @@ def _choose_batches(
   exact: bool,
   max_batch_size: int | None,
   batch_multiple: int,
+  ramp: tuple = (),
 ) -> list[tuple[float, int]]:
   """Each phase's first epoch and batch (see `plan_phases`).
 
   The batch is rounded down to a multiple, so the learning rate that matches
   the noise scale never exceeds its running peak.
   """
+  if strategy == "ramp":
+    return _ramp_batches(schedule, epochs, b0, ramp)
   cuts = _cut_points(schedule, epochs, strategy, min_phase_epochs)
   peaks = _running_peak(schedule, epochs, [t for t, _ in cuts])
   capped = max_batch_size is not None and strategy != "accumulate"
@@ -241,6 +269,19 @@ def _choose_batches(
     if forced or new_batch != batch or not phases:
       phases.append((epoch, new_batch))
     batch = new_batch
+  return phases
+
+
+def _ramp_batches(schedule: Schedule, epochs: float, b0: int, ramp) -> list[tuple[float, int]]:
+  """The phases of a ramp: a cut at each of its epochs and at the schedule's jumps, the
+  batch the ramp's last entry at or before it (`b0` before the first)."""
+  starts = sorted(
+    {0.0, *(float(e) for e, _ in ramp), *(b for b in schedule.breakpoints() if 0.0 < b < epochs)}
+  )
+  phases = []
+  for start in starts:
+    batch = max([b0, *(int(b) for e, b in ramp if e <= start)])
+    phases.append((start, batch))
   return phases
 
 
@@ -372,6 +413,7 @@ def plan_phases(
   adam_rule: str | None = None,
   b2: float | None = None,
   eps: float | None = None,
+  ramp: tuple = (),
 ) -> Plan:
   """Derives batch-size phases that keep the noise scale on the baseline's path.
 
@@ -384,6 +426,8 @@ def plan_phases(
     `max_batch_size` or the dataset size.
   * `hybrid`: as `increase_batch` up to `max_batch_size`; past it the batch
     stays at the cap and the learning rate takes the rest of each drop.
+  * `ramp`: the batch follows `ramp` (explicit (epoch, batch) pairs); the
+    learning rate takes what keeps the noise scale on the baseline's path.
   * `accumulate`: as `increase_batch` without the cap; a batch past
     `max_batch_size` is a multiple of it, computed as `micro_batches`
     micro-batches of the cap per update (gradient accumulation).
@@ -423,6 +467,11 @@ def plan_phases(
       a decay by a becomes batch x a and lr / sqrt(a) (Seesaw), and the noise
       columns hold lr sqrt(N/B) / (1 - m), the quantity those rules keep.
     b2, eps: Adam's at the baseline's batch (needed with `adam_rule`).
+    ramp: `ramp`'s batches: (epoch, batch) pairs, the batch from each epoch on
+      (a warm-up of the batch, as Merrill et al. 2025 build one from measured
+      critical batches); the learning rate keeps the noise on the baseline's
+      path (`adam_rule`'s quantity), so a batch x k takes lr x k (SGD's g-rule)
+      or lr x sqrt(k) (Adam's square-root rules).
 
   Returns:
     The `Plan`.
@@ -443,6 +492,7 @@ def plan_phases(
     exact=noise_rule == "exact",
     max_batch_size=max_batch_size,
     batch_multiple=batch_multiple,
+    ramp=tuple(ramp),
   )
   result = _phases(
     chosen,

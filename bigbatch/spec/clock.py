@@ -30,13 +30,15 @@ __all__ = ["TOKEN_FIELDS", "is_token_clock", "replace_twin", "resolve", "split"]
 
 AUTO = -1  # `plan.max_batch_tokens: auto` (the memory probe), as `plan.max_batch_size`
 
-# token field -> (the example-clock field it stands for, "batch" or "duration")
+# token field -> (the example-clock field it stands for, "batch", "duration" or "ramp":
+# (tokens, batch tokens) pairs)
 TOKEN_FIELDS: dict[str, tuple[str, str]] = {
   "num_tokens": ("num_epochs", "duration"),
   "batch_tokens": ("batch_size", "batch"),
   "eval_every_tokens": ("eval_every_epochs", "duration"),
   "plan.max_batch_tokens": ("plan.max_batch_size", "batch"),
   "plan.min_phase_tokens": ("plan.min_phase_epochs", "duration"),
+  "plan.ramp_tokens": ("plan.ramp", "ramp"),
   "plan.adapt.monitor_horizon_tokens": ("plan.adapt.monitor_horizon_epochs", "duration"),
   "noise.horizon_tokens": ("noise.horizon_epochs", "duration"),
   "schedule.warmup_tokens": ("schedule.warmup_epochs", "duration"),
@@ -120,7 +122,20 @@ def split(
       )
     if kind == "batch" and value is not None:
       _set(config, twin, _sequences(name, value, length))
+    if kind == "ramp" and value:  # the batches now; the positions once the corpus is known
+      _set(
+        config, twin, tuple((at, _sequences(name, b, length)) for at, b in _as_pairs(name, value))
+      )
   return config, tokens
+
+
+def _as_pairs(name: str, value: Any) -> tuple:
+  values = tuple(value)
+  if values and not isinstance(values[0], list | tuple):  # a flat list, as the command line gives
+    values = tuple(zip(values[::2], values[1::2]))
+  if not all(isinstance(p, list | tuple) and len(p) == 2 for p in values):
+    raise ConfigError(f"{name}: must be (tokens, batch tokens) pairs, got {value!r}")
+  return values
 
 
 def _same(value: Any) -> Any:
@@ -147,6 +162,9 @@ def resolve(
   epochs of `tokens_per_epoch` tokens (N sequences x T)."""
   for name, value in tokens.items():
     twin, kind = TOKEN_FIELDS[name]
+    if kind == "ramp":
+      ramp = _get(config, twin) or ()
+      _set(config, twin, tuple((float(at) / tokens_per_epoch, b) for at, b in ramp))
     if kind != "duration":
       continue
     if isinstance(value, list | tuple):

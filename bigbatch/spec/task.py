@@ -243,6 +243,18 @@ class OptimizerSpec:
     return {"name": self.name, "learning_rate": self.learning_rate, **self.options}
 
 
+def _pairs(field: str, value: Any) -> tuple:
+  """(epoch, batch) pairs of numbers (a flat list of an even length reads as pairs)."""
+  values = tuple(value or ())
+  if values and not isinstance(values[0], list | tuple):
+    values = tuple(zip(values[::2], values[1::2])) if len(values) % 2 == 0 else ((),)
+  for pair in values:
+    if not (isinstance(pair, list | tuple) and len(pair) == 2) or fields.non_finite(tuple(pair)):
+      raise ConfigError(f"{field}: must be (epoch, batch) pairs of numbers, got {value!r}")
+    fields.numbers(field, tuple(pair))
+  return tuple(tuple(pair) for pair in values)
+
+
 ADAM_FAMILY = ("adam", "adamw", "amsgrad")  # the optimizers `plan.adam_rule` is for
 
 
@@ -258,8 +270,9 @@ class PlanSpec(Block):
   """`plan`: how batch sizes follow the schedule. `strategy` (decay_lr, increase_batch,
   hybrid, accumulate, or decided while training: plateau, plateau_lr, noise, with their
   fields in `adapt`), `max_batch_size` (the cap; `AUTO`: probed), `batch_multiple`,
-  `noise_rule` (approx | exact), `min_phase_epochs`, and `adam_rule` (Adam, AdamW and
-  AMSGrad only: paper | sqrt | sde | beta2_halflife; unset: paper)."""
+  `noise_rule` (approx | exact), `min_phase_epochs`, `adam_rule` (Adam, AdamW and
+  AMSGrad only: paper | sqrt | sde | beta2_halflife; unset: paper), and `ramp` (strategy
+  `ramp`: (epoch, batch) pairs, the batch from each epoch on)."""
 
   strategy: str = "decay_lr"
   max_batch_size: int | None = None
@@ -267,6 +280,7 @@ class PlanSpec(Block):
   noise_rule: str = "approx"
   min_phase_epochs: float | None = None
   adam_rule: str | None = None
+  ramp: tuple = ()
   adapt: Mapping[str, Any] = dataclasses.field(default_factory=adaptive.default_config)
 
   _PREFIX = "plan."
@@ -274,6 +288,7 @@ class PlanSpec(Block):
     "strategy": one_of(*PLANNED, *adaptive.STRATEGIES),
     "max_batch_size": integer(AUTO, optional=True),
     "adam_rule": lambda field, value: _adam_rule(field, value),
+    "ramp": lambda field, value: _pairs(field, value),
   }  # the rest the planner checks, naming the same fields (`build.plan_of`)
 
   def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ _PLAN_FIELDS = {
   "noise_rule": "plan.noise_rule",
   "min_phase_epochs": "plan.min_phase_epochs",
   "adam_rule": "plan.adam_rule",
+  "ramp": "plan.ramp",
   "b2": "optimizer.b2",
   "eps": "optimizer.eps",
 }
@@ -107,6 +108,7 @@ def _planned(spec: RunSpec, schedule: Schedule, strategy: str) -> Plan:
       batch_multiple=plan.batch_multiple,
       noise_rule=plan.noise_rule,
       min_phase_epochs=plan.min_phase_epochs,
+      ramp=plan.ramp,
       **_adam_of(spec),
     )
   except PlanError as error:

@@ -318,3 +318,37 @@ def test_errors_name_the_field(kwargs, match):
 def test_increase_batch_refuses_to_pass_the_dataset():
   with pytest.raises(bb.PlanError, match="above the dataset size 50,000; use strategy 'hybrid'"):
     cifar(strategy="increase_batch", batch_size=640)  # 640 * 125 = 80,000 > N
+
+
+def test_a_ramp_sets_the_batch_and_the_rate_keeps_the_noise_on_the_baseline():
+  schedule = make_schedule("step", 20, boundaries=(12.0,), factor=4.0)
+  common = dict(dataset_size=50_000, epochs=20, learning_rate=0.1, batch_size=32, momentum=0.9,
+                schedule=schedule, strategy="ramp", ramp=((2.0, 64), (5.0, 128)))  # fmt: skip
+  sgd = bb.plan_phases(**common)
+  assert [(p.start_epoch, p.batch_size) for p in sgd.phases] == [
+    (0.0, 32), (2.0, 64), (5.0, 128), (12.0, 128)
+  ]  # fmt: skip
+  # SGD's g-rule: batch x k takes lr x k; after the decay by 4, a quarter of that
+  assert [p.learning_rate for p in sgd.phases] == pytest.approx([0.1, 0.2, 0.4, 0.1])
+  adam = bb.plan_phases(**common, adam_rule="sqrt", b2=0.95, eps=1e-8)
+  assert [p.learning_rate for p in adam.phases] == pytest.approx(
+    [0.1, 0.1 * 2**0.5, 0.2, 0.05]
+  )  # fmt: skip
+  # the steps: each phase's examples at its batch
+  assert [p.steps for p in sgd.phases] == [3_125, 2_344, 2_735, 3_125]
+
+
+@pytest.mark.parametrize(
+  ("changes", "message"),
+  [
+    ({"ramp": ((5.0, 64), (2.0, 128))}, "ramp: epoch 2 is not in (5, 20)"),
+    ({"ramp": ((2.0, 16),)}, "ramp: batch 16 must be a multiple of 1 from 32"),
+    ({"ramp": ()}, "ramp: strategy 'ramp' needs (epoch, batch) pairs"),
+    ({"ramp": ((2.0, 64),), "strategy": "increase_batch"}, "ramp: only with strategy 'ramp'"),
+  ],
+)
+def test_a_bad_ramp_is_named(changes, message):
+  options = dict(dataset_size=50_000, epochs=20, learning_rate=0.1, batch_size=32,
+                 strategy="ramp")  # fmt: skip
+  with pytest.raises(bb.PlanError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    bb.plan_phases(**{**options, **changes})

@@ -105,7 +105,7 @@ def test_every_token_field_stands_for_a_field_a_spec_holds():
     for part in parents:
       block = block[part]
     assert last in block, twin
-    assert kind in ("batch", "duration") and name.endswith("_tokens")
+    assert kind in ("batch", "duration", "ramp") and name.endswith("_tokens")
 
 
 def test_a_ramp_leaves_the_schedules_token_positions_where_the_baseline_has_them():
@@ -134,3 +134,18 @@ def test_a_ramp_leaves_the_schedules_token_positions_where_the_baseline_has_them
   last = plans["ramp"].phases[-1]
   assert (last.first_example + last.steps * last.batch_size) * T >= 2_048_000
   assert (last.first_example + (last.steps - 1) * last.batch_size) * T < 2_048_000
+
+
+def test_a_ramp_in_tokens_is_read_in_sequences_and_resolved_in_epochs():
+  config = lm_config(**{"plan.strategy": "ramp"})
+  config.plan.ramp_tokens = ((204_800, 8_192), (614_400, 16_384))
+  spec = RunSpec.read(config)
+  assert spec.plan.ramp == ((204_800, 64), (614_400, 128))  # positions: once N is known
+  resolved = spec.resolve(N)
+  assert resolved.plan.ramp == ((204_800 / (N * T), 64), (614_400 / (N * T), 128))
+  plan = build.plan_of(resolved)
+  assert [p.batch_size for p in plan.phases if p.first_example * T >= 204_800][:1] == [64]
+  assert RunSpec.read(resolved.to_dict()).resolve(N) == resolved
+  config.plan.ramp_tokens = ((204_800, 1_000),)
+  with pytest.raises(ConfigError, match=r"^plan\.ramp_tokens: 1000 is not a whole number"):
+    RunSpec.read(config)
