@@ -145,8 +145,9 @@ def make_config(run: Run, common: dict[str, object], seed: int, data_dir: str | 
   return config
 
 
-def train(run: Run, config, workdir: pathlib.Path) -> dict:
-  """Trains one run (or reads back a finished one); its summary and eval curve."""
+def train_once(config, workdir: pathlib.Path) -> dict:
+  """Trains `config` in `workdir` unless its `summary.json` exists (an interrupted run
+  resumes from its checkpoint), the trainer's output in `workdir/log.txt`; the summary."""
   from bigbatch import train as bbtrain
 
   done = workdir / "summary.json"
@@ -154,7 +155,12 @@ def train(run: Run, config, workdir: pathlib.Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / "log.txt", "a") as log, contextlib.redirect_stdout(log):
       bbtrain.train_and_evaluate(config, workdir, progress=False)
-  summary = json.loads(done.read_text())
+  return json.loads(done.read_text())
+
+
+def train(run: Run, config, workdir: pathlib.Path) -> dict:
+  """Trains one run (or reads back a finished one); its summary and eval curve."""
+  summary = train_once(config, workdir)
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   evals = [r for r in rows if "eval_accuracy" in r]
   return {

@@ -268,18 +268,25 @@ def parse() -> argparse.Namespace:
   return args
 
 
-def kept_results(out: pathlib.Path, settings: dict, results: dict) -> dict:
-  """`results` with the other runs of `out/results.json`, in the order of RUNS; an error
-  if that file was made with other epochs or seeds."""
+def kept_results(
+  out: pathlib.Path,
+  settings: dict,
+  results: dict,
+  *,
+  keys: tuple[str, ...] = ("epochs", "seeds"),
+  order: tuple[reproduce.Run, ...] = RUNS,
+) -> dict:
+  """`results` with the other runs of `out/results.json`, in the order of `order`; an error
+  if that file was made with other `keys` settings (epochs or seeds)."""
   earlier = json.loads((out / "results.json").read_text())
-  for key in ("epochs", "seeds"):
+  for key in keys:
     if earlier["settings"][key] != settings[key]:
       sys.exit(
         f"--keep: {out / 'results.json'} has {key} {earlier['settings'][key]}, "
         f"this run {settings[key]}"
       )
   merged = {**earlier["runs"], **results}
-  return {r.name: merged[r.name] for r in RUNS if r.name in merged}
+  return {r.name: merged[r.name] for r in order if r.name in merged}
 
 
 def main() -> int:

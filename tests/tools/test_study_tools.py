@@ -39,3 +39,209 @@ def test_kept_results_refuses_results_made_with_other_seeds(tmp_path):
     SystemExit, match=r"--keep: .*results.json has seeds \[0\], this run \[0, 1\]"
   ):
     study.kept_results(tmp_path, {"epochs": 20, "seeds": [0, 1]}, {})
+
+
+def lm_rows(losses, *, batch=32, tokens_per_eval=4096):
+  """metrics.jsonl rows of a language model: a logged step without an evaluation between
+  evaluations that carry the step's training metrics."""
+  rows = []
+  for i, loss in enumerate(losses, start=1):
+    rows.append({"step": 2 * i - 1, "tokens": (2 * i - 1) * tokens_per_eval // 2,
+                 "batch_size": float(batch), "loss": 3.0, "grad_noise_scale": None,
+                 "grad_noise_scale_low": 1.5, "grad_noise_scale_high": None})  # fmt: skip
+    rows.append({"step": 2 * i, "tokens": i * tokens_per_eval, "batch_size": float(batch),
+                 "grad_noise_scale": 40.0 * i, "grad_noise_scale_low": 30.0 * i,
+                 "grad_noise_scale_high": 60.0 * i, "eval_loss": loss,
+                 "eval_bits_per_byte": loss / 0.6931471805599453})  # fmt: skip
+  return rows
+
+
+def test_lm_eval_curve_reads_the_evaluations_and_their_step_s_noise_scale():
+  study = load("study_lm")
+  curve = study.eval_curve(lm_rows([2.5, 2.0]))
+  assert curve["tokens"] == [4096, 8192]
+  assert curve["step"] == [2, 4]
+  assert curve["eval_loss"] == [2.5, 2.0]
+  assert curve["eval_bits_per_byte"] == pytest.approx([2.5 / 0.693147, 2.0 / 0.693147])
+  assert curve["batch"] == [32, 32]
+  assert (curve["measured"], curve["low"], curve["high"]) == ([40.0, 80.0], [30.0, 60.0],
+                                                             [60.0, 120.0])  # fmt: skip
+  trace = study.noise_trace(lm_rows([2.5]))
+  assert trace["tokens"] == [2048, 4096]
+  assert trace["measured"] == [None, 40.0] and trace["low"] == [1.5, 30.0]
+
+
+def test_lm_decisions_give_their_position_in_tokens():
+  study = load("study_lm")
+  rows = [{"step": 40, "decision_position": 1280, "decision_batch_size": 128,
+           "decision_learning_rate": 1e-3, "decision_reason": "B_simple's lower bound"}]  # fmt: skip
+  (decision,) = study.decisions(rows, sequence_length=128)
+  assert decision["tokens"] == 1280 * 128 and decision["batch_size"] == 128
+
+
+def test_lm_tokens_to_target_is_the_first_evaluation_at_or_below_it():
+  study = load("study_lm")
+  curve = study.eval_curve(lm_rows([2.5, 2.0, 1.9, 2.1]))
+  assert study.tokens_to_target(curve, 2.0) == {"tokens": 8192, "updates": 4}
+  assert study.tokens_to_target(curve, 1.95) == {"tokens": 12288, "updates": 6}
+  assert study.tokens_to_target(curve, 1.5) is None
+
+
+def lm_results(study, losses_by_run: dict[str, list[list[float]]], updates: dict[str, int]):
+  results = {}
+  for run in study.RUNS:
+    if run.name not in losses_by_run:
+      continue
+    per_seed = {}
+    for seed, losses in enumerate(losses_by_run[run.name]):
+      rows = lm_rows(losses)
+      per_seed[seed] = {
+        "loss": losses[-1], "bits_per_byte": losses[-1] / 0.6931471805599453,
+        "updates": updates[run.name], "tokens": 4096 * len(losses), "wall_seconds": 10.0,
+        "curve": study.eval_curve(rows), "noise": study.noise_trace(rows), "decisions": [],
+      }  # fmt: skip
+    results[run.name] = study.aggregate(run, per_seed, "bigbatch train ...")
+  return results
+
+
+def test_lm_table_reports_targets_and_which_rule_matches_in_half_the_updates():
+  study = load("study_lm")
+  results = lm_results(
+    study,
+    {
+      "baseline": [[2.5, 2.1, 2.0], [2.5, 2.2, 2.02]],  # target: mean final 2.01
+      "increase_batch/sqrt": [[2.4, 2.0, 2.0], [2.4, 2.1, 2.03]],  # within noise
+      "increase_batch/paper": [[2.6, 2.4, 2.3], [2.6, 2.4, 2.31]],  # far worse
+    },
+    {"baseline": 250, "increase_batch/sqrt": 99, "increase_batch/paper": 99},
+  )
+  target = study.with_targets(results)
+  assert target == pytest.approx(2.01)
+  assert list(results) == ["baseline", "increase_batch/paper", "increase_batch/sqrt"]
+  assert results["baseline"]["to_target"] == {"0": {"tokens": 12288, "updates": 6}, "1": None}
+  assert results["increase_batch/sqrt"]["to_target"] == {
+    "0": {"tokens": 8192, "updates": 4}, "1": None,
+  }  # fmt: skip
+  sqrt = study.compare(results["increase_batch/sqrt"], results["baseline"])
+  assert sqrt["difference"] == pytest.approx(0.005)
+  # two seeds each: a std of d / sqrt(2) for a spread d, its mean's variance std^2 / 2
+  assert sqrt["se"] == pytest.approx((0.03**2 / 4 + 0.02**2 / 4) ** 0.5)
+  assert sqrt["within_noise"] and sqrt["half_updates"]
+  paper = study.compare(results["increase_batch/paper"], results["baseline"])
+  assert not paper["within_noise"] and paper["half_updates"]
+
+  settings = {"tokens": 12288, "seeds": [0, 1], "eval_examples": 16, "device": "cpu x 1",
+              "python": "3.11.7"}  # fmt: skip
+  text = study.tables(results, settings, target)
+  rows = {}  # each run's first row: the table over seeds
+  for line in text.splitlines():
+    if line.startswith("| "):
+      rows.setdefault(line.split(" | ")[0], line)
+  baseline = rows["| baseline: batch 4,096 tokens, lr / 4"]
+  assert "| 2.0100 ± 0.0141 |" in baseline and "| 250 | 1.00x |" in baseline
+  assert "12,288 (1 of 2 seeds; the others not reached)" in baseline
+  sqrt_row = rows["| increasing batch, sqrt (lr / 2)"]
+  assert "| +0.0050 (+0.3 SE) | 99 | 2.53x |" in sqrt_row
+  assert "| not reached |" in rows["| increasing batch, paper (lr held)"]
+  assert "- increasing batch, sqrt (lr / 2): matches: 2.0150 against 2.0100" in text
+  assert "- increasing batch, paper (lr held): does not match (loss): 2.3050" in text
+  assert "| 3 (12,288) | 32 / 120 [90, 180] |" in text  # the B_simple table, medians
+
+
+def cbs_rows():
+  """A run's metrics.jsonl: B_simple resolved at step 50, only its lower bound at 100."""
+  return [
+    {"step": 50, "epoch": 0.5, "batch_size": 128.0, "grad_noise_scale": 400.0,
+     "grad_noise_scale_low": 300.0, "grad_noise_scale_high": 600.0},
+    {"step": 60, "epoch": 0.6, "eval_loss": 1.0},  # an evaluation row: no noise measured
+    {"step": 100, "epoch": 1.0, "batch_size": 128.0, "grad_noise_scale": None,
+     "grad_noise_scale_low": 2000.0, "grad_noise_scale_high": None},
+  ]  # fmt: skip
+
+
+def test_cbs_noise_at_a_step_is_the_last_measurement_at_or_before_it():
+  study = load("study_cbs")
+  rows = cbs_rows()
+  assert study.noise_at(rows, 60) == {"step": 50, "value": 400.0, "low": 300.0, "high": 600.0}
+  assert study.noise_at(rows, 100) == {"step": 100, "value": None, "low": 2000.0, "high": None}
+  assert study.noise_at(rows, 49)["low"] is None
+  nan = [{"step": 5, "grad_noise_scale": float("nan"), "grad_noise_scale_low": float("inf")}]
+  assert study.noise_at(nan, 5) == {"step": 5, "value": None, "low": None, "high": None}
+  assert study.noise_trace(rows)["epoch"] == [0.5, 1.0]
+
+
+def test_cbs_branch_steps_are_checkpointed_steps_near_each_fraction_of_the_run():
+  study = load("study_cbs")
+  assert study.branch_steps(7813, 800) == [800, 3200, 5600, 7200]
+  assert study.branch_steps(250, 20) == [20, 100, 180, 220]
+  assert study.branch_steps(32, 8) == [8, 16, 24]  # 0.7 and 0.9 of the run: one step
+
+
+def cbs_result(step, critical, zhang, losses, *, run_batch=128, orders=(1.0, 1.002)):
+  """`bigbatch cbs --json`'s result, in examples (sequences for a language model), with the
+  study's critical batch from the smallest batch's losses in several data orders."""
+  return {
+    "step": step, "run_batch_size": run_batch, "critical_batch": critical,
+    "zhang_critical_batch": zhang, "tolerance": 0.01, "order_losses": list(orders),
+    "tolerance_orders": 0.02, "critical_batch_orders": 2 * critical,
+    "branches": [{"batch_size": b, "final_loss": loss} for b, loss in losses.items()],
+  }  # fmt: skip
+
+
+def test_cbs_table_sets_the_branched_critical_batch_against_b_simple():
+  study = load("study_cbs")
+  rows = cbs_rows()
+  losses = {128: 1.0, 256: 1.005, 512: 1.02, 1024: 1.1, 2048: float("inf")}
+  orders = (1.0, 1.01, 0.99, 1.0, 1.0, 1.0)  # the study's 6 data orders of batch 128
+  first = study.summarize(cbs_result(50, 256, 128, losses, orders=orders), rows, study.MNIST)
+  assert first["b_simple"] == {"value": 400.0, "low": 300.0, "high": 600.0}
+  assert first["epoch"] == 0.5 and first["run_batch"] == 128
+  assert first["losses"]["2048"] is None  # diverged
+  # B_simple [300, 600] against a critical batch in [256, 512): they meet
+  assert study.agreement(first, study.MNIST.batches) == {
+    "ratio": 1.5625, "ratio_text": "1.6", "overlap": True,
+  }  # fmt: skip
+  late = cbs_result(100, 1024, None, dict.fromkeys(losses, 1.0), orders=orders)
+  late = study.summarize(late | {"critical_batch": 2048}, rows, study.MNIST)
+  said = study.agreement(late, study.MNIST.batches)
+  assert said["ratio"] is None and said["ratio_text"] == "> 0.98" and said["overlap"]
+  assert study.bracket(128, study.MNIST.batches) == (0.0, 256.0)  # the smallest: below 256
+  assert study.bracket(2048, study.MNIST.batches) == (2048.0, float("inf"))
+  first["seconds"] = 12.0
+  lines = study.table([first, late], study.MNIST)
+  assert lines[0].startswith(
+    "| step | epoch | run's batch | B_simple [95%] | critical batch (Merrill: auto / 6 orders) |"
+  )
+  assert lines[2] == (
+    "| 50 | 0.5 | 128 | 400 [300, 600] | 256 / 512 | 128 | 1.6 / 0.78 | yes / yes "
+    "| 0.0100 / 0.0200 "
+    "| 1.0000 | 1.0050 | 1.0200 | 1.1000 | diverged | 12 |"
+  )
+  assert lines[3].startswith(
+    "| 100 | 1.0 | 128 | > 2,000 | ≥ 2,048 / ≥ 2,048 | — | > 0.98 / > 0.98 | yes / yes |"
+  )
+
+
+def test_cbs_summary_of_a_language_model_counts_tokens_and_reads_the_re_measured_run():
+  study = load("study_cbs")
+  rows = [{"step": 20, "tokens": 81920, "batch_size": 32.0, "grad_noise_scale": None,
+           "grad_noise_scale_low": None, "grad_noise_scale_high": None}]  # fmt: skip
+  again = [{"step": 20, "tokens": 81920, "batch_size": 32.0, "grad_noise_scale": 50.0,
+            "grad_noise_scale_low": 40.0, "grad_noise_scale_high": 70.0}]  # fmt: skip
+  result = cbs_result(20, 64, 32, {32: 2.0, 64: 2.001, 128: 2.1}, run_batch=32)
+  row = study.summarize(result, rows, study.LM, again)
+  assert row["run_batch"] == 4096 and row["merrill"] == 64 * 128 and row["zhang"] == 4096
+  assert row["b_simple"] == {"value": None, "low": None, "high": None}
+  assert row["b_simple_remeasured"] == {"value": 6400.0, "low": 5120.0, "high": 8960.0}
+  assert row["losses"] == {"4096": 2.0, "8192": 2.001, "16384": 2.1}
+  assert study.table([row], study.LM)[2].startswith(  # two data orders: auto only
+    "| 20 | 81,920 | 4,096 | — | 6,400 [5,120, 8,960] | 8,192 | 4,096 | 0.78 | yes | 0.0100 |"
+  )
+
+
+def test_cbs_tolerance_from_data_orders_is_two_sigma_and_cbs_s_own_for_a_pair():
+  study = load("study_cbs")
+  assert study.orders_tolerance([1.0, 1.01]) == pytest.approx(2**0.5 * 0.01)
+  assert study.orders_tolerance([1.0, 1.02, 1.04]) == pytest.approx(2 * 0.02)
+  assert study.orders_tolerance([1.0, 1.0]) == 1e-4  # equal losses: the floor
+  assert study.orders_tolerance([1.0, float("inf")]) == float("inf")
