@@ -69,8 +69,16 @@ class Run:
 
 def _flag(value: object) -> str:
   if isinstance(value, tuple):
-    return "'(" + ",".join(f"{v:g}" for v in value) + ")'"
+    return "'" + _literal(value) + "'"
   return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _literal(value: object) -> str:
+  """A tuple as Python reads it back ((a,) for one entry), numbers as %g."""
+  if isinstance(value, tuple):
+    inner = ",".join(_literal(v) for v in value)
+    return f"({inner},)" if len(value) == 1 else f"({inner})"
+  return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def runs() -> list[Run]:
@@ -314,28 +322,65 @@ def figure(results: dict[str, dict], names: list[str], title: str, path: pathlib
   plt.close(fig)
 
 
-def parse() -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true", help="5 epochs, 1 seed (a smoke run)")
+def said(result: dict) -> str:
+  """A trained seed of an image-model study, in one line."""
+  return (
+    f"test accuracy {result['accuracy']:.4f}, {result['updates']:,} updates, "
+    f"{result['wall_seconds']:.1f} s"
+  )
+
+
+def study_arguments(
+  parser: argparse.ArgumentParser, *, workdir: str, out: str, keep: str | None = None
+) -> None:
+  """The arguments every study shares: seeds, which runs, where they train, the tfds data,
+  where results go, and (`keep`: its help) keeping the other runs of an earlier results.json."""
   parser.add_argument("--seeds", type=int, default=None, help="seeds per run (default 3)")
-  parser.add_argument("--epochs", type=int, default=None, help="default 20 (--quick: 5)")
   parser.add_argument(
     "--only", nargs="*", default=(), help="train only runs whose name contains one of these"
   )
-  parser.add_argument("--workdir", default="workdir/reproduce", help="one subdirectory per run")
+  parser.add_argument("--workdir", default=workdir, help="one subdirectory per run")
   parser.add_argument("--data-dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR)")
-  parser.add_argument("--out", default="docs/results", help="where results are written")
-  args = parser.parse_args()
-  args.seeds = args.seeds or (1 if args.quick else 3)
-  args.epochs = args.epochs or (5 if args.quick else 20)
+  parser.add_argument("--out", default=out, help="where results are written")
+  if keep:
+    parser.add_argument("--keep", action="store_true", help=keep)
+
+
+def check_study_arguments(parser: argparse.ArgumentParser, args, names: list[str]) -> None:
+  """Seeds (3 unless given) at least 1, and each --only pattern naming one of `names`."""
+  args.seeds = 3 if args.seeds is None else args.seeds
   if args.seeds < 1:
     parser.error(f"--seeds: must be >= 1, got {args.seeds}")
+  for pattern in args.only:
+    if not any(pattern in name for name in names):
+      parser.error(f"--only: {pattern!r} matches no run; runs: {', '.join(names)}")
+
+
+def train_runs(selected: list[Run], seeds: list[int], train_seed, said) -> dict[str, dict]:
+  """`train_seed(run, seed)` for each run and seed, a progress line `said(result)` after
+  each; {run name: {seed: result}}."""
+  out: dict[str, dict] = {}
+  total, done = len(selected) * len(seeds), 0
+  for run in selected:
+    out[run.name] = {}
+    for seed in seeds:
+      result = out[run.name][seed] = train_seed(run, seed)
+      done += 1
+      print(f"[{done}/{total}] {run.name} seed {seed}: {said(result)}", flush=True)
+  return out
+
+
+def parse() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="5 epochs, 1 seed (a smoke run)")
+  parser.add_argument("--epochs", type=int, default=None, help="default 20 (--quick: 5)")
+  study_arguments(parser, workdir="workdir/reproduce", out="docs/results")
+  args = parser.parse_args()
+  args.seeds = args.seeds or (1 if args.quick else None)
+  args.epochs = args.epochs or (5 if args.quick else 20)
   if args.epochs < 2:
     parser.error(f"--epochs: must be >= 2, got {args.epochs}")
-  known = [r.name for r in runs()]
-  for pattern in args.only:
-    if not any(pattern in name for name in known):
-      parser.error(f"--only: {pattern!r} matches no run; runs: {', '.join(known)}")
+  check_study_arguments(parser, args, [r.name for r in runs()])
   return args
 
 
@@ -356,21 +401,13 @@ def main() -> int:
     "jax": jax.__version__,
     "common_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in common.items()},
   }
-  results: dict[str, dict] = {}
-  total, done = len(selected) * args.seeds, 0
-  for run in selected:
-    per_seed = {}
-    for seed in settings["seeds"]:
-      where = workdir / f"e{args.epochs}" / run.name.replace("/", "_") / f"seed{seed}"
-      per_seed[seed] = train(run, make_config(run, common, seed, args.data_dir), where)
-      done += 1
-      print(
-        f"[{done}/{total}] {run.name} seed {seed}: test accuracy "
-        f"{per_seed[seed]['accuracy']:.4f}, {per_seed[seed]['updates']:,} updates, "
-        f"{per_seed[seed]['wall_seconds']:.1f} s",
-        flush=True,
-      )
-    results[run.name] = aggregate(run, per_seed, run.command(common))
+
+  def train_seed(run: Run, seed: int) -> dict:
+    where = workdir / f"e{args.epochs}" / run.name.replace("/", "_") / f"seed{seed}"
+    return train(run, make_config(run, common, seed, args.data_dir), where)
+
+  trained = train_runs(selected, settings["seeds"], train_seed, said)
+  results = {r.name: aggregate(r, trained[r.name], r.command(common)) for r in selected}
   settings["train_seconds"] = sum(
     seed["wall_seconds"] for result in results.values() for seed in result["per_seed"].values()
   )

@@ -249,22 +249,17 @@ def aggregate(run: reproduce.Run, per_seed: dict[int, dict], command: str) -> di
 
 def parse() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--epochs", type=int, default=20)
-  parser.add_argument("--only", nargs="*", default=(), help="runs whose name contains these")
-  parser.add_argument("--workdir", default="workdir/adaptive")
-  parser.add_argument("--data-dir", default=None)
-  parser.add_argument("--out", default="docs/results/adaptive")
-  parser.add_argument(
-    "--keep",
-    action="store_true",
-    help="keep the other runs' results from --out's results.json (same epochs and seeds)",
+  reproduce.study_arguments(
+    parser,
+    workdir="workdir/adaptive",
+    out="docs/results/adaptive",
+    keep="keep the other runs' results from --out's results.json (same epochs and seeds)",
   )
   args = parser.parse_args()
-  if args.seeds < 1:
-    parser.error(f"--seeds: must be >= 1, got {args.seeds}")
   if args.epochs < 2:
     parser.error(f"--epochs: must be >= 2, got {args.epochs}")
+  reproduce.check_study_arguments(parser, args, [r.name for r in RUNS])
   return args
 
 
@@ -304,17 +299,13 @@ def main() -> int:
     "device": f"{devices[0].platform} x {len(devices)}",
     "jax": jax.__version__,
   }
-  results = {}
-  for run in selected:
-    per_seed = {}
-    for seed in settings["seeds"]:
-      per_seed[seed] = train_one(run, common, seed, args)
-      print(
-        f"{run.name} seed {seed}: test accuracy {per_seed[seed]['accuracy']:.4f}, "
-        f"{per_seed[seed]['updates']:,} updates",
-        flush=True,
-      )
-    results[run.name] = aggregate(run, per_seed, run.command(common))
+  trained = reproduce.train_runs(
+    selected,
+    settings["seeds"],
+    lambda run, seed: train_one(run, common, seed, args),
+    reproduce.said,
+  )
+  results = {r.name: aggregate(r, trained[r.name], r.command(common)) for r in selected}
   results = kept_results(out, settings, results) if args.keep else results
   (out / "results.json").write_text(
     json.dumps({"settings": settings, "runs": results}, indent=1) + "\n"

@@ -16,6 +16,9 @@ data order end at different losses. `tolerance_from_repeat` sizes it from
 such a pair at the smallest batch: their difference d has a standard
 deviation of sqrt(2) sigma, so |d| estimates sqrt(2) sigma and the tolerance
 is 2 sigma = sqrt(2) |d|.
+
+`warmup_ramp` turns critical batches measured at several points of a run into
+a batch warm-up for `plan.strategy: ramp`, as Merrill et al. build theirs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
   "critical_batch",
   "steps_to",
   "tolerance_from_repeat",
+  "warmup_ramp",
   "zhang_critical_batch",
 ]
 
@@ -103,3 +107,37 @@ def zhang_critical_batch(
     if not crossed:
       best = result.batch_size
   return best, table
+
+
+def warmup_ramp(
+  measured: Sequence[tuple[float, int | None]], base_batch: int, multiple: int = 1
+) -> tuple[tuple[float, int], ...]:
+  """A batch warm-up from critical batches measured along a run, for `plan.ramp` (or
+  `plan.ramp_tokens`): from each point on, the batch is the largest critical batch measured
+  so far, rounded down to `multiple`, and never below `base_batch`.
+
+  A ramp never shrinks the batch (a smaller critical batch later, within the measurement's
+  noise, does not undo an earlier rise), and an unmeasured point (None) changes nothing.
+
+  Args:
+    measured: (position, critical batch) pairs, the position in the ramp's unit (epochs,
+      or tokens for a language model) and the batch in the plan's unit.
+    base_batch: the run's batch before the ramp.
+    multiple: the plan's `batch_multiple` (in the batch's unit).
+
+  Returns:
+    `(position, batch)` pairs, only where the batch rises; `()` when it never does, which
+    is the constant `base_batch`.
+  """
+  if base_batch < 1 or multiple < 1:
+    raise ValueError(f"base_batch and multiple must be >= 1, got {base_batch}, {multiple}")
+  ramp: list[tuple[float, int]] = []
+  current = base_batch
+  for position, batch in sorted(measured, key=lambda pair: pair[0]):
+    if batch is None:
+      continue
+    rounded = batch // multiple * multiple
+    if rounded > current:
+      ramp.append((position, rounded))
+      current = rounded
+  return tuple(ramp)

@@ -80,11 +80,11 @@ def test_lm_decisions_give_their_position_in_tokens():
 
 
 def test_lm_tokens_to_target_is_the_first_evaluation_at_or_below_it():
-  study = load("study_lm")
+  study, report = load("study_lm"), load("study_lm_report")
   curve = study.eval_curve(lm_rows([2.5, 2.0, 1.9, 2.1]))
-  assert study.tokens_to_target(curve, 2.0) == {"tokens": 8192, "updates": 4}
-  assert study.tokens_to_target(curve, 1.95) == {"tokens": 12288, "updates": 6}
-  assert study.tokens_to_target(curve, 1.5) is None
+  assert report.tokens_to_target(curve, 2.0) == {"tokens": 8192, "updates": 4}
+  assert report.tokens_to_target(curve, 1.95) == {"tokens": 12288, "updates": 6}
+  assert report.tokens_to_target(curve, 1.5) is None
 
 
 def lm_results(study, losses_by_run: dict[str, list[list[float]]], updates: dict[str, int]):
@@ -105,7 +105,7 @@ def lm_results(study, losses_by_run: dict[str, list[list[float]]], updates: dict
 
 
 def test_lm_table_reports_targets_and_which_rule_matches_in_half_the_updates():
-  study = load("study_lm")
+  study, report = load("study_lm"), load("study_lm_report")
   results = lm_results(
     study,
     {
@@ -115,24 +115,27 @@ def test_lm_table_reports_targets_and_which_rule_matches_in_half_the_updates():
     },
     {"baseline": 250, "increase_batch/sqrt": 99, "increase_batch/paper": 99},
   )
-  target = study.with_targets(results)
+  target = report.with_targets(results)
   assert target == pytest.approx(2.01)
   assert list(results) == ["baseline", "increase_batch/paper", "increase_batch/sqrt"]
   assert results["baseline"]["to_target"] == {"0": {"tokens": 12288, "updates": 6}, "1": None}
   assert results["increase_batch/sqrt"]["to_target"] == {
     "0": {"tokens": 8192, "updates": 4}, "1": None,
   }  # fmt: skip
-  sqrt = study.compare(results["increase_batch/sqrt"], results["baseline"])
+  sqrt = report.compare(results["increase_batch/sqrt"], results["baseline"])
   assert sqrt["difference"] == pytest.approx(0.005)
   # two seeds each: a std of d / sqrt(2) for a spread d, its mean's variance std^2 / 2
   assert sqrt["se"] == pytest.approx((0.03**2 / 4 + 0.02**2 / 4) ** 0.5)
+  # paired by seed: differences 0 and 0.01, a mean of 0.005 with a standard error of 0.005
+  assert sqrt["paired_difference"] == pytest.approx(0.005)
+  assert sqrt["paired_se"] == pytest.approx(0.005)
   assert sqrt["within_noise"] and sqrt["half_updates"]
-  paper = study.compare(results["increase_batch/paper"], results["baseline"])
+  paper = report.compare(results["increase_batch/paper"], results["baseline"])
   assert not paper["within_noise"] and paper["half_updates"]
 
   settings = {"tokens": 12288, "seeds": [0, 1], "eval_examples": 16, "device": "cpu x 1",
               "python": "3.11.7"}  # fmt: skip
-  text = study.tables(results, settings, target)
+  text = report.tables(results, settings, target)
   rows = {}  # each run's first row: the table over seeds
   for line in text.splitlines():
     if line.startswith("| "):
@@ -141,11 +144,47 @@ def test_lm_table_reports_targets_and_which_rule_matches_in_half_the_updates():
   assert "| 2.0100 ± 0.0141 |" in baseline and "| 250 | 1.00x |" in baseline
   assert "12,288 (1 of 2 seeds; the others not reached)" in baseline
   sqrt_row = rows["| increasing batch, sqrt (lr / 2)"]
-  assert "| +0.0050 (+0.3 SE) | 99 | 2.53x |" in sqrt_row
+  assert "| +0.0050 ± 0.0050 (+1.0 SE) | +0.0050 ± 0.0180 (+0.3 SE) | 99 | 2.53x |" in sqrt_row
   assert "| not reached |" in rows["| increasing batch, paper (lr held)"]
   assert "- increasing batch, sqrt (lr / 2): matches: 2.0150 against 2.0100" in text
   assert "- increasing batch, paper (lr held): does not match (loss): 2.3050" in text
   assert "| 3 (12,288) | 32 / 120 [90, 180] |" in text  # the B_simple table, medians
+
+
+def test_lm_warmups_are_built_from_the_measured_critical_batches(tmp_path):
+  study, report = load("study_lm"), load("study_lm_report")
+  rows = [
+    {"tokens": 81_920, "merrill": 8_192, "merrill_orders": 4_096},
+    {"tokens": 409_600, "merrill": 4_096, "merrill_orders": 4_096},
+    {"tokens": 737_280, "merrill": 16_384, "merrill_orders": None},
+  ]
+  path = tmp_path / "results.json"
+  path.write_text(json.dumps({"models": {"lm_tiny": {"rows": rows}}}))
+  runs, built = study.cbs_runs(path)
+  # auto: 8,192 from 81,920, 16,384 from 737,280; four orders: never above 4,096, no run
+  (run,) = runs
+  assert run.name == "cbs_ramp/merrill"
+  assert dict(run.overrides)["plan.ramp_tokens"] == ((81_920, 8_192), (737_280, 16_384))
+  assert dict(run.overrides)["plan.strategy"] == "ramp"
+  assert "--config.plan.ramp_tokens='((81920,8192),(737280,16384))'" in run.command({})
+  assert [b["ramp"] for b in built] == [((81_920, 8_192), (737_280, 16_384)), ()]
+  lines = report.ramp_lines(json.loads(json.dumps(built)))  # as results.json has them
+  assert lines[-2].endswith("batch 8,192 from 81,920 tokens; batch 16,384 from 737,280 "
+                            "tokens: trained as `cbs_ramp/merrill`.")  # fmt: skip
+  assert "4,096 at 81,920, 4,096 at 409,600, — at 737,280 tokens" in lines[-1]
+  assert lines[-1].endswith("never above the baseline's 4,096: the baseline's plan (its row).")
+  assert study.cbs_runs(tmp_path / "missing.json") == ([], [])
+
+
+def test_one_ramp_entry_is_written_as_a_tuple_on_the_command_line():
+  reproduce = load("reproduce")
+  run = reproduce.Run(
+    "r", "r", "lm_tiny_base.py", None, (("plan.ramp_tokens", ((81_920, 8_192),)),)
+  )
+  assert run.command({"schedule.boundaries": (0.3, 0.6)}) == (
+    "bigbatch train --config configs/lm_tiny_base.py --config.schedule.boundaries='(0.3,0.6)' "
+    "--config.plan.ramp_tokens='((81920,8192),)'"
+  )
 
 
 def cbs_rows():
