@@ -120,8 +120,52 @@ def cbs(argv: list[str]) -> int:
   out = pathlib.Path(values.out) if values.out else parent.root / "cbs.png"
   plot(result, parent, out)
   (parent.root / "cbs.json").write_text(json.dumps(result, indent=1) + "\n")
-  print(json.dumps(result) if values.json else format_cbs(result, parent))
+  if values.json:
+    print(json.dumps(result))
+  else:
+    print(format_cbs(result, parent))
+    print(warmup_line(parent))
   return 0
+
+
+def warmup_line(parent) -> str:
+  """The batch warm-up (`plan.strategy=ramp`) built from every step measured so far in
+  `WORKDIR/cbs`, as config flags: from each step on, the largest critical batch measured
+  up to there (`bigbatch.measure.critical_batch.warmup_ramp`)."""
+  from bigbatch.measure.critical_batch import warmup_ramp
+
+  spec, length = parent.spec, parent.tokens_per_example
+  measured = []
+  for path in sorted((parent.workdir / "cbs").glob("step_*/cbs.json")):
+    saved = json.loads(path.read_text())
+    if "position_examples" in saved:  # written before positions were recorded: skipped
+      measured.append((saved["step"], saved["position_examples"], saved["critical_batch"]))
+  measured.sort()
+  steps = ", ".join(f"{step:,}" for step, _, _ in measured)
+  unit = length or 1
+  ramp = warmup_ramp(
+    [(position * unit, batch * unit) for _, position, batch in measured],
+    spec.batch_size * unit,
+    spec.plan.batch_multiple * unit,
+  )
+  if not ramp:
+    first = f"{spec.batch_size * unit:,} {'tokens' if length else 'examples'}"
+    return (
+      f"warm-up from the critical batches measured at steps {steps}: none, no critical batch "
+      f"is above the run's first batch ({first})"
+    )
+  if length:
+    pairs = ",".join(f"({at},{batch})" for at, batch in ramp)
+    field = "ramp_tokens"
+  else:
+    n = spec.dataset.num_train_examples
+    pairs = ",".join(f"({at / n:.6g},{batch})" for at, batch in ramp)
+    field = "ramp"
+  pairs += "," if len(ramp) == 1 else ""
+  return (
+    f"warm-up from the critical batches measured at steps {steps}: "
+    f"--config.plan.strategy=ramp --config.plan.{field}='({pairs})'"
+  )
 
 
 def _check_budget(budget: int, batches: list[int], length: int | None) -> None:
@@ -159,6 +203,7 @@ def _run(parent, batches: list[int], budget: int, tolerance: float | None) -> di
   return {
     "workdir": str(parent.workdir),
     "step": parent.step,
+    "position_examples": parent.position,
     "run_batch_size": parent.batch_size,
     "budget_examples": budget,
     "tokens_per_example": parent.tokens_per_example,

@@ -67,6 +67,7 @@ class Parent:
   b2: float | None
   eps: float | None
   rows: tuple[dict[str, Any], ...]  # its metrics.jsonl, up to the step
+  position: int = 0  # examples (sequences) the run had trained before the step
 
   @property
   def root(self) -> pathlib.Path:
@@ -134,6 +135,7 @@ def open_parent(workdir: str | pathlib.Path, step: int) -> Parent:
     b2=float(plan.schedule("b2")(step)) if rule else experiment.spec.optimizer.options.get("b2"),
     eps=float(plan.schedule("eps")(step)) if rule else experiment.spec.optimizer.options.get("eps"),
     rows=tuple(r for r in rows if r.get("step", 0) <= step),
+    position=plan.examples_before(step),
   )
 
 

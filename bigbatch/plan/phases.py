@@ -123,6 +123,15 @@ class Plan:
     starts = [p.first_step for p in self.phases]
     return self.phases[int(np.searchsorted(starts, step, side="right")) - 1]
 
+  def examples_before(self, step: int) -> int:
+    """Examples consumed before `step` (all of them for steps past the end): the one place
+    steps become data positions."""
+    if step >= self.total_steps:
+      last = self.phases[-1]
+      return last.first_example + last.steps * last.batch_size
+    phase = self.phase_at(step)
+    return phase.first_example + (step - phase.first_step) * phase.batch_size
+
   def schedule(self, name: str) -> optax.Schedule:
     """An optax schedule (step -> value) of one field, across all phases.
 

@@ -40,12 +40,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def data_position(plan: Plan, step: int) -> int:
-  """Examples consumed before `step`: the one place steps become data positions."""
-  if step >= plan.total_steps:
-    last = plan.phases[-1]
-    return last.first_example + last.steps * last.batch_size
-  phase = plan.phase_at(step)
-  return phase.first_example + (step - phase.first_step) * phase.batch_size
+  """Examples consumed before `step` (`Plan.examples_before`)."""
+  return plan.examples_before(step)
 
 
 class Loop:

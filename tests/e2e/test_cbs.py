@@ -68,6 +68,14 @@ def test_branches_at_each_batch_follow_the_g_rule_and_give_a_critical_batch(pare
   stamps = {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")}
   status, out, _ = cbs(capsys, *flags, "--tolerance", "0.05")
   assert status == 0 and "critical batch (largest within the tolerance" in out
+  # step 20 of batch 32: 640 examples in, epoch 640 / 1,024 = 0.625; the warm-up from it
+  assert result["position_examples"] == 640
+  warmup = out.strip().splitlines()[-1]
+  assert warmup.startswith("warm-up from the critical batches measured at steps 20: ")
+  if result["critical_batch"] == 64:
+    assert warmup.endswith("--config.plan.strategy=ramp --config.plan.ramp='((0.625,64),)'")
+  else:
+    assert warmup.endswith("none, no critical batch is above the run's first batch (32 examples)")
   assert {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")} == stamps
 
 

@@ -59,7 +59,13 @@ def test_zhang_crosses_where_steps_exceed_ideal_scaling_by_a_fifth():
 def test_a_warmup_ramp_follows_the_running_largest_critical_batch():
   # Merrill's warm-up: measured 8,192 at 81,920 tokens, then 4,096 (noise, not a fall),
   # 16,384 (a rise), unmeasured, 12,288 (below the largest so far): two rises
-  measured = [(737_280, 16_384), (81_920, 8_192), (409_600, 4_096), (800_000, None), (901_120, 12_288)]
+  measured = [
+    (737_280, 16_384),
+    (81_920, 8_192),
+    (409_600, 4_096),
+    (800_000, None),
+    (901_120, 12_288),
+  ]
   assert warmup_ramp(measured, base_batch=4_096) == ((81_920, 8_192), (737_280, 16_384))
   # rounded down to the plan's multiple, and the base batch itself is no rise
   assert warmup_ramp([(1.0, 700), (2.0, 1_000)], base_batch=512, multiple=256) == ((2.0, 768),)
