@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from bigbatch import schedules, sharding, step
+from bigbatch.plan.checks import PlanError
 from bigbatch.plan.noise import (
   batch_size_for_noise_scale,
   noise_scale,
@@ -17,7 +18,7 @@ from bigbatch.plan.noise import (
   scale_momentum,
 )
 from bigbatch.plan.phases import Phase, Plan
-from bigbatch.plan.planner import PlanError, plan_phases
+from bigbatch.plan.planner import plan_phases
 from bigbatch.sharding import make_mesh
 from bigbatch.step import (
   CompiledSteps,

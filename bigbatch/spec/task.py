@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from bigbatch import optim
 from bigbatch.plan import adam_rules, adaptive
-from bigbatch.plan.planner import STRATEGIES as PLANNED
+from bigbatch.plan.checks import STRATEGIES as PLANNED
 from bigbatch.schedules import SCHEDULES, make_schedule
 from bigbatch.spec import fields
 from bigbatch.spec.block import Block, freeze, import_path, is_block, thaw

@@ -22,8 +22,9 @@ from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import compute_dtype, create_model, init_rngs
 from bigbatch.plan import adam_rules, adaptive
+from bigbatch.plan.checks import PlanError
 from bigbatch.plan.phases import Plan
-from bigbatch.plan.planner import PlanError, plan_phases
+from bigbatch.plan.planner import plan_phases
 from bigbatch.schedules import Schedule, make_schedule
 from bigbatch.spec import ConfigError, RunSpec
 from bigbatch.step import gradients, losses
