@@ -277,13 +277,16 @@ def next_phase(
 
 
 def measured_noise_scale(values: Mapping[str, Any]) -> float | None:
-  """B_simple as far as an evaluation's values know it: the estimate, else its lower
-  bound (B_simple is at least that), else None."""
-  for key in ("grad_noise_scale", "grad_noise_scale_low"):
-    value = noise.known(values.get(key))
-    if value is not None:
-      return value
-  return None
+  """B_simple where an evaluation's values resolve it (|G|^2 stands out of its noise, so
+  the interval is closed): the estimate; else None.
+
+  Surge's cap needs B_simple below the new batch, which a lower bound alone (B_simple is
+  at least L, possibly unbounded) can never show: a run whose |G|^2 is not resolved has
+  B_simple far above its batch, and an Adam rule then raises the rate in full.
+  """
+  if noise.known(values.get("grad_noise_scale_high")) is None:
+    return None
+  return noise.known(values.get("grad_noise_scale"))
 
 
 class Policy:

@@ -147,6 +147,29 @@ def test_surge_no_rise_of_the_rate_past_the_measured_noise_scale():
   assert below.learning_rate == pytest.approx(0.1 / 5**0.5) and not below.surge
 
 
+def test_surge_caps_the_rate_only_at_a_resolved_noise_scale():
+  """A decision of the noise rule at an evaluation: only a resolved B_simple (interval
+  closed) caps the rate's rise; a lower bound alone says nothing of where B_simple is."""
+  s = settings("sqrt", noise_ratio=1.0, min_phase_epochs=0.0)
+  phase = phase_of(32)
+
+  def decide(value, low, high):
+    policy = adaptive.Policy(s, N, None)
+    values = {"grad_noise_scale": value, "grad_noise_scale_low": low,
+              "grad_noise_scale_high": high}  # fmt: skip
+    return policy.decide(10, 320, phase, values)
+
+  # |G|^2 not resolved: B_simple >= 2.5 only, far above the batch; the full sqrt(5) rise
+  unresolved = decide(float("nan"), 2.5, float("inf"))
+  assert unresolved.batch_size == 160 and "not resolved" in unresolved.reason
+  assert unresolved.learning_rate == pytest.approx(0.1 * 5**0.5 / 5)
+  assert "Surge" not in unresolved.reason
+  # resolved at 64 [40, 100] with its lower bound past the batch: the rise stops at 64
+  resolved = decide(64.0, 40.0, 100.0)
+  assert resolved.batch_size == 160 and resolved.reason.endswith("(Surge)")
+  assert resolved.learning_rate == pytest.approx(0.1 * 2**0.5 / 5)
+
+
 def test_decisions_rebuild_the_phases_with_their_betas():
   initial = adaptive.initial_plan(adam_plan("sde", strategy="decay_lr"), "noise", LR)
   decision = adaptive.Decision(10, 1280, 640, 4e-4, "test", None, 0.5, 0.995, 4e-9)
