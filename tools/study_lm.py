@@ -93,7 +93,11 @@ def eval_curve(rows: list[dict]) -> dict[str, list]:
   """Each evaluation of a run's metrics.jsonl rows: its position (tokens, updates), the
   held-out loss and bits per byte, the batch (sequences) and the measured B_simple with
   its bounds (None where not known) at that step."""
-  evals = [r for r in rows if "eval_loss" in r]
+  evals, batch = [], None
+  for r in rows:  # the final evaluation can fall on a step that logged no batch: the last one
+    batch = r.get("batch_size", batch)
+    if "eval_loss" in r:
+      evals.append({**r, "batch_size": batch} if batch is not None else r)
   return {
     "tokens": [int(r["tokens"]) for r in evals],
     "step": [int(r["step"]) for r in evals],

@@ -249,6 +249,8 @@ def _number(value: float) -> str:
 def _cell(seeds: list[dict], i: int) -> str:
   """Evaluation i over seeds: the batches, and B_simple as study_adaptive prints it."""
   present = [s["curve"] for s in seeds if i < len(s["curve"]["tokens"])]
+  if not present:  # a run with fewer evaluations (a batch past several evaluation points)
+    return "—"
   batches = sorted({c["batch"][i] for c in present if c["batch"][i] is not None})
   value = study_adaptive._typical([c["measured"][i] for c in present])
   low = study_adaptive._typical([c["low"][i] for c in present])

@@ -66,6 +66,10 @@ def test_lm_eval_curve_reads_the_evaluations_and_their_step_s_noise_scale():
   assert curve["batch"] == [32, 32]
   assert (curve["measured"], curve["low"], curve["high"]) == ([40.0, 80.0], [30.0, 60.0],
                                                              [60.0, 120.0])  # fmt: skip
+  # a final evaluation on a step that logged no batch takes the last batch logged
+  rows = lm_rows([2.5, 2.0], batch=64)
+  del rows[-1]["batch_size"]
+  assert study.eval_curve(rows)["batch"] == [64, 64]
   trace = study.noise_trace(lm_rows([2.5]))
   assert trace["tokens"] == [2048, 4096]
   assert trace["measured"] == [None, 40.0] and trace["low"] == [1.5, 30.0]
