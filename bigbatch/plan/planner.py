@@ -174,6 +174,50 @@ def _moved_momentum(rule: adam_rules.Rule, ratio: float, m_fn):
   return fn
 
 
+def _phase(where, schedule, values, scale, *, n, b0, weight_decay, micro_batch, adam) -> Phase:
+  """One phase: `where` is (index, start epoch, end epoch, first step, steps, first example,
+  batch, the baseline's first and end examples); its rates from `values` (the baseline's lr
+  and momentum functions) times `scale`, its noise against the baseline's."""
+  index, start, end, step, steps, consumed, batch, start_example, end_example = where
+  rule, b2, eps = adam
+  lr_values = values[0]
+  first_epoch, per_step = consumed / n, batch / n
+  (lr, lr_end, lr_fn), (mom, mom_end, m_fn) = _phase_rates(
+    schedule, values, first_epoch, per_step, steps, scale
+  )
+  base_lr = float(lr_values(first_epoch, np))  # the baseline's, at the same example
+  g, g_base = (_held(rule, rate, n, b, mom) for rate, b in ((lr, batch), (base_lr, b0)))
+  ratio = batch / b0
+  moved = rule.hyperparams(ratio, mom, b2, eps) if rule.name else None
+  if rule.name == "sde":  # b1 follows the batch, from the schedule's value at each step
+    mom, mom_end = moved.b1, rule.momentum(ratio, mom_end)
+    m_fn = _moved_momentum(rule, ratio, m_fn)
+  return Phase(
+    index=index,
+    start_epoch=start,
+    end_epoch=end,
+    first_step=step,
+    steps=steps,
+    first_example=consumed,
+    batch_size=batch,
+    learning_rate=lr,
+    final_learning_rate=lr_end,
+    momentum=mom,
+    final_momentum=mom_end,
+    weight_decay=float(weight_decay),
+    noise_scale=g,
+    noise_deviation=g / g_base - 1.0 if g_base > 0 else 0.0,
+    baseline_learning_rate=base_lr,
+    baseline_noise_scale=g_base,
+    baseline_steps=-(-end_example // b0) - (-(-start_example // b0)),
+    learning_rate_fn=lr_fn,
+    momentum_fn=m_fn,
+    micro_batches=-(-batch // micro_batch) if micro_batch else 1,
+    b2=moved.b2 if moved else None,
+    eps=moved.eps if moved else None,
+  )
+
+
 def _phases(
   chosen: list[tuple[float, int]],
   schedule: Schedule,
