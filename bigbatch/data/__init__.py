@@ -1,5 +1,5 @@
-"""Input: datasets through tensorflow-datasets (images, byte-level text), and the
-position-based pipeline."""
+"""Input: datasets through tensorflow-datasets (images, text in bytes or a tokenizer's
+tokens), token files, and the position-based pipeline."""
 
 from bigbatch.data.datasets import (
   DATASETS,
@@ -14,10 +14,13 @@ from bigbatch.data.datasets import (
 from bigbatch.data.mnist1d import Mnist1d, Mnist1dConfig
 from bigbatch.data.pipeline import epoch_permutation, eval_batches, example_batch, train_batches
 from bigbatch.data.text import TEXT_DATASETS, TextCorpus, TextCorpusConfig, TokenSource
+from bigbatch.data.token_files import TOKEN_FILES
+from bigbatch.data.tokenizers import Tokenizer
 
 __all__ = [
   "DATASETS",
   "TEXT_DATASETS",
+  "TOKEN_FILES",
   "ArraySource",
   "DataError",
   "DatasetSpec",
@@ -26,6 +29,7 @@ __all__ = [
   "TextCorpus",
   "TextCorpusConfig",
   "TokenSource",
+  "Tokenizer",
   "dataset_spec",
   "epoch_permutation",
   "eval_batches",

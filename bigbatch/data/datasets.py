@@ -1,10 +1,11 @@
 """The datasets bigbatch trains on, read through tensorflow-datasets.
 
 MNIST-1D (the embedded default) and the text corpora (`python_stdlib`, a
-`text` directory; see `text`) are generated into the tfds data dir the
+`text` directory; see `text`, and `tokenizers` for `dataset.tokenizer`) are generated into the tfds data dir the
 first time they are asked for. CIFAR-10 and ImageNet (`imagenet2012`) are read
 from a data dir the user prepared with tfds (`prepare_command`); a dataset
 that is not there is refused at once with where tfds looked and how to prepare it.
+A directory of token files (`tokens`) is read where it is (`token_files`).
 Any other tfds dataset, and a Python source, come through `external`.
 
 Each split is a random-access *source* (examples by index), so that the
@@ -26,7 +27,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from bigbatch.data import external, text
+from bigbatch.data import external, text, token_files, tokenizers
 from bigbatch.data import preprocess as pre
 from bigbatch.data.mnist1d import Mnist1d, Mnist1dConfig
 from bigbatch.data.preprocess import (  # noqa: F401  (re-exported: the datasets' statistics)
@@ -109,6 +110,8 @@ def spec_for(config_dataset: Mapping[str, Any]) -> DatasetSpec:
     raise DataError(f"dataset.image_size: only imagenet2012 takes one, not {name!r}")
   if name in text.TEXT_DATASETS:
     return text.text_spec(config_dataset, get_builder(config_dataset))
+  if name == token_files.TOKEN_FILES:
+    return token_files.token_spec(config_dataset, _checked_data_dir(config_dataset))
   return external.tfds_spec(config_dataset, data_dir(config_dataset), ", ".join(DATASETS))
 
 
@@ -133,6 +136,7 @@ def get_builder(config_dataset: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
       looked and how to prepare it.
   """
   if not config_dataset.get("source") and config_dataset.get("name") in text.TEXT_DATASETS:
+    tokenizers.check_early(config_dataset)  # before the corpus is prepared
     directory = _checked_data_dir(config_dataset)
     config = text.corpus_config(config_dataset)
     return _prepared(
@@ -219,6 +223,8 @@ def load_split(config_dataset: Mapping[str, Any], split: str) -> ArraySource | R
     return external.source_split(config_dataset, split)
   if config_dataset.get("name") in text.TEXT_DATASETS:
     return text.token_source(config_dataset, get_builder(config_dataset), split)
+  if config_dataset.get("name") == token_files.TOKEN_FILES:
+    return token_files.token_split(config_dataset, _checked_data_dir(config_dataset), split)
   spec = spec_for(config_dataset)
   builder = get_builder(config_dataset)
   name = spec.train_split if split == "train" else spec.eval_split

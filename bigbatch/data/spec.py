@@ -42,8 +42,11 @@ class DatasetSpec:
       next tokens).
     tokens_per_example: the tokens an example holds (T for text), by which the
       token clock counts examples; None: not a token dataset.
-    bytes_per_token: the text bytes a token stands for (1.0 for bytes), which
-      turns a loss in nats per token into bits per byte; None: not text.
+    bytes_per_token: the text bytes a token stands for (1.0 for bytes; for a
+      tokenizer, the mean over the training split); None: not known.
+    token_bytes: for each token id, the UTF-8 bytes it stands for (`tokenizers`),
+      from which the loss counts each sequence's bytes for bits per byte; None:
+      not known (then `bytes_per_token`, if set, stands for every token).
     num_train_examples: the training split's size, where the spec knows it
       (text: derived from the corpus); None: `dataset.num_train_examples` says.
   """
@@ -65,6 +68,8 @@ class DatasetSpec:
   tokens_per_example: int | None = None
   bytes_per_token: float | None = None
   num_train_examples: int | None = None
+  # an array: left out of comparisons and the hash (the tokenizer's name is in the config)
+  token_bytes: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
   @property
   def model_input_dtype(self) -> np.dtype:

@@ -15,14 +15,18 @@ listed in. The config's name is a fingerprint of the listing (paths, sizes,
 modification times and, for the standard library, the Python version), so a
 changed corpus is prepared anew rather than read from a stale copy.
 
-Tokens are bytes (vocabulary 256, no tokenizer to install): a split is every
-document's bytes followed by one separator, NUL (0), which Python source
-cannot contain (the interpreter refuses it), as one uint8 array. It is made
-once from the prepared split and cached beside it as a `.npy` file, which
-later runs memory-map. `TokenSource` cuts it into sequences of T tokens by
-index, each with its next-token targets, so the pipeline can put any
-sequence at any stream position: the exact data position, and a bitwise
-resume across batch changes, hold as for the other datasets.
+Tokens are bytes by default (vocabulary 256, no tokenizer to install): a
+split is every document's bytes followed by one separator, NUL (0), which
+Python source cannot contain (the interpreter refuses it), as one uint8
+array. It is made once from the prepared split and cached beside it as a
+`.npy` file, which later runs memory-map. `dataset.tokenizer` may name another
+tokenizer (`tokenizers`: a `tokenizer.json`, a sentencepiece model, or `bpe:N`
+trained on the training split, `bpe`), whose ids are cached beside the split
+the same way (`tokenized`). `sequences.TokenSource` cuts a split into
+sequences of T tokens by index, each with its next-token targets, so the
+pipeline can put any sequence at any stream position: the exact data
+position, and a bitwise resume across batch changes, hold as for the other
+datasets.
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from bigbatch.data.spec import ArraySource, DataError, DatasetSpec
+from bigbatch.data import bpe, sequences, tokenized, tokenizers
+from bigbatch.data.sequences import TokenSource, sequence_length  # noqa: F401  (re-exported)
+from bigbatch.data.spec import DataError, DatasetSpec
 
 TEXT_DATASETS = ("python_stdlib", "text")
 TFDS_NAME = "text_corpus"
@@ -352,65 +357,6 @@ def split_tokens(builder: tfds.core.DatasetBuilder, split: str, name: str) -> np
   return tokens
 
 
-class TokenSource(ArraySource):
-  """A split's tokens as sequences: sequence i is tokens[i*T : i*T + T], its labels the
-  next tokens tokens[i*T + 1 : i*T + T + 1]. The last token of one sequence is the first
-  of the next; the tokens after the last whole sequence (fewer than T) are not read.
-
-  It builds no TensorFlow constant unless `lookup` is called: the pipeline
-  gathers text on the host (`DatasetSpec.host_preprocess`).
-  """
-
-  def __init__(self, tokens: np.ndarray, sequence_length: int):
-    if int(sequence_length) < 1:
-      raise ValueError(f"sequence_length: must be >= 1, got {sequence_length}")
-    self.tokens = tokens
-    self.sequence_length = length = int(sequence_length)
-    self.input_key = "tokens"
-    self._count = max(0, (len(tokens) - 1) // length)
-    step = tokens.strides[0]
-    # each sequence with its targets, as rows of one view (no copy of the tokens)
-    self._windows = np.lib.stride_tricks.as_strided(
-      tokens, shape=(self._count, length + 1), strides=(length * step, step), writeable=False
-    )
-    self._tensor = None
-
-  def __len__(self) -> int:
-    return self._count
-
-  def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The inputs and labels of the sequences at `indices`: int32, [len(indices), T] each."""
-    windows = self._windows[np.asarray(indices)].astype(np.int32)
-    return np.ascontiguousarray(windows[..., :-1]), np.ascontiguousarray(windows[..., 1:])
-
-  def lookup(self, indices: tf.Tensor) -> dict[str, tf.Tensor]:
-    """The sequences at `indices` (any shape), in TensorFlow: `tokens` and `label`."""
-    if self._tensor is None:
-      with tf.init_scope():  # eager, shared by every graph tf.data traces
-        self._tensor = tf.constant(np.asarray(self._windows))
-    windows = tf.gather(self._tensor, indices)
-    return {"tokens": windows[..., :-1], "label": windows[..., 1:]}
-
-
-def _tokens_tf(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
-  del seed  # no augmentation
-  return tf.cast(example["tokens"], tf.int32)
-
-
-def _tokens_numpy(inputs: np.ndarray) -> np.ndarray:
-  return np.asarray(inputs, np.int32)
-
-
-def sequence_length(block: Mapping[str, Any]) -> int:
-  value = block.get("sequence_length")
-  if value is None:
-    name = block.get("name")
-    raise DataError(f"dataset.sequence_length: missing from the config ({name} needs it)")
-  if isinstance(value, bool) or not float(value).is_integer() or value < 1:
-    raise DataError(f"dataset.sequence_length: must be a whole number >= 1, got {value!r}")
-  return int(value)
-
-
 def corpus_config(block: Mapping[str, Any]) -> TextCorpusConfig:
   """The corpus a `dataset` block names (`python_stdlib`, or `text` with `text_dir`)."""
   if block.get("name") == "python_stdlib":
@@ -420,47 +366,52 @@ def corpus_config(block: Mapping[str, Any]) -> TextCorpusConfig:
   return TextCorpusConfig.for_directory(str(block["text_dir"]))
 
 
-def _split_of(block: Mapping[str, Any], builder, split: str) -> TokenSource:
-  """`split` (train or validation) as sequences, refused when it holds no whole one."""
-  length = sequence_length(block)
-  tokens = split_tokens(builder, split, block["name"])
-  if len(tokens) < length + 1:
-    raise DataError(
-      f"dataset.sequence_length: {length:,} is too long: the {split} split of "
-      f"{block['name']} holds {len(tokens):,} tokens, and one sequence with its targets "
-      f"needs {length + 1:,}"
-    )
-  return TokenSource(tokens, length)
+def tokenizer_of(block: Mapping[str, Any], builder) -> tokenizers.Tokenizer:
+  """The tokenizer `dataset.tokenizer` names for a prepared corpus (`bpe:N`: trained on it)."""
+  kind, argument = tokenizers.parse(block.get("tokenizer"))
+  if kind == tokenizers.BYTES:
+    if block.get("separator") not in (None, SEPARATOR):
+      raise DataError(
+        f"dataset.separator: {block['separator']}, but bytes end each document with NUL (0); "
+        "only another tokenizer takes a separator"
+      )
+    return tokenizers.ByteTokenizer()
+  if kind == "bpe":
+    return bpe.cached(builder, argument, block.get("separator"))
+  return tokenizers.load_file(kind, argument, block.get("separator"))
+
+
+def _split_of(block: Mapping[str, Any], builder, split: str, tokenizer) -> TokenSource:
+  """`split` (train or validation) in `tokenizer`'s ids, as sequences."""
+  if isinstance(tokenizer, tokenizers.ByteTokenizer):
+    tokens = split_tokens(builder, split, block["name"])
+  else:
+    tokens = tokenized.split_tokens(builder, split, block["name"], tokenizer)
+  return sequences.source_of(block, tokens, split)
 
 
 def token_source(block: Mapping[str, Any], builder, split: str) -> TokenSource:
   """The train or eval split (`split`: "train" or "eval") of a prepared text corpus."""
-  return _split_of(block, builder, "train" if split == "train" else "validation")
+  name = "train" if split == "train" else "validation"
+  return _split_of(block, builder, name, tokenizer_of(block, builder))
 
 
 def text_spec(block: Mapping[str, Any], builder) -> DatasetSpec:
-  """The spec of a text dataset: byte tokens in sequences of `dataset.sequence_length`.
+  """The spec of a text dataset: `dataset.tokenizer`'s tokens (bytes by default) in
+  sequences of `dataset.sequence_length`.
 
   Both splits are tokenized (once) here, so that a sequence too long for
   either is refused before anything is compiled.
   """
-  length = sequence_length(block)
-  train = _split_of(block, builder, "train")
-  _split_of(block, builder, "validation")
-  return DatasetSpec(
+  tokenizer = tokenizer_of(block, builder)
+  train = _split_of(block, builder, "train", tokenizer)
+  _split_of(block, builder, "validation", tokenizer)
+  table = tokenizer.token_bytes()
+  return sequences.sequence_spec(
     TFDS_NAME,
-    VOCAB_SIZE,
-    (length,),
-    "train",
-    "validation",
-    True,
-    _tokens_tf,
-    _tokens_tf,  # the same function: not augmented, so the pipeline gathers on the host
-    host_preprocess=_tokens_numpy,
-    input_key="tokens",
-    inputs_dtype=np.dtype(np.int32),
-    label_shape=(length,),
-    tokens_per_example=length,
-    bytes_per_token=1.0,
-    num_train_examples=len(train),
+    sequences.sequence_length(block),
+    tokenizer.vocab_size,
+    len(train),
+    table,
+    sequences.mean_bytes(table, train.tokens),
   )

@@ -16,6 +16,7 @@ the planner and in configs, never inside a compiled step.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -187,3 +188,24 @@ def known(value: Any) -> float | None:
     return None
   value = float(value)
   return value if math.isfinite(value) else None
+
+
+# The measured B_simple and its confidence bounds, as the step reports them (in examples).
+MEASURED_KEYS = ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high")
+
+
+def in_tokens(values: Mapping[str, Any], tokens_per_example: int | None) -> dict[str, float]:
+  """A language model's measured B_simple and bounds in tokens: `{KEY}_tokens` for each of
+  `MEASURED_KEYS` in `values` (B_simple in sequences times T); `{}` for any other model.
+
+  A sequence of T tokens is one example of the step's batch, so the noise
+  scale it measures in examples is T times smaller than in tokens, the unit
+  the batches and budgets of a language model are given in.
+  """
+  if not tokens_per_example:
+    return {}
+  return {
+    f"{key}_tokens": float(values[key]) * tokens_per_example
+    for key in MEASURED_KEYS
+    if values.get(key) is not None
+  }

@@ -6,6 +6,7 @@ draws `plot_noise`. The plan itself is `bigbatch.plan.report`'s.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,16 +15,50 @@ import numpy as np
 from bigbatch.plan.report import batch_text
 
 
-def format_noise_scale(value: float | None, low: float | None, high: float | None) -> str:
+def significant(value: float, digits: int = 3) -> str:
+  """`value` to `digits` significant digits, with thousands separators: 0.417, 51.2, 1,190."""
+  if value == 0 or not math.isfinite(value):
+    return f"{value:,.0f}"
+  decimals = digits - 1 - math.floor(math.log10(abs(value)))
+  if abs(round(value, decimals)) >= 10.0 ** (digits - decimals):  # 99.96 rounds up to 100
+    decimals -= 1
+  return f"{round(value, decimals):,.{max(decimals, 0)}f}"
+
+
+def format_noise_scale(
+  value: float | None,
+  low: float | None,
+  high: float | None,
+  tokens_per_example: int | None = None,
+) -> str:
   """B_simple as a reader should see it: the estimate with its interval, a lower bound
-  (`> L`: |G|^2 not resolved), or `—` (nothing known)."""
+  (`> L`: |G|^2 not resolved), or `—` (nothing known).
+
+  With `tokens_per_example` (T, a language model's), in tokens to 3 significant
+  digits, with the sequences of T beside it: `51.2 [6.40, 154] (0.400 seq)`. A
+  language model's B_simple is often under one sequence, which whole sequences
+  would show as 0.
+  """
   if low is None:
     return "—"
+  if tokens_per_example:
+    return _in_tokens(value, low, high, tokens_per_example)
   if high is None:
     return f"> {low:,.0f}"
   if value is None:  # |G|^2 resolved but tr(S) not: only the upper bound says something
     return f"< {high:,.0f}"
   return f"{value:,.0f} [{low:,.0f}, {high:,.0f}]"
+
+
+def _in_tokens(value: float | None, low: float, high: float | None, length: int) -> str:
+  def tokens(x: float) -> str:
+    return significant(x * length)
+
+  if high is None:
+    return f"> {tokens(low)} ({significant(low)} seq)"
+  if value is None:
+    return f"< {tokens(high)} ({significant(high)} seq)"
+  return f"{tokens(value)} [{tokens(low)}, {tokens(high)}] ({significant(value)} seq)"
 
 
 def _phase_examples_per_second(phase: Mapping[str, Any]) -> float | None:
@@ -84,10 +119,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
   measured = any("grad_noise_scale_low" in phase for phase in summary["phases"])
   rates = ("train tok/s", "MFU") if throughput else ("train ex/s",)
   header = ("phase", "batch", "steps", "seconds", *rates, "eval s", "ckpt s", "compile s")
-  rows = [header + (("B_simple",) if measured else ())]
+  rows = [header + ((f"B_simple{' (tokens)' if length else ''}",) if measured else ())]
   for phase in summary["phases"]:
     noise = (
-      format_noise_scale(*(phase.get(k) for k in _NOISE_KEYS))
+      format_noise_scale(*(phase.get(k) for k in _NOISE_KEYS), length)
       if "grad_noise_scale_low" in phase
       else "—"
     )
@@ -106,11 +141,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     )
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-  lines += _summary_notes(summary, throughput, measured)
+  lines += _summary_notes(summary, throughput, measured, length)
   return "\n".join(lines)
 
 
-def _summary_notes(summary, throughput, measured: bool) -> list[str]:
+def _summary_notes(summary, throughput, measured: bool, length: int | None) -> list[str]:
   unit = "tokens" if throughput else "examples"
   lines = [
     f"train {'tok' if throughput else 'ex'}/s: {unit} over the phase's seconds less its evaluations (eval s), "
@@ -127,11 +162,27 @@ def _summary_notes(summary, throughput, measured: bool) -> list[str]:
       f"B_simple: the measured gradient noise scale tr(S) / |G|^2 at the phase's end, with "
       f"its {level} interval; > L: |G|^2 not resolved, so B_simple is at least L; —: not "
       "known (tr(S) not resolved, or under 2 steps' estimates in the smoothing horizon)"
+      + (f"; in tokens, and in sequences of {length:,} (seq)" if length else "")
     )
   return lines
 
 
 _NOISE_KEYS = ("grad_noise_scale", "grad_noise_scale_low", "grad_noise_scale_high")
+
+
+def latest_noise_line(rows: list[Mapping[str, Any]], tokens_per_example: int | None) -> str:
+  """The last measured B_simple of a run's rows, as one line (in tokens for a language
+  model, with the sequences beside it)."""
+  if not any("grad_noise_scale_low" in r for r in rows):
+    return "B_simple: not measured by this run"
+  measured = [r for r in rows if r.get("grad_noise_scale_low") is not None]
+  if not measured:
+    return "B_simple: not known yet (|G|² not resolved at any logged step)"
+  row = measured[-1]
+  cell = format_noise_scale(*(row.get(k) for k in _NOISE_KEYS), tokens_per_example)
+  if tokens_per_example:
+    return f"B_simple at step {row['step']:,}: {cell} tokens ({tokens_per_example:,} a sequence)"
+  return f"B_simple at step {row['step']:,}: {cell} examples"
 
 
 def plot_noise(
@@ -140,6 +191,7 @@ def plot_noise(
   *,
   phases: list[Mapping[str, Any]] | None = None,
   title: str = "",
+  tokens_per_example: int | None = None,
 ) -> None:
   """Draws a run's batch, measured B_simple and planned noise scale against epochs to a PNG.
 
@@ -149,6 +201,8 @@ def plot_noise(
     phases: the plan's phases (`start_epoch`, `end_epoch`, `batch_size`), as a
       checkpoint records them; without them the batch comes from the rows.
     title: the figure's title.
+    tokens_per_example: T of a language model, whose batch and B_simple are
+      drawn in tokens; None: in examples.
   """
   import matplotlib
 
@@ -164,10 +218,11 @@ def plot_noise(
     batches = [p["batch_size"] for p in phases] + [phases[-1]["batch_size"]]
   else:
     edges, batches = [r["epoch"] for r in train], [r["batch_size"] for r in train]
-  top.plot(edges, batches, drawstyle="steps-post", label="batch used")
-  _draw_measured(top, train)
+  per = tokens_per_example or 1
+  top.plot(edges, np.asarray(batches) * per, drawstyle="steps-post", label="batch used")
+  _draw_measured(top, train, per)
   top.set_yscale("log")
-  top.set_ylabel("examples")
+  top.set_ylabel("tokens" if tokens_per_example else "examples")
   top.legend(loc="best")
   planned = [(r["epoch"], r["noise_scale"]) for r in train if r.get("noise_scale")]
   if planned:
@@ -186,16 +241,16 @@ def plot_noise(
   plt.close(fig)
 
 
-def _draw_measured(axis, train: list[Mapping[str, Any]]) -> None:
-  """The measured B_simple: its estimate, its confidence interval as a band, and its lower
-  bound alone where |G|^2 was not resolved."""
+def _draw_measured(axis, train: list[Mapping[str, Any]], per: int = 1) -> None:
+  """The measured B_simple (times `per`: T for tokens): its estimate, its confidence interval
+  as a band, and its lower bound alone where |G|^2 was not resolved."""
 
   def column(key):
     values = [r.get(key) for r in train]
     return np.array([v if v is not None and np.isfinite(v) and v > 0 else np.nan for v in values])
 
   epochs = np.array([r["epoch"] for r in train])
-  value, low, high = (column(k) for k in _NOISE_KEYS)
+  value, low, high = (column(k) * per for k in _NOISE_KEYS)
   if not any("grad_noise_scale_low" in r for r in train):  # a run logged before the bounds
     low = high = np.full(epochs.shape, np.nan)
   both = ~np.isnan(low) & ~np.isnan(high)

@@ -32,6 +32,13 @@ def language_model(
   config.dataset = config_dict.ConfigDict({"name": dataset, "sequence_length": sequence_length})
   config.dataset.data_dir = config_dict.placeholder(str)  # default: $TFDS_DATA_DIR
   config.dataset.text_dir = config_dict.placeholder(str)  # with name "text": your corpus
+  # unset: bytes; or a tokenizer.json, a sentencepiece .model, bpe:N (docs/LANGUAGE_MODELS.md)
+  config.dataset.tokenizer = config_dict.placeholder(str)
+  config.dataset.separator = config_dict.placeholder(int)  # the id that ends a document
+  # with name "tokens": a directory of token files, their dtype and vocabulary
+  config.dataset.token_dir = config_dict.placeholder(str)
+  config.dataset.token_dtype = config_dict.placeholder(str)  # uint16 or uint32
+  config.dataset.vocab_size = config_dict.placeholder(int)
   config.model = config_dict.ConfigDict({"name": "transformer", **PRESETS[preset]})
   set_run_fields(
     config,

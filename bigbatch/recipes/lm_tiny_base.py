@@ -27,6 +27,13 @@ def get_config():
   )
   config.dataset.data_dir = config_dict.placeholder(str)  # default: $TFDS_DATA_DIR
   config.dataset.text_dir = config_dict.placeholder(str)  # with name "text": your own text
+  # unset: bytes; or a tokenizer.json, a sentencepiece .model, bpe:N (docs/LANGUAGE_MODELS.md)
+  config.dataset.tokenizer = config_dict.placeholder(str)
+  config.dataset.separator = config_dict.placeholder(int)  # the id that ends a document
+  # with name "tokens": a directory of token files, their dtype and vocabulary
+  config.dataset.token_dir = config_dict.placeholder(str)
+  config.dataset.token_dtype = config_dict.placeholder(str)  # uint16 or uint32
+  config.dataset.vocab_size = config_dict.placeholder(int)
   tiny = {k: v for k, v in PRESETS["lm_tiny"].items() if k != "vocab_size"}  # the data's 256
   config.model = config_dict.ConfigDict({"name": "transformer", **tiny})
   set_run_fields(config, eval_every_epochs=1.0, eval_batch_size=256, checkpoint_every_steps=100)

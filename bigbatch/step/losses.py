@@ -10,8 +10,12 @@ cross-entropy against integer labels, and `accuracy`. For a language model the
 labels are a sequence's next tokens (`[B, T]`): the example's loss and
 accuracy are their means over its T tokens (every sequence has T, so the
 mean over examples is the mean over tokens), and `bits_per_byte` (the loss
-in bits over the bytes a token stands for) comes with them. `loss` in a
-config is `cross_entropy` or the import path of a function of yours.
+in bits over the bytes a token stands for) comes with them. Given the bytes
+each token id stands for (`token_bytes`, a tokenizer's), a sequence's bytes
+are those of its targets: `bytes_per_token` is their mean over the sequence,
+and the evaluation's bits per byte are the loss over all the evaluated
+targets' bytes (`train.evaluate`), so they compare across tokenizers. `loss`
+in a config is `cross_entropy` or the import path of a function of yours.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bigbatch.importing import import_object
@@ -38,28 +43,49 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def _classification(logits, batch, label_smoothing: float, bytes_per_token: float | None):
+def _classification(
+  logits, batch, label_smoothing: float, bytes_per_token: float | None, token_bytes=None
+):
   losses = cross_entropy(logits, batch["labels"], label_smoothing)
   correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(losses.dtype)  # no gradient
   within = tuple(range(1, losses.ndim))  # a sequence's tokens: one example's loss is their mean
   losses, correct = losses.mean(within), correct.mean(within)
   metrics = {"accuracy": correct}
-  if bytes_per_token:
+  if token_bytes is not None:
+    # the bytes the example's targets stand for, per target
+    per_token = jnp.asarray(token_bytes, jnp.float32)[batch["labels"]].mean(within)
+    metrics["bytes_per_token"] = per_token
+    # a sequence of targets that stand for no text (special tokens) has no bits per byte: 0
+    bits = losses / (math.log(2.0) * jnp.where(per_token > 0, per_token, 1.0))
+    metrics["bits_per_byte"] = jnp.where(per_token > 0, bits, 0.0)
+  elif bytes_per_token:
     metrics["bits_per_byte"] = losses / (math.log(2.0) * bytes_per_token)
   return losses, metrics
 
 
-def classification(label_smoothing: float = 0.0, bytes_per_token: float | None = None) -> LossFn:
+def classification(
+  label_smoothing: float = 0.0,
+  bytes_per_token: float | None = None,
+  token_bytes: Any = None,
+) -> LossFn:
   """Softmax cross-entropy (smoothed by `label_smoothing`) and accuracy, per example or,
   for labels `[B, T]`, per token averaged over the example's tokens; with
-  `bytes_per_token` (text) also bits per byte."""
+  `bytes_per_token` (text: the bytes every token stands for) or `token_bytes` (the bytes
+  each token id stands for, `[vocab]`) also bits per byte, and with `token_bytes` the
+  mean bytes a target stands for, `bytes_per_token`."""
   return functools.partial(
-    _classification, label_smoothing=label_smoothing, bytes_per_token=bytes_per_token
+    _classification,
+    label_smoothing=label_smoothing,
+    bytes_per_token=bytes_per_token,
+    token_bytes=None if token_bytes is None else np.asarray(token_bytes, np.float32),
   )
 
 
 def resolve(
-  name: str | LossFn | None, label_smoothing: float = 0.0, bytes_per_token: float | None = None
+  name: str | LossFn | None,
+  label_smoothing: float = 0.0,
+  bytes_per_token: float | None = None,
+  token_bytes: Any = None,
 ) -> LossFn:
   """The loss a config's `loss` names: `cross_entropy` (or None) or an import path.
 
@@ -67,7 +93,7 @@ def resolve(
     ValueError: naming `loss`.
   """
   if name in (None, "", "cross_entropy"):
-    return classification(label_smoothing, bytes_per_token)
+    return classification(label_smoothing, bytes_per_token, token_bytes)
   if callable(name):  # the function itself, from Python
     return name
   if ":" not in str(name):

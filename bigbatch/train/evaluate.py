@@ -49,6 +49,12 @@ class Evaluator:
       # per-example values would not be the corpus's perplexity); past e^700 it
       # is no float, and not shown
       means[f"{prefix}_perplexity"] = math.exp(loss)
+    per_token = means.get(f"{prefix}_bytes_per_token")
+    if loss is not None and per_token:
+      # the loss over the bytes all the evaluated targets stand for (every sequence has
+      # T targets): a mean of each sequence's bits per byte would weigh a short text as
+      # much as a long one
+      means[f"{prefix}_bits_per_byte"] = loss / (math.log(2.0) * per_token)
     return means
 
   def __call__(self, state) -> dict[str, float]:

@@ -314,7 +314,7 @@ def test_the_dataset_block_of_a_text_dataset():
     ({"name": "text", "sequence_length": 0}, r"^dataset\.sequence_length: must be a whole number"),
     (
       {"name": "mnist1d", "num_train_examples": 10, "sequence_length": 8},
-      r"^dataset\.sequence_length: only python_stdlib and text take one, not 'mnist1d'$",
+      r"^dataset\.sequence_length: only python_stdlib, text and tokens take one, not 'mnist1d'$",
     ),
     (
       {"name": "python_stdlib", "sequence_length": 8, "text_dir": "/c"},

@@ -1,0 +1,140 @@
+"""Token sequences: a split's flat tokens cut into sequences of T by index, and their spec.
+
+Every language-model source ends here, whatever made its tokens (bytes of a
+text corpus, a tokenizer, token files): one flat array of ids per split.
+Sequence i is tokens[i*T : i*T + T], its targets the next tokens
+tokens[i*T + 1 : i*T + T + 1]. Because a sequence is found by its index
+alone, the pipeline can put any sequence at any stream position: the exact
+data position, and a bitwise resume across batch changes, hold as for every
+other dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from bigbatch.data.spec import ArraySource, DataError, DatasetSpec
+
+
+class TokenSource(ArraySource):
+  """A split's tokens as sequences: sequence i is tokens[i*T : i*T + T], its labels the
+  next tokens tokens[i*T + 1 : i*T + T + 1]. The last token of one sequence is the first
+  of the next; the tokens after the last whole sequence (fewer than T) are not read.
+
+  It builds no TensorFlow constant unless `lookup` is called: the pipeline
+  gathers text on the host (`DatasetSpec.host_preprocess`).
+  """
+
+  def __init__(self, tokens: np.ndarray, sequence_length: int):
+    if int(sequence_length) < 1:
+      raise ValueError(f"sequence_length: must be >= 1, got {sequence_length}")
+    self.tokens = tokens
+    self.sequence_length = length = int(sequence_length)
+    self.input_key = "tokens"
+    self._count = max(0, (len(tokens) - 1) // length)
+    step = tokens.strides[0]
+    # each sequence with its targets, as rows of one view (no copy of the tokens)
+    self._windows = np.lib.stride_tricks.as_strided(
+      tokens, shape=(self._count, length + 1), strides=(length * step, step), writeable=False
+    )
+    self._tensor = None
+
+  def __len__(self) -> int:
+    return self._count
+
+  def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs and labels of the sequences at `indices`: int32, [len(indices), T] each."""
+    windows = self._windows[np.asarray(indices)].astype(np.int32)
+    return np.ascontiguousarray(windows[..., :-1]), np.ascontiguousarray(windows[..., 1:])
+
+  def lookup(self, indices: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The sequences at `indices` (any shape), in TensorFlow: `tokens` and `label`."""
+    if self._tensor is None:
+      with tf.init_scope():  # eager, shared by every graph tf.data traces
+        # int32: TensorFlow gathers no uint16 or uint32 (ids are below 2**31)
+        self._tensor = tf.constant(np.asarray(self._windows, np.int32))
+    windows = tf.gather(self._tensor, indices)
+    return {"tokens": windows[..., :-1], "label": windows[..., 1:]}
+
+
+def _tokens_tf(example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
+  del seed  # no augmentation
+  return tf.cast(example["tokens"], tf.int32)
+
+
+def _tokens_numpy(inputs: np.ndarray) -> np.ndarray:
+  return np.asarray(inputs, np.int32)
+
+
+def sequence_length(block: Mapping[str, Any]) -> int:
+  """`dataset.sequence_length`, checked."""
+  value = block.get("sequence_length")
+  if value is None:
+    name = block.get("name")
+    raise DataError(f"dataset.sequence_length: missing from the config ({name} needs it)")
+  if isinstance(value, bool) or not float(value).is_integer() or value < 1:
+    raise DataError(f"dataset.sequence_length: must be a whole number >= 1, got {value!r}")
+  return int(value)
+
+
+def source_of(block: Mapping[str, Any], tokens: np.ndarray, split: str) -> TokenSource:
+  """`tokens` (the `split` split) as sequences, refused when they hold no whole one."""
+  length = sequence_length(block)
+  if len(tokens) < length + 1:
+    raise DataError(
+      f"dataset.sequence_length: {length:,} is too long: the {split} split of "
+      f"{block['name']} holds {len(tokens):,} tokens, and one sequence with its targets "
+      f"needs {length + 1:,}"
+    )
+  return TokenSource(tokens, length)
+
+
+def mean_bytes(table: np.ndarray, tokens: np.ndarray) -> float:
+  """The mean of `table` over `tokens`: the text bytes a token of the split stands for."""
+  counts = np.zeros(len(table), np.int64)
+  for start in range(0, len(tokens), 1 << 24):  # a bounded copy of a memory-mapped split
+    counts += np.bincount(tokens[start : start + (1 << 24)], minlength=len(table))[: len(table)]
+  return float(counts @ table.astype(np.int64) / max(len(tokens), 1))
+
+
+def sequence_spec(
+  tfds_name: str,
+  length: int,
+  vocab_size: int,
+  num_train_examples: int,
+  token_bytes: np.ndarray | None,
+  bytes_per_token: float | None,
+) -> DatasetSpec:
+  """The spec of a dataset of token sequences of `length`.
+
+  Args:
+    tfds_name: what the spec calls the dataset.
+    length: T, the tokens of a sequence.
+    vocab_size: the vocabulary (the model's classes).
+    num_train_examples: the training split's sequences.
+    token_bytes: for each id, the text bytes it stands for (bits per byte
+      come from them); None: not known (token files without their tokenizer).
+    bytes_per_token: the mean of those over the training split (1.0 for bytes).
+  """
+  return DatasetSpec(
+    tfds_name,
+    int(vocab_size),
+    (length,),
+    "train",
+    "validation",
+    True,
+    _tokens_tf,
+    _tokens_tf,  # the same function: not augmented, so the pipeline gathers on the host
+    host_preprocess=_tokens_numpy,
+    input_key="tokens",
+    inputs_dtype=np.dtype(np.int32),
+    label_shape=(length,),
+    tokens_per_example=length,
+    bytes_per_token=bytes_per_token,
+    num_train_examples=num_train_examples,
+    token_bytes=token_bytes,
+  )
