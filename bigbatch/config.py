@@ -61,8 +61,8 @@ def experiment_from_config(config: Any, **options: Any) -> Experiment:
 
 
 def momentum_of(config: Any) -> float:
-  """The optimizer's momentum: `momentum` for SGD, `b1` for the Adam family, `beta` for
-  PowerSign and AddSign."""
+  """The optimizer's momentum: `momentum` for SGD and LARS, `b1` for the Adam family, LAMB
+  and Lion, `beta` for PowerSign, AddSign and Muon, a factory's momentum-like argument."""
   return read(config).optimizer.momentum
 
 

@@ -38,8 +38,7 @@ from bigbatch import step as st
 from bigbatch import workdir as wd
 from bigbatch.measure.critical_batch import BranchResult
 from bigbatch.plan import adam_rules, adaptive, noise
-from bigbatch.spec import OptimizerSpec, PlanSpec, RunSpec, ScheduleSpec
-from bigbatch.spec.task import ADAM_FAMILY
+from bigbatch.spec import PlanSpec, RunSpec, ScheduleSpec
 from bigbatch.train.experiment import Experiment
 from bigbatch.train.trainer import Trainer
 from bigbatch.workdir import checkpoint as ckpt
@@ -148,7 +147,7 @@ def _rates(parent: Parent, batch: int) -> tuple[float, float, float | None, floa
   """The branch's learning rate, b1, b2 and eps: the run's at S, moved by the plan's rule
   from the run's batch at S to `batch`."""
   spec = parent.spec
-  adam = spec.optimizer.name in ADAM_FAMILY
+  adam = spec.optimizer.family == "adaptive"  # `plan.adam_rule` is this family's rule
   rule = adam_rules.rule(spec.plan.adam_rule if adam else None)
   n, exact = spec.dataset.num_train_examples, spec.plan.noise_rule == "exact"
   factor = noise.batch_noise_factor(n, parent.batch_size, exact) / noise.batch_noise_factor(
@@ -166,7 +165,9 @@ def branch_spec(parent: Parent, batch: int, budget: int, repeat: int = 0) -> Run
   rule's rate held constant, reseeded, evaluated `EVALUATIONS` times."""
   spec = parent.spec
   learning_rate, b1, b2, eps = _rates(parent, batch)
-  options = {**spec.optimizer.options, spec.optimizer.momentum_field: b1}
+  options = dict(spec.optimizer.options)
+  if spec.optimizer.momentum_field is not None:  # a factory may have no momentum
+    options[spec.optimizer.momentum_field] = b1
   if b2 is not None and "b2" in options:
     options |= {"b2": b2, "eps": eps}
   cap = spec.plan.max_batch_size
@@ -176,7 +177,7 @@ def branch_spec(parent: Parent, batch: int, budget: int, repeat: int = 0) -> Run
     num_epochs=epochs,
     batch_size=batch,
     seed=_branch_seed(spec.seed, parent.step, repeat),
-    optimizer=OptimizerSpec(spec.optimizer.name, learning_rate, options),
+    optimizer=dataclasses.replace(spec.optimizer, learning_rate=learning_rate, options=options),
     schedule=ScheduleSpec("constant"),
     plan=PlanSpec(
       strategy="accumulate" if micro else "decay_lr",

@@ -15,6 +15,7 @@ from typing import Any
 
 import optax
 
+from bigbatch.optim import masks
 from bigbatch.optim.hyperparams import Hyperparam, is_zero, resolve
 
 _STATIC = (
@@ -61,7 +62,7 @@ def _adam_family(
     )
   parts = [scale]
   if use_decay:
-    parts.append(optax.add_decayed_weights(weight_decay, mask))
+    parts.append(masks.add_decayed_weights(weight_decay, mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)
 

@@ -7,13 +7,14 @@ from typing import Any
 
 import optax
 
+from bigbatch.optim import masks
 from bigbatch.optim.hyperparams import Hyperparam, is_zero, resolve
 
 
 def _sgd_momentum(learning_rate, momentum, weight_decay, *, nesterov, mask, use_decay):
   parts = [optax.trace(decay=momentum, nesterov=nesterov)]
   if use_decay:
-    parts.append(optax.add_decayed_weights(weight_decay, mask))
+    parts.append(masks.add_decayed_weights(weight_decay, mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)
 

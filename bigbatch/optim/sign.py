@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bigbatch.optim import masks
 from bigbatch.optim.hyperparams import Hyperparam, is_zero, resolve
 
 SIGN_DECAYS = ("none", "linear", "cyclical", "restart")
@@ -153,7 +154,7 @@ def _sign_family(
 ):
   parts = [_SCALES[kind](beta, alpha, sign_decay(decay, decay_steps, num_periods))]
   if use_decay:
-    parts.append(optax.add_decayed_weights(weight_decay, mask))
+    parts.append(masks.add_decayed_weights(weight_decay, mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)
 

@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding
+from optax.transforms import MaskedNode
 
 # The hyperparameters that a plan's momentum feeds, by their names in each optimizer.
 _MOMENTUM_NAMES = ("b1", "beta")
@@ -92,10 +93,14 @@ def state_shardings(optimizer: optax.GradientTransformation, params: Any) -> Any
   else:
     replicated = jax.tree.leaves(param_shardings)[0]
   abstract = jax.eval_shape(optimizer.init, params)
+  # a partitioned optimizer (`optax.partition`: Muon's matrices and the rest) keeps a
+  # moment per parameter with `MaskedNode`s where the other part's leaves are
+  is_masked = lambda node: isinstance(node, MaskedNode)  # noqa: E731
   return optax.tree_map_params(
     optimizer,
-    lambda _, sharding: sharding,
+    lambda value, sharding: value if is_masked(value) else sharding,
     abstract,
     param_shardings,
     transform_non_params=lambda _: replicated,
+    is_leaf=is_masked,
   )

@@ -103,7 +103,9 @@ def _validate_adam(adam_rule, b2, eps) -> None:
     "adam_rule",
     f"{adam_rule!r} is not one of {', '.join(adam_rules.ADAM_RULES)}",
   )
-  if adam_rule is not None:
+  # an optimizer without b2 and eps (LARS, Lion, Muon) passes None: only a rule moving
+  # them needs them
+  if adam_rule is not None and (b2 is not None or adam_rules.rule(adam_rule).moves_betas):
     check(b2 is not None and 0.0 <= b2 < 1.0, "b2", f"must be in [0, 1), got {b2}")
     check(eps is not None and eps >= 0.0, "eps", f"must be >= 0, got {eps}")
 

@@ -90,11 +90,17 @@ PLAN_HEADER = (
 )
 
 
+def _betas(plan: Plan) -> bool:
+  """Whether the table shows b2 and eps: an Adam rule, for an optimizer that holds them
+  (LARS, Lion and Muon have an adaptive family's rule, and neither)."""
+  return plan.adam_rule is not None and plan.phases[0].b2 is not None
+
+
 def _header(plan: Plan, accumulating: bool) -> tuple[str, ...]:
   header = list(PLAN_HEADER)
   if plan.tokens_per_example:
     header[1:3] = ["tokens", "batch (seq×len=tokens)"]
-  if plan.adam_rule is not None:  # Adam's b1, b2 and eps, as the rule moves them
+  if _betas(plan):  # Adam's b1, b2 and eps, as the rule moves them
     header[4:5] = ["β1", "β2", "ε"]
   if accumulating:
     header.insert(3, "micro")
@@ -107,7 +113,7 @@ def _plan_rows(plan: Plan, accumulating: bool) -> list[tuple[str, ...]]:
   tokens = plan.tokens_per_example
   for p in plan.phases:
     micro = (f"{p.micro_batches}",) if accumulating else ()
-    adam = (f"{p.b2:.6g}", f"{p.eps:.3g}") if plan.adam_rule is not None else ()
+    adam = (f"{p.b2:.6g}", f"{p.eps:.3g}") if _betas(plan) else ()
     rows.append(
       (
         str(p.index),

@@ -24,6 +24,7 @@ from bigbatch.schedules.decay import (
   Exponential,
   InverseSqrt,
   OneCycle,
+  Polynomial,
   StepDecay,
   WarmRestarts,
 )
@@ -33,6 +34,7 @@ SCHEDULES = (
   "step",
   "exponential",
   "cosine",
+  "poly",
   "sgdr",
   "one_cycle",
   "inverse_sqrt",
@@ -59,6 +61,8 @@ def _inner_schedule(name: str, epochs: float, start: float, f: dict) -> Schedule
     inner = Exponential(f["rate"], f["every_epochs"], f["staircase"], start, epochs)
   elif name == "cosine":
     inner = Cosine(start, epochs, f["final_fraction"])
+  elif name == "poly":
+    inner = Polynomial(start, epochs, f["power"], f["final_fraction"])
   elif name == "sgdr":
     check(f["cycle_epochs"] > 0, "schedule.cycle_epochs: sgdr needs a positive first cycle")
     inner = WarmRestarts(f["cycle_epochs"], f["cycle_mult"], f["final_fraction"], start, epochs)
@@ -93,6 +97,7 @@ def make_schedule(
   every_epochs: float = 1.0,
   staircase: bool = False,
   final_fraction: float = 0.0,
+  power: float = 2.0,
   cycle_epochs: float = 0.0,
   cycle_mult: float = 1.0,
   pct_start: float = 0.3,
@@ -114,7 +119,8 @@ def make_schedule(
     warmup_init: learning rate at epoch 0 as a fraction of the peak.
     boundaries, factor: `step`: epochs of the drops and the divisor(s).
     rate, every_epochs, staircase: `exponential`.
-    final_fraction: `cosine`, `sgdr`: last learning rate over the peak.
+    final_fraction: `cosine`, `poly`, `sgdr`: last learning rate over the peak.
+    power: `poly`: the degree of its decay (2 in MLPerf's LARS runs).
     cycle_epochs, cycle_mult: `sgdr`.
     pct_start, div_factor, final_div_factor, momentum_range: `one_cycle`.
     timescale_epochs: `inverse_sqrt` (default: `warmup_epochs`).
@@ -153,6 +159,7 @@ __all__ = [
   "Exponential",
   "InverseSqrt",
   "OneCycle",
+  "Polynomial",
   "Schedule",
   "StepDecay",
   "WarmRestarts",

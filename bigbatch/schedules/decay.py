@@ -1,4 +1,5 @@
-"""Schedules that decay from the peak: step, exponential, cosine, SGDR, one-cycle, inverse sqrt."""
+"""Schedules that decay from the peak: step, exponential, cosine, polynomial, SGDR, one-cycle,
+inverse sqrt."""
 
 from __future__ import annotations
 
@@ -133,6 +134,45 @@ class Cosine(Schedule):
       self.end_epoch - self.start_epoch
     )
     return self.final_fraction + (1.0 - self.final_fraction) * half_cosine(progress, xp)
+
+  def knots(self):
+    return (self.start_epoch,)
+
+  def constant_between(self, start, end):
+    return end <= self.start_epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class Polynomial(Schedule):
+  """A polynomial decay from the peak to `final_fraction` of it, as MLPerf's LARS
+  ResNet-50 runs use (power 2): `f + (1 - f) (1 - progress)^power`.
+
+  Args:
+    start_epoch: where the decay begins (the end of the warm-up).
+    end_epoch: where it reaches `final_fraction` (the end of training).
+    power: the polynomial's degree (1: linear).
+    final_fraction: the last learning rate as a fraction of the peak.
+  """
+
+  start_epoch: float
+  end_epoch: float
+  power: float = 2.0
+  final_fraction: float = 0.0
+
+  def __post_init__(self):
+    check(self.end_epoch > self.start_epoch, "schedule: the poly decay must end after it starts")
+    check(self.power > 0, f"schedule.power: must be positive, got {self.power}")
+    check(
+      0.0 <= self.final_fraction < 1.0,
+      f"schedule.final_fraction: must be in [0, 1), got {self.final_fraction}",
+    )
+
+  def multiplier(self, epoch, xp: Any = np):
+    progress = (xp.asarray(epoch, dtype=float) - self.start_epoch) / (
+      self.end_epoch - self.start_epoch
+    )
+    remaining = 1.0 - xp.clip(progress, 0.0, 1.0)
+    return self.final_fraction + (1.0 - self.final_fraction) * remaining**self.power
 
   def knots(self):
     return (self.start_epoch,)

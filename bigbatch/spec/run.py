@@ -6,7 +6,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from bigbatch import optim
 from bigbatch.models import COMPUTE_DTYPES
+from bigbatch.plan import adam_rules
 from bigbatch.plan.adaptive import default_config as adaptive_defaults
 from bigbatch.spec import clock, fields, system, task
 from bigbatch.spec.block import Block, freeze, import_path, is_block, thaw
@@ -23,6 +25,8 @@ _BLOCKS = {
   "memory": system.MemorySpec,
   "distributed": system.DistributedSpec,
 }
+# The built-in optimizers `plan.adam_rule` is for (`bigbatch.optim.FAMILY`).
+_ADAPTIVE = tuple(name for name, family in optim.FAMILY.items() if family == "adaptive")
 _GROUPS = {
   "eval": system.EvalSpec,
   "checkpoints": system.CheckpointSpec,
@@ -75,10 +79,25 @@ class RunSpec(Block):
     object.__setattr__(self, "token_fields", freeze(dict(self.token_fields)))
     if self.num_epochs is None and not self.token_fields:
       raise ConfigError("num_epochs: missing from the config")
-    if self.plan.adam_rule is not None and self.optimizer.name not in task.ADAM_FAMILY:
+    self._check_rule()
+
+  def _check_rule(self) -> None:
+    """`plan.adam_rule` is the `adaptive` family's rule; `sde` and `beta2_halflife` move b2
+    and eps, which only the optimizers holding them can follow."""
+    rule, optimizer = self.plan.adam_rule, self.optimizer
+    if rule is None:
+      return
+    name = optimizer.display_name
+    if optimizer.family != "adaptive":
       raise ConfigError(
-        f"plan.adam_rule: only for {', '.join(task.ADAM_FAMILY)}; "
-        f"{self.optimizer.name} keeps the paper's rule (unset it)"
+        f"plan.adam_rule: only for the adaptive family ({', '.join(_ADAPTIVE)}, or a factory "
+        f"with optimizer.family adaptive); {name} is of the {optimizer.family} family and "
+        "keeps the paper's g-rule (unset it)"
+      )
+    if adam_rules.rule(rule).moves_betas and not optimizer.holds_betas:
+      raise ConfigError(
+        f"plan.adam_rule: {rule} moves b2 and eps, which {name} does not hold in its state "
+        f"({', '.join(task.HOLD_BETAS)} do); allowed for {name}: paper, sqrt"
       )
 
   @classmethod

@@ -8,61 +8,16 @@ import types
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from bigbatch import optim
 from bigbatch.plan import adam_rules, adaptive
 from bigbatch.plan.checks import STRATEGIES as PLANNED
 from bigbatch.schedules import SCHEDULES, make_schedule
 from bigbatch.spec import fields
 from bigbatch.spec.block import Block, freeze, import_path, is_block, thaw
-from bigbatch.spec.fields import ConfigError, boolean, integer, one_of, real, text
+from bigbatch.spec.fields import ConfigError, integer, one_of, text
+from bigbatch.spec.optimizer import HOLD_BETAS, OPTIMIZERS, OptimizerSpec  # noqa: F401  (re-exported)
 
 # `plan.max_batch_size` measured by the memory probe (`auto` on the command line).
 AUTO = -1
-# Each optimizer's fields besides `name` and `learning_rate`, at their defaults
-# (`alpha` None: the paper's base, e for PowerSign and 1 + ... for AddSign).
-OPTIMIZERS: dict[str, dict[str, Any]] = {
-  "sgd_momentum": {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
-  "adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8},
-  "adamw": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
-  "amsgrad": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "bias_correction": True},
-  "power_sign": {
-    "beta": 0.9, "alpha": None, "decay": "none", "num_periods": 1.0, "weight_decay": 0.0
-  },
-  "add_sign": {
-    "beta": 0.9, "alpha": None, "decay": "none", "num_periods": 1.0, "weight_decay": 0.0
-  },
-}  # fmt: skip
-
-
-def _at_least_one(field: str, value: Any) -> float | None:
-  if value is not None and not (fields.real()(field, value) >= 1.0):
-    raise ConfigError(f"{field}: must be >= 1, got {value}")
-  return None if value is None else float(value)
-
-
-def _fraction(field: str, value: Any) -> float:
-  if not 0.0 <= fields.real()(field, value) < 1.0:
-    raise ConfigError(f"{field}: must be in [0, 1), got {value}")
-  return float(value)
-
-
-def _is_positive(field: str, value: Any) -> float:
-  if not fields.real()(field, value) > 0:
-    raise ConfigError(f"{field}: must be positive, got {value}")
-  return float(value)
-
-
-_OPTIMIZER_CHECKS: dict[str, fields.Check] = {
-  "weight_decay": real(0.0),
-  "nesterov": boolean,
-  "eps": real(0.0),
-  "bias_correction": boolean,
-  "alpha": _at_least_one,
-  "decay": one_of(*optim.SIGN_DECAYS),
-  "num_periods": _is_positive,
-}
-# The field a plan's momentum feeds, where it is not Adam's `b1`.
-_MOMENTUM_FIELDS = {"sgd_momentum": "momentum", "power_sign": "beta", "add_sign": "beta"}
 _SCHEDULE_FIELDS = tuple(p for p in inspect.signature(make_schedule).parameters if p != "epochs")
 
 
@@ -77,7 +32,9 @@ class DataSpec(Block):
   """`dataset`: a built-in dataset or any tfds dataset by `name` (read from its
   `builder.info`), or a Python data `source` (an import path or an object); see
   docs/MODELS.md for each field. The text datasets (`python_stdlib`, or `text` with
-  `text_dir`) take `sequence_length` and derive `num_train_examples` from the corpus."""
+  `text_dir`) take `sequence_length` and `tokenizer` (and `separator`), and derive
+  `num_train_examples` from the corpus; so do token files (`tokens` with `token_dir`,
+  `token_dtype`, `separator` and `vocab_size`; docs/LANGUAGE_MODELS.md)."""
 
   num_train_examples: int | None = None
   name: str | None = None
@@ -93,9 +50,16 @@ class DataSpec(Block):
   num_classes: int | None = None
   text_dir: str | None = None
   sequence_length: int | None = None
+  tokenizer: str | None = None
+  token_dir: str | None = None
+  token_dtype: str | None = None
+  separator: int | None = None
+  vocab_size: int | None = None
 
-  # `bigbatch.data.TEXT_DATASETS`, named here so that reading a config imports no TensorFlow
+  # `bigbatch.data.TEXT_DATASETS` and `TOKEN_FILES`, named here so that reading a config
+  # imports no TensorFlow
   TEXT_DATASETS: ClassVar[tuple[str, ...]] = ("python_stdlib", "text")
+  TOKEN_FILES: ClassVar[str] = "tokens"
   _PREFIX = "dataset."
   _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
     # unset only for text (checked below); the message otherwise is `integer(1)`'s
@@ -105,11 +69,18 @@ class DataSpec(Block):
     "name": text(optional=True),
     "text_dir": text(optional=True),
     "sequence_length": integer(1, optional=True),
+    "tokenizer": text(optional=True),
+    "token_dir": text(optional=True),
+    "token_dtype": lambda field, value: (
+      None if value is None else one_of("uint16", "uint32")(field, value)
+    ),
+    "separator": integer(0, optional=True),
+    "vocab_size": integer(1, optional=True),
   }
 
   def __post_init__(self) -> None:
     super().__post_init__()
-    is_text = self.source is None and self.name in self.TEXT_DATASETS
+    is_text = self.source is None and self.name in (*self.TEXT_DATASETS, self.TOKEN_FILES)
     if self.num_train_examples is None and not is_text:
       raise ConfigError("dataset.num_train_examples: missing from the config")
     if self.name is None and self.source is None:
@@ -119,10 +90,19 @@ class DataSpec(Block):
       raise ConfigError(f"dataset.sequence_length: missing from the config ({self.name} needs it)")
     if not is_text and self.sequence_length is not None:
       raise ConfigError(
-        f"dataset.sequence_length: only python_stdlib and text take one, not {which}"
+        f"dataset.sequence_length: only python_stdlib, text and tokens take one, not {which}"
       )
     if self.text_dir is not None and (self.source is not None or self.name != "text"):
       raise ConfigError(f"dataset.text_dir: only dataset.name 'text' takes one, not {which}")
+    for name in ("tokenizer", "separator"):
+      if getattr(self, name) is not None and not is_text:
+        raise ConfigError(
+          f"dataset.{name}: only python_stdlib, text and tokens take one, not {which}"
+        )
+    tokens = self.source is None and self.name == self.TOKEN_FILES
+    for name in ("token_dir", "token_dtype", "vocab_size"):
+      if getattr(self, name) is not None and not tokens:
+        raise ConfigError(f"dataset.{name}: only dataset.name 'tokens' takes one, not {which}")
 
   def block(self) -> dict[str, Any]:
     """The fields that are set, as the data layer reads them (`bigbatch.data.spec_for`)."""
@@ -190,59 +170,6 @@ class ScheduleSpec:
     return {"name": self.name, **thaw(self.fields)}
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimizerSpec:
-  """`optimizer`: one of `OPTIMIZERS` by `name`, its `learning_rate`, and its own fields
-  (`options`, every one filled in from `OPTIMIZERS`' defaults)."""
-
-  name: str
-  learning_rate: float
-  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-  def __post_init__(self) -> None:
-    if self.name not in OPTIMIZERS:
-      raise ConfigError(f"optimizer.name: {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
-    allowed = OPTIMIZERS[self.name]
-    for key in self.options:
-      if key not in allowed:
-        names = ", ".join(("learning_rate", *allowed))
-        raise ConfigError(f"optimizer.{key}: not a field of {self.name}; allowed: {names}")
-    if self.learning_rate is None:
-      raise ConfigError("optimizer.learning_rate: missing from the config")
-    # its range is the planner's to check, with the schedule's (`build.plan_of`)
-    object.__setattr__(self, "learning_rate", real()("optimizer.learning_rate", self.learning_rate))
-    options = {**allowed, **{k: v for k, v in self.options.items() if v is not None}}
-    for key, check in _OPTIMIZER_CHECKS.items():
-      if key in options:
-        options[key] = check(f"optimizer.{key}", options[key])
-    field = self.momentum_field
-    options[field] = _fraction(f"optimizer.{field}", options[field])
-    object.__setattr__(self, "options", types.MappingProxyType(options))
-
-  @property
-  def momentum_field(self) -> str:
-    return _MOMENTUM_FIELDS.get(self.name, "b1")
-
-  @property
-  def momentum(self) -> float:
-    """The optimizer's momentum: `momentum` for SGD, `b1` for the Adam family, `beta` for
-    PowerSign and AddSign (what the plan's momentum feeds; see `build.momentum_of`)."""
-    return float(self.options[self.momentum_field])
-
-  @classmethod
-  def read(cls, block: Any) -> OptimizerSpec:
-    if not is_block(block):
-      raise ConfigError("optimizer: missing from the config")
-    values = {k: block[k] for k in block.keys()}
-    if values.get("name") not in OPTIMIZERS:
-      names = ", ".join(OPTIMIZERS)
-      raise ConfigError(f"optimizer.name: {values.get('name')!r} is not one of {names}")
-    return cls(values.pop("name"), values.pop("learning_rate", None), values)
-
-  def to_dict(self) -> dict[str, Any]:
-    return {"name": self.name, "learning_rate": self.learning_rate, **self.options}
-
-
 def _pairs(field: str, value: Any) -> tuple:
   """(epoch, batch) pairs of numbers (a flat list of an even length reads as pairs)."""
   values = tuple(value or ())
@@ -255,7 +182,9 @@ def _pairs(field: str, value: Any) -> tuple:
   return tuple(tuple(pair) for pair in values)
 
 
-ADAM_FAMILY = ("adam", "adamw", "amsgrad")  # the optimizers `plan.adam_rule` is for
+# The Adam family (`bigbatch.optim.adam`); `plan.adam_rule` is for every optimizer of the
+# `adaptive` family (`bigbatch.optim.FAMILY`), these among them.
+ADAM_FAMILY = ("adam", "adamw", "amsgrad")
 
 
 def _adam_rule(field: str, value: Any) -> str | None:
@@ -270,8 +199,9 @@ class PlanSpec(Block):
   """`plan`: how batch sizes follow the schedule. `strategy` (decay_lr, increase_batch,
   hybrid, accumulate, or decided while training: plateau, plateau_lr, noise, with their
   fields in `adapt`), `max_batch_size` (the cap; `AUTO`: probed), `batch_multiple`,
-  `noise_rule` (approx | exact), `min_phase_epochs`, `adam_rule` (Adam, AdamW and
-  AMSGrad only: paper | sqrt | sde | beta2_halflife; unset: paper), and `ramp` (strategy
+  `noise_rule` (approx | exact), `min_phase_epochs`, `adam_rule` (the rule of the
+  optimizer's family when it is `adaptive`: paper | sqrt, and sde | beta2_halflife for those
+  holding b2 and eps; unset: paper; see `bigbatch.optim.FAMILY`), and `ramp` (strategy
   `ramp`: (epoch, batch) pairs, the batch from each epoch on)."""
 
   strategy: str = "decay_lr"

@@ -227,7 +227,7 @@ def _probed(experiment: Any) -> dict[str, Any]:
     "model": spec.model.to_dict(),
     "input": dataset.input_shape,
     "input_dtype": dataset.input_dtype.name,
-    "optimizer": spec.optimizer.name,
+    "optimizer": spec.optimizer.display_name,  # a factory by its import path
     "dtype": spec.compute_dtype,
     "backend": jax.default_backend(),
     "device_kind": mesh.devices.flat[0].device_kind,

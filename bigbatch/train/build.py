@@ -21,12 +21,14 @@ from bigbatch import data, optim
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import compute_dtype, create_model, init_rngs
+from bigbatch.optim import masks as optim_masks
 from bigbatch.plan import adam_rules, adaptive
 from bigbatch.plan.checks import PlanError
 from bigbatch.plan.phases import Plan
 from bigbatch.plan.planner import plan_phases
 from bigbatch.schedules import Schedule, make_schedule
 from bigbatch.spec import ConfigError, RunSpec
+from bigbatch.spec.optimizer import TRUST_MASK
 from bigbatch.step import gradients, losses
 
 # Planner arguments and the config fields they come from, for error messages.
@@ -118,11 +120,13 @@ def _planned(spec: RunSpec, schedule: Schedule, strategy: str) -> Plan:
 
 
 def _adam_of(spec: RunSpec) -> dict[str, Any]:
-  """The planner's Adam arguments: the rule (unset: none, the paper's as for SGD) and
-  the b2 and eps it starts from."""
+  """The planner's Adam arguments: the rule (unset: none, the paper's as for SGD) and,
+  for an optimizer holding them, the b2 and eps it starts from."""
   rule = spec.plan.adam_rule
   if rule is None:
     return {}
+  if not spec.optimizer.holds_betas:  # LARS, Lion, Muon, a factory: the rate moves alone
+    return {"adam_rule": rule}
   return {
     "adam_rule": rule,
     "b2": spec.optimizer.options["b2"],
@@ -131,16 +135,53 @@ def _adam_of(spec: RunSpec) -> dict[str, Any]:
 
 
 def optimizer_of(spec: RunSpec, plan: Plan) -> optax.GradientTransformationExtraArgs:
-  """The spec's optimizer, its learning rate, momentum and decay following `plan`."""
-  name, opt = spec.optimizer.name, spec.optimizer.options
+  """The spec's optimizer, its learning rate, momentum and decay following `plan`,
+  behind global-norm clipping where `optimizer.clip_norm` is set.
+
+  A mask that names no parameter is refused when the optimizer is initialised
+  (`optim.masks.checked`), the first moment the parameters are known.
+  """
+  optimizer = spec.optimizer
   if plan.strategy in adaptive.STRATEGIES:
     # Decisions made while training change the learning rate through the
     # optimizer's state (`optim.set_hyperparams`); a plan's schedule is fixed
     # when the step compiles.
     plan = adaptive.constants(plan)
+  masks = _masks_of(optimizer)
+  try:
+    if optimizer.is_builtin:
+      tx = _builtin(optimizer, plan, masks)
+    else:
+      tx = _from_factory(optimizer, plan, masks.get("optimizer.decay_mask"))
+  except ValueError as error:  # a value only the optimizer itself checks
+    raise ConfigError(f"optimizer.{error}") from None
+  if optimizer.clip_norm is not None:
+    tx = optax.chain(optim.clip_by_global_norm(optimizer.clip_norm), tx)
+  return optim_masks.checked(tx, masks, error=ConfigError)
+
+
+def _masks_of(optimizer) -> dict[str, Any]:
+  """The optax masks of `optimizer.decay_mask` and LARS's and LAMB's `trust_mask`, by
+  config field; a mask of every parameter is left out (optax's default)."""
+  given = {"optimizer.decay_mask": optimizer.decay_mask_or_default}
+  if optimizer.is_builtin and "trust_mask" in optimizer.options:
+    given["optimizer.trust_mask"] = optimizer.options["trust_mask"] or TRUST_MASK
+  return {
+    field: optim.parameter_mask(value, field)
+    for field, value in given.items()
+    if value not in (None, "all")
+  }
+
+
+def _builtin(optimizer, plan: Plan, masks: dict[str, Any]) -> optax.GradientTransformation:
+  """A built-in optimizer (`optim.OPTIMIZERS`) of the spec, following `plan`."""
+  name, opt = optimizer.name, optimizer.options
   decay = plan if opt.get("weight_decay") else 0.0
+  mask = masks.get("optimizer.decay_mask")
   if name == "sgd_momentum":
-    return optim.sgd_momentum(plan, momentum=plan, nesterov=opt["nesterov"], weight_decay=decay)
+    return optim.sgd_momentum(
+      plan, momentum=plan, nesterov=opt["nesterov"], weight_decay=decay, mask=mask
+    )
   if name in ("power_sign", "add_sign"):
     # the internal decay `f(t)` spans the whole run, as in Bello et al. (2017),
     # so its `T` is the plan's total number of steps
@@ -153,21 +194,55 @@ def optimizer_of(spec: RunSpec, plan: Plan) -> optax.GradientTransformationExtra
       decay_steps=plan.total_steps,
       num_periods=opt["num_periods"],
       weight_decay=decay,
+      mask=mask,
       **alpha,
     )
+  if name == "lars":
+    return optim.lars(
+      plan, plan, weight_decay=decay, trust_coefficient=opt["trust_coefficient"],
+      eps=opt["eps"], nesterov=opt["nesterov"], weight_decay_mask=mask,
+      trust_mask=masks.get("optimizer.trust_mask"), trust_ratio=opt["trust_ratio"],
+    )  # fmt: skip
+  if name == "lion":
+    return optim.lion(plan, plan, b2=opt["b2"], weight_decay=opt["weight_decay"], mask=mask)
+  if name == "muon":
+    muon = {k: v for k, v in opt.items() if k != "beta"}
+    return optim.muon(plan, plan, weight_decay_mask=mask, **muon)
   common = {"b2": opt["b2"], "eps": opt["eps"]}
   if adam_rules.rule(plan.adam_rule).moves_betas:  # b2 and eps follow the batch
     common = {"b2": plan, "eps": plan}
+  if name == "lamb":
+    trust = masks.get("optimizer.trust_mask")
+    return optim.lamb(
+      plan, plan, weight_decay=decay, weight_decay_mask=mask, trust_mask=trust, **common
+    )
   if name == "adam":
     return optim.adam(plan, b1=plan, **common)
   if name == "adamw":
-    return optim.adamw(plan, b1=plan, weight_decay=plan, **common)
+    return optim.adamw(plan, b1=plan, weight_decay=plan, mask=mask, **common)
   return optim.amsgrad(plan, b1=plan, bias_correction=opt["bias_correction"], **common)
+
+
+def _from_factory(optimizer, plan: Plan, mask: Any) -> optax.GradientTransformation:
+  """A factory's optimizer, its rate (and momentum, where it has one) following `plan`."""
+  options = dict(optimizer.options)
+  if mask is not None:
+    options[optimizer.mask_arg] = mask
+  momentum = plan if optimizer.momentum_field is not None else None
+  return optim.plan_aware(
+    optimizer.factory, plan, momentum, momentum_arg=optimizer.momentum_arg, options=options
+  )
 
 
 def model_of(spec: RunSpec, num_classes: int) -> nn.Module:
   """The spec's `model` (any field overrides the architecture's default), with its
   `ghost_batch_size` and computing in its `compute_dtype`."""
+  vocab = spec.model.fields.get("vocab_size")
+  if vocab is not None and isinstance(vocab, int) and vocab < num_classes:
+    raise ConfigError(
+      f"model.vocab_size: {vocab:,} is smaller than the data's vocabulary of {num_classes:,} "
+      "ids (dataset.tokenizer or dataset.vocab_size); unset it to take the data's"
+    )
   try:
     return create_model(
       spec.model.name,
@@ -180,6 +255,12 @@ def model_of(spec: RunSpec, num_classes: int) -> nn.Module:
     raise ConfigError(str(error)) from None
 
 
+def _token_bytes(dataset: Any) -> Any:
+  """The bytes each token id stands for (`DatasetSpec.token_bytes`), or None: a stand-in for
+  a spec that lacks the field (`config.train_step_from_config`'s) has none."""
+  return getattr(dataset, "token_bytes", None)
+
+
 def loss_of(spec: RunSpec, model: nn.Module, dataset: Any):
   """The spec's `loss` (`cross_entropy` with `label_smoothing`, an import path, or a
   function), checked on the shapes of the model's outputs for a batch of 2 (nothing is
@@ -189,7 +270,9 @@ def loss_of(spec: RunSpec, model: nn.Module, dataset: Any):
     ConfigError: naming `loss` and what is wrong with what it returns.
   """
   try:
-    loss_fn = losses.resolve(spec.loss, spec.label_smoothing, dataset.bytes_per_token)
+    loss_fn = losses.resolve(
+      spec.loss, spec.label_smoothing, dataset.bytes_per_token, _token_bytes(dataset)
+    )
     inputs = jax.ShapeDtypeStruct((2, *dataset.input_shape), dataset.model_input_dtype)
     variables = jax.eval_shape(
       lambda x: model.init(init_rngs(jax.random.key(0)), x, train=False), inputs
@@ -309,6 +392,9 @@ def train_step_of(
     noise_confidence=noise.confidence,
     normalisation=dataset.device_normalisation,
     rng_seed=spec.seed,
-    loss_fn=loss_fn or losses.resolve(spec.loss, spec.label_smoothing, dataset.bytes_per_token),
+    loss_fn=loss_fn
+    or losses.resolve(
+      spec.loss, spec.label_smoothing, dataset.bytes_per_token, _token_bytes(dataset)
+    ),
   )
   return TrainStep(step, measure)

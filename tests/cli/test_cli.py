@@ -28,6 +28,11 @@ RECIPES = {
   "imagenet_resnet50_8192.py": 14_076,
   "imagenet_resnet50_8192_16384.py": 9_384,
   "imagenet_resnet50_16384.py": 7_038,
+  # MLPerf's LARS recipes (v1.0, v0.7) and the batch growing from 8,192 in place of the decay
+  "imagenet_resnet50_lars_32k.py": 2_346,
+  "imagenet_resnet50_lars_32k_increase_batch.py": 5_813,
+  "imagenet_resnet50_lars_64k.py": 1_799,
+  "imagenet_resnet50_lars_64k_increase_batch.py": 8_824,
   "imagenet_inception_decay_lr.py": 14_076,
   "imagenet_inception_increase_batch.py": 5_631,
   "imagenet_inception_capped.py:0.9": 5_865,
@@ -65,6 +70,9 @@ def test_recipe_configs_plan_to_the_papers_updates(name):
 LM_RECIPES = {
   "lm_tiny_increase_batch.py": 197,  # 150 + 37.5 + 6.25 + 1.6, each phase rounded up (+warm-up)
   "lm_tiny_noise.py": 500,  # the plan before any decision: 2,048,000 / 4,096
+  "lm_tiny_lamb.py": 500,  # AdamW's baseline, another optimizer
+  "lm_tiny_lion.py": 500,
+  "lm_tiny_muon.py": 500,
   "gpt2_small.py": 1_050,
   "lm_1b.py": 11_779,
 }
@@ -194,7 +202,7 @@ def test_plan_plot_draws_a_png(capsys, tmp_path):
     (["--config.schedule.boundaries=(120,60)"], "schedule.boundaries: must be strictly increasing"),
     (["--config.schedule.boundaries=(60,250)"], "schedule.boundaries: must lie before"),
     (["--config.schedule.name=linear"], "schedule.name: 'linear' is not one of"),
-    (["--config.optimizer.name=lion"], "optimizer.name: 'lion' is not one of"),
+    (["--config.optimizer.name=lionx"], "optimizer.name: 'lionx' is not one of"),
     (["--config.schedule.nme=cosine"], "schedule.nme: no such field; schedule has: "),
     (
       ["--config.plan.max_batch_size=abc"],

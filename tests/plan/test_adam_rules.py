@@ -189,7 +189,7 @@ def test_the_rule_is_checked_by_name_and_only_for_adam():
   with pytest.raises(ConfigError, match=r"^plan\.adam_rule: 'cube' is not one of paper, sqrt"):
     RunSpec.read({**base, "optimizer": adam, "plan": {"adam_rule": "cube"}})
   sgd = {"name": "sgd_momentum", "learning_rate": 0.1}
-  with pytest.raises(ConfigError, match=r"^plan\.adam_rule: only for adam, adamw, amsgrad"):
+  with pytest.raises(ConfigError, match=r"^plan\.adam_rule: only for the adaptive family \(adam, "):
     RunSpec.read({**base, "optimizer": sgd, "plan": {"adam_rule": "sqrt"}})
   assert RunSpec.read({**base, "optimizer": adam, "plan": {"adam_rule": "sde"}}).plan.adam_rule
 

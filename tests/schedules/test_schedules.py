@@ -64,6 +64,16 @@ CASES = {
     optax.cosine_onecycle_schedule(STEPS, LR, 0.3, 25.0, 1e4),
   ),
   "constant": (make_schedule("constant", EPOCHS), optax.constant_schedule(LR)),
+  "warmup_poly": (  # MLPerf's LARS ResNet-50: a linear warm-up, then (1 - t)^2 to a floor
+    make_schedule("poly", EPOCHS, warmup_epochs=1, power=2, final_fraction=0.01),
+    optax.join_schedules(
+      [
+        optax.linear_schedule(0.0, LR, 500),
+        optax.polynomial_schedule(LR, LR * 0.01, 2, STEPS - 500),
+      ],
+      [500],
+    ),
+  ),
 }
 
 

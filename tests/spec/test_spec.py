@@ -75,7 +75,7 @@ BAD_FIELDS = [
   ("schedule.name", "linear", "schedule.name: 'linear' is not one of "),
   ("schedule.steps", 3, "schedule.steps: unknown field; allowed: base_fraction, boundaries"),
   ("schedule.boundaries", ("a",), "schedule.boundaries: 'a' is not a list of numbers"),
-  ("optimizer.name", "lion", "optimizer.name: 'lion' is not one of sgd_momentum, adam"),
+  ("optimizer.name", "lionx", "optimizer.name: 'lionx' is not one of sgd_momentum, adam"),
   ("optimizer.momentum", 1.0, "optimizer.momentum: must be in [0, 1), got 1.0"),
   ("optimizer.b1", 0.9, "optimizer.b1: not a field of sgd_momentum; allowed: learning_rate"),
   ("optimizer.learning_rate", _REMOVED, "optimizer.learning_rate: missing from the config"),
