@@ -46,8 +46,9 @@ def small_config(data_dir, **changes):
   return config
 
 
-def start(workdir, data_dir, *extra, fault=None, devices=1):
-  """`bigbatch train` on the small run in a subprocess (`fault`: a BIGBATCH_FAULT point)."""
+def start(workdir, data_dir, *extra, fault=None, devices=1, stderr=subprocess.STDOUT):
+  """`bigbatch train` on the small run in a subprocess (`fault`: a BIGBATCH_FAULT point;
+  stderr: into stdout, or `subprocess.PIPE` apart)."""
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   env.pop("BIGBATCH_FAULT", None)
   if fault:
@@ -57,7 +58,7 @@ def start(workdir, data_dir, *extra, fault=None, devices=1):
     [sys.executable, "-c", CODE, *args, *overrides(data_dir), *extra],
     env=env,
     stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
+    stderr=stderr,
     text=True,
   )
 

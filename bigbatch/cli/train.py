@@ -32,6 +32,10 @@ def train(argv: list[str]) -> int:
     flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=values)
 
   values = args.parse("train", argv, define)
+  if not values.progress:  # tfds draws its own bars while it generates a dataset
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
   workdir = values.workdir or os.path.join("workdir", pathlib.Path(args.config_path(argv)).stem)
   known = (
     ConfigError,

@@ -4,10 +4,12 @@
 `make_train_step` and `make_eval_step`), `compiled` (each batch size's
 executable, compiled once), `gradients` (per-device gradients and the
 measured noise scale), `accumulate` (micro-batches), `inputs` (what a batch
-becomes on the device) and `losses` (the task: per-example loss and metrics).
+becomes on the device), `losses` (the task: per-example loss and metrics) and
+`finite` (which array of a state went non-finite first).
 """
 
 from bigbatch.step.compiled import CompiledSteps, CompileRecord, enable_compilation_cache
+from bigbatch.step.finite import first_nonfinite, leaf_names, nonfinite_leaf
 from bigbatch.step.gradients import GradientNoise
 from bigbatch.step.losses import LossFn, classification, cross_entropy
 from bigbatch.step.memory import ProbeError, ProbeResult
@@ -21,6 +23,7 @@ from bigbatch.step.state import (
   train_state_shardings,
 )
 from bigbatch.step.steps import (
+  NONFINITE_KEY,
   example_keys,
   make_eval_step,
   make_train_step,
@@ -29,6 +32,7 @@ from bigbatch.step.steps import (
 )
 
 __all__ = [
+  "NONFINITE_KEY",
   "STATE_FORMAT",
   "CompileRecord",
   "CompiledSteps",
@@ -43,9 +47,12 @@ __all__ = [
   "cross_entropy",
   "enable_compilation_cache",
   "example_keys",
+  "first_nonfinite",
   "init_train_state",
+  "leaf_names",
   "make_eval_step",
   "make_train_step",
+  "nonfinite_leaf",
   "packed_metrics",
   "pad_batch",
   "restore_train_state",

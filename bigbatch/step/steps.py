@@ -25,13 +25,14 @@ from jax.sharding import Mesh
 
 from bigbatch.models import COMPUTE_DTYPES as COMPUTE_DTYPES  # re-exported
 from bigbatch.models import compute_dtype as compute_dtype  # re-exported
-from bigbatch.optim import current_hyperparams
+from bigbatch.optim import clip_metrics, current_hyperparams
 from bigbatch.step import gradients as gn
 from bigbatch.step.accumulate import accumulate
 from bigbatch.step.compiled import CompiledSteps as CompiledSteps  # re-exported
 from bigbatch.step.compiled import CompileRecord as CompileRecord  # re-exported
 from bigbatch.step.compiled import abstract_state as abstract_state  # re-exported
 from bigbatch.step.compiled import enable_compilation_cache as enable_compilation_cache
+from bigbatch.step.finite import first_nonfinite
 from bigbatch.step.inputs import Normalisation, model_inputs
 from bigbatch.step.losses import LossFn, classification
 from bigbatch.step.losses import cross_entropy as cross_entropy  # re-exported
@@ -52,13 +53,14 @@ def _micro_batch_count(batch_size: int, micro_batch_size: int | None, data_shard
 
 
 def _hyper_metrics(opt_state, dataset_size: int | None, batch_size: int) -> dict[str, jax.Array]:
-  """The learning rate and momentum the optimizer holds, and the noise scale they give."""
+  """The learning rate and momentum the optimizer holds, the noise scale they give, and
+  what its clipping did (`optim.clip_metrics`)."""
   hyper = current_hyperparams(opt_state)
   out = {k: jnp.asarray(hyper[k], jnp.float32) for k in ("learning_rate", "momentum") if k in hyper}
   if dataset_size and "learning_rate" in out:
     momentum = out.get("momentum", 0.0)
     out["noise_scale"] = out["learning_rate"] * (dataset_size / batch_size - 1.0) / (1.0 - momentum)
-  return out
+  return out | clip_metrics(opt_state)  # `clipped`, `clipped_fraction` where it clips
 
 
 def example_keys(seed: int, step: jax.Array, batch_size: int) -> jax.Array:
@@ -211,7 +213,14 @@ def make_train_step(
   return train_step
 
 
-def packed_metrics(train_step: Callable) -> tuple[Callable, list[str]]:
+# The key of the index of the new state's first non-finite array in `packed_metrics`'
+# vector (`bigbatch.step.finite`); not a metric: the trainer reads it and drops it.
+NONFINITE_KEY = "first_nonfinite"
+
+
+def packed_metrics(
+  train_step: Callable, *, check_finite: bool = True
+) -> tuple[Callable, list[str]]:
   """`train_step` returning its metrics as one float32 vector, and the vector's keys.
 
   The trainer fetches every step's metrics (to stop at the first non-finite
@@ -219,11 +228,17 @@ def packed_metrics(train_step: Callable) -> tuple[Callable, list[str]]:
   scalars fetched for every step of batch 128 on a CPU took a tenth of the
   step. One vector costs one fetch. The keys are filled in when the step is
   traced (compiled), before it first runs.
+
+  With `check_finite`, the vector also carries `NONFINITE_KEY`: the index of
+  the new state's first floating array that holds a NaN or an infinity, -1
+  when none does (`finite.first_nonfinite`; its names: `finite.leaf_names`).
   """
   keys: list[str] = []
 
   def packed(state: TrainState, batch: Batch):
     state, metrics = train_step(state, batch)
+    if check_finite:
+      metrics = {**metrics, NONFINITE_KEY: first_nonfinite(state)}
     keys[:] = sorted(metrics)
     return state, jnp.stack([jnp.asarray(metrics[k], jnp.float32) for k in keys])
 

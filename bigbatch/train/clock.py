@@ -7,7 +7,7 @@ the summary of a run describes the whole run across restarts.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bigbatch import step as st
@@ -27,9 +27,15 @@ class Clock:
   died is not counted: that work is done again and counted then.
   """
 
-  def __init__(self, plan: Plan, elapsed: Mapping[str, Any] | None):
+  def __init__(
+    self,
+    plan: Plan,
+    elapsed: Mapping[str, Any] | None,
+    timer: Callable[[], float] | None = None,
+  ):
     elapsed = elapsed or {}
-    self.started = time.perf_counter()
+    self.now = timer or time.perf_counter  # every time the loop measures is read from it
+    self.started = self.now()
     self.sessions = int(elapsed.get("sessions", 0)) + 1
     self._wall = float(elapsed.get("wall_seconds", 0.0))
     # by phase index: the plan's phases, and any an adaptive run decided before
@@ -57,19 +63,29 @@ class Clock:
   def spend(self, phase: int, key: str, seconds: float) -> None:
     """Adds `seconds` of a phase spent on `key`, one of `_SPENT`: evaluation, checkpoints,
     and waiting for the phase's step to compile (in the foreground, or the rest of a
-    background compile)."""
+    background compile).
+
+    A phase's `seconds` hold everything spent for it, and its training rate is
+    its steps over `seconds` less these. Time spent while the phase's clock
+    runs is in its `seconds` already; time spent for it after its clock has
+    stopped (the final evaluation and checkpoint, the save after a stop) is
+    added to them here, so that it is subtracted only where it was counted.
+    """
     spent = self._spent.setdefault(phase, dict.fromkeys(_SPENT, 0.0))
     spent[key] += seconds
+    if self._current is None or self._current[0] != phase:
+      session = self._session.setdefault(phase, {"steps": 0, "seconds": 0.0})
+      session["seconds"] += seconds
 
   def start_phase(self, phase: int, step: int, batch_size: int) -> None:
     self._entry(phase, batch_size)
-    self._current = (phase, step, time.perf_counter())
+    self._current = (phase, step, self.now())
 
   def end_phase(self, step: int) -> None:
     phase, first, started = self._current
     session = self._session.setdefault(phase, {"steps": 0, "seconds": 0.0})
     session["steps"] += step - first
-    session["seconds"] += time.perf_counter() - started
+    session["seconds"] += self.now() - started
     self._current = None
 
   def totals(self, step: int, compiles: Sequence[st.CompileRecord] = ()) -> dict[str, Any]:
@@ -87,7 +103,7 @@ class Clock:
       phase, first, started = self._current
       now = session.setdefault(phase, {"steps": 0, "seconds": 0.0})
       now["steps"] += step - first
-      now["seconds"] += time.perf_counter() - started
+      now["seconds"] += self.now() - started
     phases = []
     for index in sorted(self._base):
       base, now = self._base[index], session.get(index, {"steps": 0, "seconds": 0.0})
@@ -102,5 +118,5 @@ class Clock:
           **self._notes.get(index, {}),
         }
       )
-    wall = self._wall + time.perf_counter() - self.started
+    wall = self._wall + self.now() - self.started
     return {"sessions": self.sessions, "wall_seconds": wall, "phases": phases}

@@ -36,7 +36,9 @@ __all__ = ["Loop", "NonFiniteLossError", "compiles_in_background", "data_positio
 
 
 class NonFiniteLossError(RuntimeError):
-  """Training produced a NaN or infinite loss; the message names the step."""
+  """Training produced a NaN or infinite loss, or an array of the train state (parameters,
+  batch statistics, optimizer state, noise accumulators) that is not finite; the message
+  names the step, what went non-finite first, and the last checkpoint (all finite)."""
 
 
 def data_position(plan: Plan, step: int) -> int:
@@ -88,20 +90,20 @@ class Loop:
 
   def save(self, state, step: int, **extra: Any) -> None:
     jax.block_until_ready(state)  # the steps dispatched so far count as training
-    start = time.perf_counter()
+    start = self.clock.now()
     self.flush(state)
     self.logs.sync()  # the rows up to `step` are on disk before the checkpoint is
     self.run.checkpoints.save(step, state, self.record(step, **extra))
     # the step's phase: the one its last update belonged to
     phase = self.plan.phase_at(max(min(step, self.plan.total_steps) - 1, 0)).index
-    self.clock.spend(phase, "checkpoint_seconds", time.perf_counter() - start)
+    self.clock.spend(phase, "checkpoint_seconds", self.clock.now() - start)
 
   def _evaluate(self, state, phase: Phase) -> dict[str, float]:
     """The evaluation, its time counted apart from the phase's training."""
     jax.block_until_ready(state)  # the steps dispatched so far count as training
-    start = time.perf_counter()
+    start = self.clock.now()
     values = self.evaluate(state)
-    self.clock.spend(phase.index, "eval_seconds", time.perf_counter() - start)
+    self.clock.spend(phase.index, "eval_seconds", self.clock.now() - start)
     return values
 
   def flush(self, state, evaluation: Mapping[str, float] | None = None) -> dict[str, Any]:
@@ -116,9 +118,9 @@ class Loop:
     keys = self._metric_keys
     fetched = [dict(zip(keys, row)) for row in jax.device_get([m for _, _, m in self._pending])]
     for (at, phase, _), metrics in zip(self._pending, fetched):
-      loss, norm = float(metrics["loss"]), float(metrics["param_norm"])
-      if not (math.isfinite(loss) and math.isfinite(norm)):
-        self._stop_non_finite(at, phase, metrics, loss)
+      loss, bad = float(metrics["loss"]), int(metrics.pop(st.NONFINITE_KEY, -1))
+      if not math.isfinite(loss) or bad >= 0:  # before any save: checkpoints stay finite
+        self._stop_non_finite(state, at, phase, metrics, loss, bad)
       if self.run.policy is not None:  # every step's loss, for the smoothed training loss
         self.run.policy.observe_loss(loss, phase.batch_size)
     at, phase, _ = self._pending[-1]
@@ -138,6 +140,7 @@ class Loop:
       "phase": phase.index,
       "examples_per_second": rate,
       **throughput.rates(rate),
+      **noise.in_tokens(fetched[-1], throughput.tokens_per_example),  # B_simple in tokens
       **(evaluation or {}),
     }
     self.logs.write(at, values)
@@ -189,18 +192,24 @@ class Loop:
         decision = returned
     return decision
 
-  def _stop_non_finite(self, at: int, phase: Phase, metrics, loss: float) -> None:
+  def _stop_non_finite(self, state, at: int, phase: Phase, metrics, loss: float, bad: int):
+    """Stops the run at step `at`, naming what went non-finite there first: the loss, or
+    the first array of the new state (`bad`, its index in `st.leaf_names` order)."""
     checkpoints = self.run.checkpoints
     checkpoints.wait()
     good = checkpoints.latest_step()
-    what = f"loss is {loss}" if not math.isfinite(loss) else "parameters became non-finite"
+    what = [f"loss is {loss}"] if not math.isfinite(loss) else []
+    if bad >= 0:
+      what.append(f"{st.leaf_names(state)[bad]} became non-finite")
+    # every checkpoint is saved after its step's state was read finite (`flush`)
     kept = (
-      f"the last good checkpoint (step {good}) is kept in {checkpoints.directory}"
+      f"the last good checkpoint (step {good}, every array finite) is kept in "
+      f"{checkpoints.directory}"
       if good is not None
       else f"no checkpoint was written yet in {checkpoints.directory}"
     )
     raise NonFiniteLossError(
-      f"{what} at step {at} (phase {phase.index}, batch {phase.batch_size}, "
+      f"{' and '.join(what)} at step {at} (phase {phase.index}, batch {phase.batch_size}, "
       f"lr {float(metrics.get('learning_rate', float('nan'))):.4g}); {kept}"
     )
 
@@ -212,11 +221,12 @@ class Loop:
       stop = phase.end_step if stop_at_step is None else min(phase.end_step, stop_at_step)
       self.clock.start_phase(phase.index, step, phase.batch_size)
       # this phase's step first: compiling the next one beside it would only slow both
-      start = time.perf_counter()
+      start = self.clock.now()
       self.steps.compiled(phase.batch_size)
-      self.clock.spend(phase.index, "compile_wait_seconds", time.perf_counter() - start)
+      self.clock.spend(phase.index, "compile_wait_seconds", self.clock.now() - start)
       self._prefetch_next(phase)
       state, step, outcome = self._phase(state, phase, step, stop, stop_at_step)
+      jax.block_until_ready(state)  # its steps still in flight are the phase's time
       self.clock.end_phase(step)
       if outcome == "stopped":
         self.save(state, step)

@@ -40,7 +40,7 @@ from bigbatch.train.clock import Clock
 from bigbatch.train.experiment import Experiment
 from bigbatch.train.hooks import Hook, NoiseWarning, PolicyHook, SnapshotHook, StepInfo
 from bigbatch.train.loop import Loop, NonFiniteLossError, data_position
-from bigbatch.train.setup import Run, set_up
+from bigbatch.train.setup import Run, check_workdir, set_up
 from bigbatch.workdir import faults
 from bigbatch.workdir import snapshots as snaps
 from bigbatch.workdir.runlog import MetricsLog
@@ -144,6 +144,8 @@ class Trainer:
     try:
       faults.point("startup")
       experiment = self.experiment
+      # before the data is built or the memory probed: both can take long
+      check_workdir(experiment if isinstance(experiment, RunSpec) else experiment.spec, workdir)
       if isinstance(experiment, RunSpec):
         experiment = Experiment.from_spec(
           experiment, devices=self.devices, workdir=workdir, say=say

@@ -12,6 +12,7 @@ from bigbatch.workdir.checkpoint import (
   Checkpoints,
   CheckpointSaveError,
   CorruptCheckpointError,
+  NonFiniteCheckpointError,
 )
 from bigbatch.workdir.files import Lock, WorkdirError, check_writable, prepare, write_atomic
 from bigbatch.workdir.runlog import MetricsLog, read_rows
@@ -23,6 +24,7 @@ __all__ = [
   "CorruptCheckpointError",
   "Lock",
   "MetricsLog",
+  "NonFiniteCheckpointError",
   "WorkdirError",
   "check_writable",
   "prepare",

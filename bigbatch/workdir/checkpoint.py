@@ -21,11 +21,16 @@ once (see `bigbatch.cli`); the checkpoints saved before are left as they were.
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
 import pathlib
 import re
-from collections.abc import Mapping
+import sys
+import traceback
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -33,6 +38,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from bigbatch.step.compiled import abstract_state  # re-exported: restore targets are built with it
+from bigbatch.step.finite import path_name
 from bigbatch.workdir import faults
 
 # Config fields that a checkpoint is tied to: a run that changes one of them
@@ -44,13 +50,22 @@ BINDING_FIELDS = (
   "dataset.num_train_examples",
   "dataset.sequence_length",
   "dataset.text_dir",
-  "optimizer.name",
+  "dataset.tokenizer",
+  "dataset.token_dir",
+  "optimizer.name",  # a built-in's name, or a factory's import path
+  "optimizer.options",  # a factory's keyword arguments (a built-in's fields are flat)
+  "optimizer.clip_norm",  # clipping keeps counts in the optimizer's state
+  "optimizer.decay_mask",  # which parameters the run decayed
   "plan.adam_rule",
   "ghost_batch_size",
   "loss",
 )
 # What a field reads as in a checkpoint written before it existed: such a run used it.
-BINDING_DEFAULTS = {"loss": "cross_entropy"}
+BINDING_DEFAULTS = {
+  "loss": "cross_entropy",
+  "dataset.tokenizer": "bytes",
+  "optimizer.decay_mask": "all",  # before the field, every parameter was decayed
+}
 
 
 __all__ = [
@@ -60,6 +75,7 @@ __all__ = [
   "CheckpointSaveError",
   "Checkpoints",
   "CorruptCheckpointError",
+  "NonFiniteCheckpointError",
   "abstract_state",
   "fingerprint",
 ]
@@ -71,6 +87,11 @@ class CheckpointError(ValueError):
 
 class CorruptCheckpointError(CheckpointError):
   """A checkpoint that cannot be read back as it was written."""
+
+
+class NonFiniteCheckpointError(CheckpointError):
+  """A checkpoint read back as written, but holding NaNs or infinities: saved by a run
+  from before every state was checked finite, which went on past its divergence."""
 
 
 class CheckpointSaveError(CheckpointError):
@@ -147,12 +168,64 @@ def fingerprint(state: Any) -> dict[str, str]:
   """A fingerprint of every array of `state`, by its path (e.g. `params/Conv_0/kernel`)."""
   values = jax.device_get(_fingerprints(state))
   flat, _ = jax.tree_util.tree_flatten_with_path(values)
-  return {
-    "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): (
-      f"{int(value):08x}"
-    )
-    for path, value in flat
-  }
+  return {path_name(path): f"{int(value):08x}" for path, value in flat}
+
+
+def _abandoned_read(unraisable: Any) -> bool:
+  """Whether an unraisable error is the end of a read that orbax abandoned.
+
+  Orbax reads a checkpoint's arrays concurrently, in an event loop that it
+  closes as soon as one read fails. The reads still in flight are left
+  behind, and end later, each in one of two ways that Python reports as an
+  unraisable error with a long traceback, after bigbatch's one line and often
+  at exit: the garbage collector closes the suspended read, which raises from
+  its own `except BaseException` ("Exception ignored in: <coroutine ...>"), or
+  TensorStore completes it and its callback finds the loop closed
+  ("RuntimeError: Event loop is closed"). (A third way: `_AbandonedTasks`.)
+  """
+  code = getattr(unraisable.object, "cr_code", None)
+  if isinstance(unraisable.object, types.CoroutineType) and "orbax" in code.co_filename:
+    return True
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    return False
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return bool(frames) and frames[0].name == "call_soon_threadsafe"
+
+
+def _quiet_abandoned_reads(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+  """`hook`, with the ends of abandoned reads (`_abandoned_read`) sent to the libraries'
+  log instead: a broken checkpoint is one line on the terminal, whenever they end."""
+
+  def quiet(unraisable: Any) -> None:
+    if _abandoned_read(unraisable):
+      logging.getLogger("bigbatch.libraries").debug(
+        "an abandoned checkpoint read ended: %r", unraisable.exc_value
+      )
+    else:
+      hook(unraisable)
+
+  quiet.quiets_abandoned_reads = True
+  return quiet
+
+
+class _AbandonedTasks(logging.Filter):
+  """The third way an abandoned read ends: a read that failed too, whose task asyncio
+  finds unretrieved when it is collected ("Task exception was never retrieved", an
+  error record of the `asyncio` logger). Sent to the libraries' log as the others."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if "exception was never retrieved" in message and "orbax" in message:
+      logging.getLogger("bigbatch.libraries").debug("%s", message.splitlines()[0])
+      return False
+    return True
+
+
+if not getattr(sys.unraisablehook, "quiets_abandoned_reads", False):
+  sys.unraisablehook = _quiet_abandoned_reads(sys.unraisablehook)
+if not any(isinstance(f, _AbandonedTasks) for f in logging.getLogger("asyncio").filters):
+  logging.getLogger("asyncio").addFilter(_AbandonedTasks())
 
 
 class Checkpoints:
@@ -256,15 +329,21 @@ class Checkpoints:
         cannot be read or does not match what was written.
     """
     expected = self.record(step).get("fingerprint")
+    failure = None
     try:
       restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
       )
       state = restored["state"]
     except Exception as error:  # any failure to read is a broken checkpoint
-      raise CorruptCheckpointError(
+      # made here, raised below: raised in this block it would keep orbax's error, and
+      # through its traceback the reads still pending, alive as its context
+      failure = CorruptCheckpointError(
         f"{self.path(step)}: its state cannot be read ({_cause(error)})"
-      ) from None
+      )
+    if failure is not None:
+      gc.collect()  # the reads it abandoned that are garbage already end now (quietly)
+      raise failure
     if expected is not None:
       actual = fingerprint(state)
       for name, value in expected.items():
@@ -275,15 +354,20 @@ class Checkpoints:
           )
     return state
 
-  def check_compatible(self, step: int, config: Mapping[str, Any]) -> dict[str, Any]:
+  def check_compatible(
+    self, step: int, config: Mapping[str, Any], *, skip: tuple[str, ...] = ()
+  ) -> dict[str, Any]:
     """The record of checkpoint `step`, if `config` may continue from it.
+
+    `skip`: binding fields not compared (those a config leaves to be filled in
+    from the data, before they are known).
 
     Raises:
       CheckpointError: naming the first binding field the config changed.
     """
     record = self.record(step)
     saved = record.get("config", {})
-    for path in BINDING_FIELDS:
+    for path in (p for p in BINDING_FIELDS if p not in skip):
       before, now = (_normalise(_binding(c, path)) for c in (saved, config))
       if before != now:
         raise CheckpointError(

@@ -69,10 +69,13 @@ def final_fingerprint(workdir):
 
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory):
-  """The uninterrupted run every trial must end equal to."""
+  """The uninterrupted run every trial must end equal to. A good run prints nothing on
+  stderr, to its exit: no TensorFlow lines, no library records."""
   workdir = tmp_path_factory.mktemp("reference")
-  code, output = train(workdir, data_dir)
-  assert code == 0, output[-3000:]
+  proc = start(workdir, data_dir, stderr=subprocess.PIPE)
+  output, errors = proc.communicate(timeout=300)
+  assert proc.returncode == 0, (output + errors)[-3000:]
+  assert errors == "" and "completed at step" in output
   return workdir
 
 

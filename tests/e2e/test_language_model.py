@@ -1,5 +1,6 @@
-"""A language model through `bigbatch train`: the token clock, Adam's rule, the metrics, a
-SIGKILL right after a batch change resumed bitwise, and bad input as one line.
+"""A language model through `bigbatch train`: the token clock, Adam's rule, the metrics,
+SIGKILLs across its batch changes (and, slow, at random moments and inside a branch of
+`bigbatch cbs`) resumed bitwise, and bad input as one line.
 
 The model is lm_tiny's architecture shrunk (2 layers of width 32) on a directory of
 generated text, sequences of 16 tokens: batches of 8 -> 32 -> 128 -> 512 sequences at the
@@ -11,6 +12,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -140,26 +142,110 @@ def test_the_ramp_trains_in_tokens_and_reports_a_language_models_figures(referen
   assert "final held-out loss" in text and "train tok/s" in text and "512×16=8,192" in text
 
 
-def test_killed_right_after_a_batch_change_resumes_bitwise(reference, text_dir, data_dir, tmp_path):
-  # one device in each process (the reference above trained on this process's 8)
-  workdir = tmp_path / "whole"
+@pytest.fixture(scope="module")
+def whole(text_dir, data_dir, tmp_path_factory):
+  """The uninterrupted run on one device, in a process of its own (the reference above
+  trained on this process's 8), that every killed run must end equal to."""
+  workdir = tmp_path_factory.mktemp("lm_whole")
   code, output = run(workdir, text_dir, data_dir)
   assert code == 0, output[-2000:]
-  _, _, _, plan = fingerprint(workdir)
-  change = next(p for p in plan["phases"] if p["batch_size"] == 32)["first_step"] + 1
-  killed = tmp_path / "killed"
-  code, output = run(killed, text_dir, data_dir, fault=f"step@{change}")
-  assert code == -9, output[-2000:]  # SIGKILL at the first update of batch 32
-  code, output = run(killed, text_dir, data_dir)
-  assert code == 0, output[-2000:]
-  assert fingerprint(killed)[:3] == fingerprint(workdir)[:3]
-  tmp_path = killed
-  by_step = {r["step"]: r for r in metrics_rows(workdir)}
-  for row in metrics_rows(tmp_path):
+  return workdir
+
+
+def assert_same_lm_run(killed, whole):
+  """Bitwise the uninterrupted run's final state, evaluation and every logged value."""
+  assert fingerprint(killed)[:3] == fingerprint(whole)[:3]
+  by_step = {r["step"]: r for r in metrics_rows(whole)}
+  for row in metrics_rows(killed):
     same = by_step[row["step"]]
     for key, value in row.items():
       if key not in ("examples_per_second", "tokens_per_second"):
         assert value == same[key], (row["step"], key)
+
+
+def resume_lm_to_completion(workdir, text_dir, data_dir, limit=8):
+  for _ in range(limit):
+    code, output = run(workdir, text_dir, data_dir)
+    assert code == 0, output[-2000:]
+    if "completed at step" in output or "is complete" in output:
+      return
+  raise AssertionError("the run did not complete")
+
+
+def lm_chain(whole, part):
+  """The kills of the chain: at the first update of batch 32, inside the save at the change
+  to 128 (whose steps are micro-batched); then (slow) on the step before 512, and after
+  the final evaluation."""
+  _, _, _, plan = fingerprint(whole)
+  first = {p["batch_size"]: p["first_step"] for p in plan["phases"]}
+  chain = [f"step@{first[32] + 1}", f"save@{first[128]}", f"step@{first[512] - 1}", "final_eval"]
+  return chain[:2] if part == "ci" else chain[2:]
+
+
+@pytest.mark.parametrize("part", ["ci", pytest.param("slow", marks=pytest.mark.slow)])
+def test_a_chain_of_kills_across_the_batch_changes_resumes_bitwise(
+  whole, text_dir, data_dir, tmp_path, part
+):
+  for fault in lm_chain(whole, part):
+    code, output = run(tmp_path, text_dir, data_dir, fault=fault)
+    assert code == -9, f"{fault}: {output[-2000:]}"
+  resume_lm_to_completion(tmp_path, text_dir, data_dir)
+  assert_same_lm_run(tmp_path, whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_a_kill_after_a_random_delay_resumes_bitwise(whole, text_dir, data_dir, tmp_path, seed):
+  """SIGKILL after a delay drawn (seeded) over the whole run, start-up included."""
+  import random
+
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env.pop("BIGBATCH_FAULT", None)
+  args = ["train", "--config", "lm_tiny_increase_batch", "--workdir", str(tmp_path)]
+  proc = subprocess.Popen(
+    [sys.executable, "-c", CODE, *args, "--noprogress", *flags(text_dir, data_dir)],
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  try:
+    proc.wait(timeout=random.Random(seed).uniform(3.0, 20.0))
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+  resume_lm_to_completion(tmp_path, text_dir, data_dir)
+  assert_same_lm_run(tmp_path, whole)
+
+
+@pytest.mark.slow
+def test_a_branch_of_a_language_model_killed_midway_resumes_bitwise(whole, tmp_path):
+  """`bigbatch cbs` on the language model, SIGKILLed inside its first branch."""
+  checkpoints = ckpt.Checkpoints(pathlib.Path(whole) / "checkpoints")
+  step = checkpoints.all_steps()[0]
+  checkpoints.close()
+  copies = {name: tmp_path / name for name in ("branched", "killed")}
+  for copy in copies.values():
+    shutil.copytree(whole, copy, ignore=shutil.ignore_patterns("cbs"))
+  flags_ = ["--step", str(step), "--batch-sizes", "128", "--tokens", "2048", "--tolerance", "0.1"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env.pop("BIGBATCH_FAULT", None)
+
+  def cbs(workdir, fault=None):
+    extra = {"BIGBATCH_FAULT": fault} if fault else {}
+    done = subprocess.run(
+      [sys.executable, "-c", CODE, "cbs", "--workdir", str(workdir), *flags_],
+      env={**env, **extra}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+  code, output = cbs(copies["branched"])
+  assert code == 0, output[-2000:]
+  code, output = cbs(copies["killed"], fault="step@9")
+  assert code == -9, output[-2000:]  # at the branch's step 9 of 16
+  code, output = cbs(copies["killed"])
+  assert code == 0, output[-2000:]
+  branch = pathlib.Path("cbs") / f"step_{step}" / "128"
+  assert fingerprint(copies["killed"] / branch)[:3] == fingerprint(copies["branched"] / branch)[:3]
 
 
 def bad(capsys, args, word):

@@ -222,7 +222,7 @@ def test_a_broken_latest_checkpoint_is_reported_with_the_intact_one(
   line = run_and_check(capsys, args, word, workdir)
   assert str(workdir / "checkpoints" / "35") in line
   assert "cannot be read" in line or "the checkpoint is corrupt" in line
-  assert "the checkpoint at step 32 is intact: move" in line
+  assert "the checkpoint at step 32 is intact and finite: move" in line
   # following the advice resumes from the intact checkpoint
   shutil.move(workdir / "checkpoints" / "35", workdir / "broken-35")
   assert main(["train", *args]) == 0
@@ -320,3 +320,78 @@ def test_a_full_disk_ends_the_run_at_once_with_one_line_and_keeps_the_checkpoint
     kept.close()
   finally:
     subprocess.run(["umount", str(checkpoints)], check=False)
+
+
+def test_a_changed_dataset_size_is_refused_before_the_dataset_is_generated(
+  capsys, trained, tmp_path
+):
+  workdir, args = copy_of(trained, tmp_path)
+  fresh = tmp_path / "fresh_data"  # the new size's dataset would be generated here
+  args = [a for a in args if not a.startswith("--config.dataset.data_dir")]
+  args += [f"--config.dataset.data_dir={fresh}", "--config.dataset.num_train_examples=2048"]
+  line = run_and_check(
+    capsys, args, "dataset.num_train_examples: the checkpoint at step 35", workdir
+  )
+  assert "was written with 1024, the config now has 2048" in line
+  assert not fresh.exists()
+
+
+def test_a_plan_that_changes_the_steps_already_taken_is_refused(capsys, trained, tmp_path):
+  workdir, args = copy_of(trained, tmp_path)
+  earlier = [*args, "--config.schedule.boundaries=(0.5,2.0)"]  # phase 1 from step 16, not 32
+  line = run_and_check(capsys, earlier, "plan: the checkpoint at step 35", workdir)
+  assert "schedule.boundaries [1.0, 2.0] -> [0.5, 2.0]" in line
+  # a change after the checkpoint's step is the same run, continued: one more epoch
+  more = [*args, "--config.num_epochs=4", "--config.schedule.boundaries=(1.0,2.0)"]
+  assert main(["train", *more]) == 0
+  assert "resuming from the checkpoint at step 35" in capsys.readouterr().out
+
+
+def _truncated_copy(workdir: pathlib.Path, file: pathlib.Path, into: pathlib.Path):
+  """A copy of `workdir` with `file` (one of its own) cut to half its size."""
+  shutil.copytree(workdir, into)
+  cut = into / file.relative_to(workdir)
+  cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+  return into
+
+
+def _files_by_kind(state: pathlib.Path) -> dict[str, pathlib.Path]:
+  """The file of a checkpoint's state (OCDBT) that holds arrays of each collection: the
+  first that holds a chunk of `params`, and of `opt_state`; the small arrays (the batch
+  statistics among them) are held inline in the B-tree node, `batch_stats`'s file."""
+  import tensorstore as ts
+
+  store = ts.KvStore.open(f"file://{state}/").result()
+  version = ts.ocdbt.dump(store).result()["versions"][-1]
+  assert version["root_height"] == 0  # one node: every key is in it
+  node = version["root"]["location"]  # btreenode::d/FILE:offset:length
+  files = {"batch_stats": state / node.split("::")[1].split(":")[0]}
+  for entry in ts.ocdbt.dump(store, node).result()["entries"]:
+    key = entry["key"].decode()
+    if key.startswith("batch_stats."):
+      assert "inline_value" in entry, key
+    elif "indirect_value" in entry:  # value:PREFIX:d/FILE:offset:length
+      _, prefix, name, *_ = entry["indirect_value"].split(":")
+      files.setdefault(key.split(".")[0], state / prefix / name)
+  return files
+
+
+def test_a_truncated_file_of_each_kind_of_array_is_one_line_to_the_process_exit(
+  trained, data_dir, tmp_path
+):
+  """Read from a process of its own: orbax's reads that it abandons after the first
+  failure end later, some at exit, through Python's unraisable hook; they end quietly."""
+  workdir, args = trained
+  kinds = _files_by_kind(workdir / "checkpoints" / "35" / "state")
+  code = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  for kind in ("params", "batch_stats", "opt_state"):
+    copy = _truncated_copy(workdir, kinds[kind], tmp_path / kind)
+    moved = [a if a != str(workdir) else str(copy) for a in args]
+    done = subprocess.run(
+      [sys.executable, "-c", code, "train", *moved], env=env, capture_output=True, text=True
+    )
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1, (kind, done.stderr[-3000:])
+    assert lines[0].startswith(f"bigbatch train: error: {copy / 'checkpoints' / '35'}: its state")
+    assert "the checkpoint at step 32 is intact and finite: move" in lines[0]

@@ -85,3 +85,30 @@ def test_a_phase_decided_while_training_is_kept_across_a_restart(fake_time):
     (1, 32, 0),
     (2, 128, 3),
   ]
+
+
+def test_time_spent_for_a_phase_after_its_clock_stopped_is_added_where_it_is_subtracted():
+  """The final evaluation and checkpoint come after the last phase's clock has stopped:
+  they join its seconds, so its training rate is its steps over its steps' time alone."""
+  from bigbatch.plan import summary as run_summary
+
+  fake = FakeTime()
+  plan = two_phase_plan()
+  clock = clock_lib.Clock(plan, None, timer=fake)
+  clock.start_phase(0, 0, 8)
+  fake.now += 0.5  # the compile wait, inside the phase's clock
+  clock.spend(0, "compile_wait_seconds", 0.5)
+  fake.now += 2.0  # 8 steps of 8 examples: 32 examples/s
+  fake.now += 1.0  # an evaluation inside the phase
+  clock.spend(0, "eval_seconds", 1.0)
+  clock.end_phase(8)
+  clock.start_phase(1, 8, 32)
+  fake.now += 1.0  # 2 steps of 32 examples: 64 examples/s
+  clock.end_phase(10)
+  clock.spend(1, "eval_seconds", 3.0)  # the final evaluation, after the clock stopped
+  clock.spend(1, "checkpoint_seconds", 0.25)  # and the final checkpoint
+  first, second = clock.totals(10)["phases"]
+  assert first["seconds"] == pytest.approx(3.5)  # nothing added: all of it was inside
+  assert second["seconds"] == pytest.approx(4.25)
+  assert run_summary._phase_examples_per_second(first) == pytest.approx(32.0)
+  assert run_summary._phase_examples_per_second(second) == pytest.approx(64.0)
