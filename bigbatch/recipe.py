@@ -262,3 +262,25 @@ def with_optimizer_variant(
       {"name": "adam", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
     )
   return config
+
+
+def lars_increasing_batch(
+  config: ml_collections.ConfigDict, start: int = 8_192
+) -> ml_collections.ConfigDict:
+  """A LARS recipe at its batch as an increasing-batch plan from `start` (returns it).
+
+  LARS is of the `adaptive` family, so its batch rule is the square-root one
+  (`plan.adam_rule: sqrt`): the baseline at batch `start` runs every rate
+  divided by sqrt(k), k = the recipe's batch / `start`; the planner then grows
+  the batch where that baseline's rate falls, up to the recipe's batch (the
+  cap), and the rate takes the rest. The continuous decay is cut into phases
+  of at least 4 epochs.
+  """
+  target = int(config.batch_size)
+  config.optimizer.learning_rate = float(config.optimizer.learning_rate) / (target / start) ** 0.5
+  config.batch_size = start
+  config.plan.strategy = "hybrid"
+  config.plan.max_batch_size = target
+  config.plan.adam_rule = "sqrt"
+  config.plan.min_phase_epochs = 4.0
+  return config

@@ -11,20 +11,9 @@ the rest. `bigbatch plan --config imagenet_resnet50_lars_32k_increase_batch`
 prints the phases.
 """
 
-import math
-
 from bigbatch.config import load_sibling
-
-TARGET = 32_768
+from bigbatch.recipe import lars_increasing_batch
 
 
 def get_config():
-  config = load_sibling(__file__, "imagenet_resnet50_lars_32k").get_config()
-  k = TARGET / 8_192
-  config.optimizer.learning_rate = config.optimizer.learning_rate / math.sqrt(k)
-  config.batch_size = 8_192
-  config.plan.strategy = "hybrid"
-  config.plan.max_batch_size = TARGET
-  config.plan.adam_rule = "sqrt"
-  config.plan.min_phase_epochs = 4.0  # the continuous decay is cut into phases this long
-  return config
+  return lars_increasing_batch(load_sibling(__file__, "imagenet_resnet50_lars_32k").get_config())

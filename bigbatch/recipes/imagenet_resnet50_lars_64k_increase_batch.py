@@ -7,20 +7,9 @@ by a <= 8, the plan runs batch 8,192 a at lr 8.16 / sqrt(a); past 65,536 (the
 cap) the rate takes the rest.
 """
 
-import math
-
 from bigbatch.config import load_sibling
-
-TARGET = 65_536
+from bigbatch.recipe import lars_increasing_batch
 
 
 def get_config():
-  config = load_sibling(__file__, "imagenet_resnet50_lars_64k").get_config()
-  k = TARGET / 8_192
-  config.optimizer.learning_rate = config.optimizer.learning_rate / math.sqrt(k)
-  config.batch_size = 8_192
-  config.plan.strategy = "hybrid"
-  config.plan.max_batch_size = TARGET
-  config.plan.adam_rule = "sqrt"
-  config.plan.min_phase_epochs = 4.0  # the continuous decay is cut into phases this long
-  return config
+  return lars_increasing_batch(load_sibling(__file__, "imagenet_resnet50_lars_64k").get_config())
