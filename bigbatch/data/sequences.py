@@ -11,7 +11,10 @@ other dataset.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -138,3 +141,20 @@ def sequence_spec(
     num_train_examples=num_train_examples,
     token_bytes=token_bytes,
   )
+
+
+@contextlib.contextmanager
+def npy_written_atomically(path: str, dtype: Any, total: int) -> Iterator[np.ndarray]:
+  """A `.npy` memmap of `total` elements to fill, which appears at `path` only when the
+  block ends without an error: written through a temporary file, so that a killed build
+  never leaves a partial one under the name later runs read."""
+  temporary = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npy"
+  try:
+    out = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=(total,))
+    yield out
+    out.flush()
+    del out
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)

@@ -36,7 +36,6 @@ import os
 import platform
 import sys
 import sysconfig
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -308,9 +307,7 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
 def _tokenize(builder: tfds.core.DatasetBuilder, split: str, name: str, path: str, total: int):
   """Writes a split's tokens to `path`: through a temporary file, so that a killed build
   never leaves a partial one under the name later runs read."""
-  temporary = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-  try:
-    out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(total,))
+  with sequences.npy_written_atomically(path, np.uint8, total) as out:
     at = 0
     examples = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
     progress = {"desc": f"tokenizing {name} {split}", "unit": "B", "unit_scale": True}
@@ -328,12 +325,6 @@ def _tokenize(builder: tfds.core.DatasetBuilder, split: str, name: str, path: st
         f"dataset.data_dir: the {split} split in {builder.data_dir} does not match its "
         "metadata; delete that directory to prepare it again"
       )
-    out.flush()
-    del out
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
 
 
 def split_tokens(builder: tfds.core.DatasetBuilder, split: str, name: str) -> np.ndarray:

@@ -186,20 +186,12 @@ def held_out_documents(arrays: Sequence[np.ndarray], separator: int, where: str)
 
 def _write(path: str, arrays: Sequence[np.ndarray], spans, dtype: np.dtype) -> None:
   """The spans of `arrays`, one after the other, as a `.npy` file (through a temporary one)."""
-  temporary = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npy"
   total = sum(end - start for _, start, end in spans)
-  try:
-    out = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=(total,))
+  with sequences.npy_written_atomically(path, dtype, total) as out:
     at = 0
     for i, start, end in spans:
       out[at : at + end - start] = arrays[i][start:end]
       at += end - start
-    out.flush()
-    del out
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
 
 
 def _fingerprint(files: Sequence[text.CorpusFile], arrays, separator: int) -> str:

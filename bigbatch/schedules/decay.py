@@ -130,9 +130,7 @@ class Cosine(Schedule):
     )
 
   def multiplier(self, epoch, xp: Any = np):
-    progress = (xp.asarray(epoch, dtype=float) - self.start_epoch) / (
-      self.end_epoch - self.start_epoch
-    )
+    progress = _progress(epoch, self.start_epoch, self.end_epoch, xp)
     return self.final_fraction + (1.0 - self.final_fraction) * half_cosine(progress, xp)
 
   def knots(self):
@@ -140,6 +138,11 @@ class Cosine(Schedule):
 
   def constant_between(self, start, end):
     return end <= self.start_epoch
+
+
+def _progress(epoch, start: float, end: float, xp: Any):
+  """How far `epoch` is from `start` (0) to `end` (1), unclipped."""
+  return (xp.asarray(epoch, dtype=float) - start) / (end - start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +171,7 @@ class Polynomial(Schedule):
     )
 
   def multiplier(self, epoch, xp: Any = np):
-    progress = (xp.asarray(epoch, dtype=float) - self.start_epoch) / (
-      self.end_epoch - self.start_epoch
-    )
+    progress = _progress(epoch, self.start_epoch, self.end_epoch, xp)
     remaining = 1.0 - xp.clip(progress, 0.0, 1.0)
     return self.final_fraction + (1.0 - self.final_fraction) * remaining**self.power
 
