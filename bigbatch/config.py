@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from bigbatch.models import ModelAdapter
 from bigbatch.plan.phases import Plan
 
 # The blocks recipes are built from, and the config's error, where recipes and
@@ -85,12 +86,13 @@ def optimizer_from_config(config: Any, plan: Plan) -> optax.GradientTransformati
   return build.optimizer_of(read(config), plan)
 
 
-def model_from_config(config: Any, num_classes: int) -> nn.Module:
-  """The config's `model`, with its `ghost_batch_size` and `compute_dtype`."""
+def model_from_config(config: Any, num_classes: int) -> ModelAdapter:
+  """The config's `model`, with its `ghost_batch_size` and `compute_dtype`, as bigbatch
+  calls it (`bigbatch.models.ModelAdapter`: `init` and `apply` as a linen module's)."""
   return build.model_of(read(config), num_classes)
 
 
-def loss_from_config(config: Any, model: nn.Module, dataset: Any):
+def loss_from_config(config: Any, model: ModelAdapter, dataset: Any):
   """The config's `loss`, checked on the model's outputs (`build.loss_of`)."""
   return build.loss_of(read(config), model, dataset)
 

@@ -118,7 +118,9 @@ def default_plan_config(batch_multiple: int = 1) -> ml_collections.ConfigDict:
 def default_mesh_config() -> ml_collections.ConfigDict:
   """The `mesh` block: `data` devices split the batch (-1: all), `fsdp` devices
   shard parameters and optimizer state (1: replicate them), `fsdp_min_size`
-  is the smallest parameter (in elements) worth sharding."""
+  is the smallest unannotated parameter (in elements) worth sharding, `tensor`
+  devices split a layer as its annotations say (1: none), and `rules` map
+  the annotations' logical axis names to mesh axes (`partitioning.DEFAULT_RULES`)."""
   return _config_block(spec.MeshSpec())
 
 

@@ -1,11 +1,13 @@
 """The device mesh, and where the batch, parameters and optimizer state live on it.
 
-The mesh has two axes. `data` splits the batch; `fsdp` (size 1 by default)
+The mesh has three axes. `data` splits the batch; `fsdp` (size 1 by default)
 additionally shards parameters and optimizer state, for models too large to
-replicate on every device (fully-sharded data parallelism). The batch is
-split over both axes, so every device holds its own contiguous slice of
-`batch / num_devices` examples, and a ghost batch never straddles devices as
-long as that slice is a multiple of the ghost batch.
+replicate on every device (fully-sharded data parallelism); `tensor` (size 1
+by default) splits single layers, where a model's own annotations say how
+(`bigbatch.partitioning`). The batch is split over `data` and `fsdp`, so
+every data-parallel group of `tensor` devices holds its own contiguous slice
+of `batch / (data x fsdp)` examples, and a ghost batch never straddles
+devices as long as that slice is a multiple of the ghost batch.
 
 Multi-host: call `initialize_distributed` first (before anything touches a
 device); then each process builds the same mesh over all devices and feeds
@@ -26,7 +28,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA = "data"
 FSDP = "fsdp"
+TENSOR = "tensor"
 BATCH_AXES = (DATA, FSDP)
+MESH_AXES = (DATA, FSDP, TENSOR)
 
 # Environment variables that ask for `jax.distributed.initialize` (with the
 # values it would otherwise take from the config).
@@ -40,32 +44,42 @@ class ShardingError(ValueError):
 
 
 def make_mesh(
-  data: int = -1, fsdp: int = 1, *, devices: Sequence[jax.Device] | None = None
+  data: int = -1,
+  fsdp: int = 1,
+  tensor: int = 1,
+  *,
+  devices: Sequence[jax.Device] | None = None,
 ) -> Mesh:
-  """A `(data, fsdp)` mesh over `devices` (default: all devices of all processes).
+  """A `(data, fsdp, tensor)` mesh over `devices` (default: all devices of all processes).
 
   Args:
-    data: devices along the batch axis; -1 takes all that `fsdp` leaves.
+    data: devices along the batch axis; -1 takes all that `fsdp` and `tensor` leave.
     fsdp: devices that shard parameters and optimizer state (1: replicate them).
+    tensor: devices that split a layer's parameters as its annotations say (1: none);
+      the last axis, so that its devices are neighbours (the fastest links).
     devices: the devices to use, in order.
 
   Raises:
-    ShardingError: naming `mesh.data` or `mesh.fsdp` when the sizes do not
-      multiply to the number of devices.
+    ShardingError: naming `mesh.tensor`, `mesh.fsdp` or `mesh.data` when the sizes
+      do not multiply to the number of devices.
   """
   devices = list(jax.devices() if devices is None else devices)
-  if fsdp < 1 or len(devices) % fsdp:
-    raise ShardingError(f"mesh.fsdp: must divide the {len(devices)} devices, got {fsdp}")
+  count = len(devices)
+  if tensor < 1 or count % tensor:
+    raise ShardingError(f"mesh.tensor: must divide the {count} devices, got {tensor}")
+  if fsdp < 1 or (count // tensor) % fsdp:
+    left = "" if tensor == 1 else f" (the {count // tensor} that mesh.tensor={tensor} leaves)"
+    raise ShardingError(f"mesh.fsdp: must divide the {count} devices{left}, got {fsdp}")
   if data == -1:
-    data = len(devices) // fsdp
-  if data < 1 or data * fsdp != len(devices):
+    data = count // (fsdp * tensor)
+  if data < 1 or data * fsdp * tensor != count:
     raise ShardingError(
-      f"mesh.data: data x fsdp must equal the {len(devices)} devices (or data = -1), "
-      f"got {data} x {fsdp}"
+      f"mesh.data: data x fsdp x tensor must equal the {count} devices (or data = -1), "
+      f"got {data} x {fsdp} x {tensor}"
     )
   # Auto axes: XLA propagates shardings through the model (no per-op annotations)
-  auto = (jax.sharding.AxisType.Auto,) * 2
-  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=auto, devices=devices)
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  return jax.make_mesh((data, fsdp, tensor), MESH_AXES, axis_types=auto, devices=devices)
 
 
 def initialize_distributed(distributed: Any = None) -> bool:
@@ -130,7 +144,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 @functools.lru_cache(maxsize=64)
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """The leading (example) axis split over every device, in contiguous blocks.
+  """The leading (example) axis split over the `data` and `fsdp` devices, in contiguous
+  blocks (the `tensor` devices of a group share theirs).
 
   Cached: the trainer asks for it at every step.
   """
@@ -138,7 +153,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def data_parallel_size(mesh: Mesh) -> int:
-  """How many slices the batch is split into: every device of the mesh."""
+  """How many slices the batch is split into: the devices along `data` and `fsdp`."""
   return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
 
 
@@ -148,7 +163,9 @@ def param_sharding(leaf: Any, mesh: Mesh, *, min_size: int = 2**14) -> NamedShar
   Replicated when the mesh's `fsdp` axis has size 1. Otherwise its largest
   axis that `fsdp` divides is split along `fsdp`; leaves smaller than
   `min_size` elements (biases, norms) stay replicated, since splitting them
-  saves little memory and costs a gather each.
+  saves little memory and costs a gather each. This is the rule for a
+  parameter its model does not annotate (`partitioning.placed` reads the
+  annotations).
   """
   shards = mesh.shape[FSDP]
   if shards == 1 or math.prod(leaf.shape) < min_size:

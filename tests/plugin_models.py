@@ -37,11 +37,13 @@ def linen_factory(num_classes: int, width: int = 8):
   return LinenNet(num_classes=num_classes, features=width, rate=0.0)
 
 
-class NoTrainArgument(nn.Module):
+class NeedsAnInput(nn.Module):
+  """Called with an input no batch holds and bigbatch cannot make."""
+
   num_classes: int
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, segments, train: bool = True):
     return nn.Dense(self.num_classes)(x)
 
 

@@ -1,8 +1,9 @@
 """The small MNIST-1D run the fault and bad-input tests share, and how they start it.
 
 1,024 examples, batch 32 -> 160 -> 800 over 3 epochs (noise /5 at epochs 1
-and 2): 32 + 7 + 2 = 41 steps, a checkpoint every 10 and an evaluation every
-epoch.
+and 2): 32 + 7 + 1 = 40 steps (the one step of 800 ends 128 examples short of
+3 epochs, the nearest a step of 800 comes), a checkpoint every 10 and an
+evaluation every epoch.
 """
 
 import json

@@ -1,5 +1,5 @@
 """The documents' links: every relative link in README.md and docs/*.md names a file that
-exists, and an anchor names a heading of that file."""
+exists, and an anchor names a heading of that file; the examples said to run do."""
 
 import pathlib
 import re
@@ -60,3 +60,34 @@ def test_the_api_document_lists_each_modules_all():
   for name, names in listed.items():
     documented = re.findall(r"`(\w+)`", names)
     assert documented == list(importlib.import_module(name).__all__), name
+
+
+# (document, heading): sections whose Python blocks run as they stand
+RUNNABLE = [
+  ("MODELS.md", "A pmap-style ResNet"),
+  ("MODELS.md", "`GhostBatchNorm` in a model of yours"),
+  ("MODELS.md", "MFU for a language model of yours: `training_flops_per_token`"),
+  ("MODELS.md", "B_simple in a training loop of yours: `bigbatch.step.gradients`"),
+  ("MODELS.md", "An annotated transformer on a three-axis mesh"),
+]
+
+
+def python_blocks(path: pathlib.Path, heading: str) -> list[str]:
+  """The ```python blocks of the section `heading` (up to the next heading as high)."""
+  text = path.read_text()
+  match = re.search(rf"^(#+) {re.escape(heading)}$", text, re.M)
+  assert match, f"{path.name}: no heading {heading!r}"
+  level = len(match.group(1))
+  rest = text[match.end() :]
+  end = re.search(rf"^#{{1,{level}}} ", re.sub(r"```.*?```", lambda m: "x" * len(m[0]), rest,
+                                                 flags=re.S), re.M)  # fmt: skip
+  section = rest[: end.start()] if end else rest
+  return re.findall(r"^```python\n(.*?)^```", section, re.M | re.S)
+
+
+@pytest.mark.parametrize("document, heading", RUNNABLE, ids=[h for _, h in RUNNABLE])
+def test_a_documented_example_runs_as_it_stands(document, heading, capsys):
+  blocks = python_blocks(ROOT / "docs" / document, heading)
+  assert blocks, f"{document}: {heading!r} has no Python example"
+  for block in blocks:
+    exec(compile(block, f"{document}: {heading}", "exec"), {"__name__": "example"})

@@ -11,14 +11,14 @@ from bigbatch import sharding as shd
 
 def test_mesh_defaults_to_a_data_axis_over_all_devices():
   mesh = shd.make_mesh()
-  assert dict(mesh.shape) == {"data": 8, "fsdp": 1}
-  assert dict(shd.make_mesh(fsdp=2).shape) == {"data": 4, "fsdp": 2}
-  assert dict(shd.make_mesh(2, 4).shape) == {
-    "data": 2,
-    "fsdp": 4,
-  }
+  assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert dict(shd.make_mesh(fsdp=2).shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  assert dict(shd.make_mesh(2, 4).shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+  assert dict(shd.make_mesh(fsdp=2, tensor=2).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   assert shd.data_parallel_size(shd.make_mesh(fsdp=2)) == 8
-  assert dict(shd.make_mesh(devices=jax.devices()[:1]).shape) == {"data": 1, "fsdp": 1}
+  assert shd.data_parallel_size(shd.make_mesh(fsdp=2, tensor=2)) == 4  # tensor shares examples
+  one = shd.make_mesh(devices=jax.devices()[:1])
+  assert dict(one.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
 
 
 @pytest.mark.parametrize(

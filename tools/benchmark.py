@@ -26,6 +26,11 @@ noisy machine affects both alike. Prints a table and writes `benchmark.json`
 5. scaling: training examples/s against the per-device batch on 1 and on
    --cpu-devices devices (cnn1d), each device count in its own process
    (the count of fake CPU devices is fixed when JAX starts).
+6. mesh: the built-in Transformer's train step (its parameters placed by their
+   annotations, the noise measured) on a three-axis mesh (`tensor` 2) over the
+   same step on the two-axis mesh of the same devices (`tensor` 1), same batch.
+   No target: on CPU devices a tensor axis only adds communication; on
+   accelerators it is what lets a model too wide for one device train.
 
 --imagenet-input runs only the ImageNet input comparison instead
 (tools/benchmark_imagenet.py: bigbatch's pipeline against a flax
@@ -52,6 +57,7 @@ def parse() -> argparse.Namespace:
   parser.add_argument("--cpu-devices", type=int, default=8, help="fake CPU devices (CPU only)")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+  parser.add_argument("--rows", default="1,2,3,4,5,6", help="the comparisons to run, e.g. 1,6")
   parser.add_argument("--out", default="docs/benchmarks", help="where results are written")
   parser.add_argument("--imagenet-input", action="store_true", help="the ImageNet input only")
   parser.add_argument("--imagenet-dir", default=None, help="fake ImageNet (made if missing)")
@@ -69,10 +75,12 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", ARGS.cpu_devices)
 
+import benchmark_mesh  # noqa: E402  (tools/benchmark_mesh.py)
 import benchmark_optimizers  # noqa: E402  (tools/benchmark_optimizers.py)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from benchmark_table import format_table  # noqa: E402  (tools/benchmark_table.py)
 from timing import compare, timed  # noqa: E402  (tools/timing.py)
 
 from bigbatch import data, optim  # noqa: E402
@@ -267,13 +275,6 @@ def bbconfig_plan(batch_size: int):
   return bbconfig.plan_from_config(config)
 
 
-SWITCH_LABELS = {
-  "foreground": "foreground compile",
-  "background": "background compile",
-  "decided": "decided while training",
-}
-
-
 def bench_phase_switch(repeats: int, batch_sizes: tuple[int, int]) -> dict:
   """First step at a new batch size over a steady step: compiled at the switch, compiled in
   the background, and decided while training (background compile + a new learning rate)."""
@@ -394,27 +395,27 @@ def bench_scaling(rounds: int, per_device: tuple[int, ...], examples: int) -> di
   return {"devices": counts, "rounds": rounds, "examples_per_second": table}
 
 
-def scaling_table(scaling: dict) -> list[str]:
-  """The scaling results as a markdown table: examples/s per device count."""
-  counts = scaling["devices"]
-  lines = [
-    "",
-    f"5. scaling: cnn1d training examples/s, median [min, max] over {scaling['rounds']} "
-    "alternating processes",
-    "",
-    "| per-device batch | "
-    + " | ".join(f"{n} device{'s' if n > 1 else ''}" for n in counts)
-    + f" | {counts[-1]} / 1 |",
-    "|---" * (len(counts) + 2) + "|",
-  ]
-  for size, row in scaling["examples_per_second"].items():
-    cells = [
-      f"{row[str(n)]['median']:,.0f} [{row[str(n)]['min']:,.0f}, {row[str(n)]['max']:,.0f}]"
-      for n in counts
-    ]
-    ratio = row[str(counts[-1])]["median"] / row["1"]["median"]
-    lines.append(f"| {int(size):,} | " + " | ".join(cells) + f" | {ratio:.2f} |")
-  return lines
+def run_benchmarks(rows: set[str], repeats: int, quick: bool) -> dict:
+  """The numbered comparisons in `rows` ("1" to "6"), side by side in this process."""
+  count = 5 if quick else 30
+  results = {"device": f"{jax.devices()[0].device_kind} x {jax.device_count()}", "repeats": repeats}
+  if "1" in rows:
+    results["step"] = bench_steps(repeats, 4 * count, 1024)
+  if "2" in rows:
+    results["phase_switch"] = bench_phase_switch(repeats, (1024, 4096))
+  if "3" in rows:
+    results["input"] = bench_input(repeats, count, 1024)
+    cifar_batch = 16 * jax.device_count()
+    results["input_cifar"] = bench_input_cifar(repeats, 3 if quick else 20, cifar_batch)
+  if "4" in rows:
+    results["optimizers"] = benchmark_optimizers.run(repeats, 3 if quick else 10)
+  if "5" in rows:
+    sizes = (16, 128) if quick else (16, 64, 256, 1024)
+    rounds = 1 if quick else repeats
+    results["scaling"] = bench_scaling(rounds, sizes, 2048 if quick else 32768)
+  if "6" in rows and jax.device_count() >= 2:  # a tensor axis needs two devices
+    results["mesh"] = benchmark_mesh.bench_mesh(repeats, 3 if quick else 20)
+  return results
 
 
 def main() -> int:
@@ -430,66 +431,19 @@ def main() -> int:
     batches = tuple(int(b) for b in ARGS.scaling_batches.split(","))
     print(json.dumps(scaling_worker(batches, ARGS.repeats, ARGS.scaling_examples)))
     return 0
-  quick = ARGS.quick
-  repeats = 2 if quick else ARGS.repeats
-  count = 5 if quick else 30
-  results = {
-    "device": f"{jax.devices()[0].device_kind} x {jax.device_count()}",
-    "repeats": repeats,
-    "step": bench_steps(repeats, 4 * count, 1024),
-    "phase_switch": bench_phase_switch(repeats, (1024, 4096)),
-    "input": bench_input(repeats, count, 1024),
-    "input_cifar": bench_input_cifar(repeats, 3 if quick else 20, 16 * jax.device_count()),
-    "optimizers": benchmark_optimizers.run(repeats, 3 if quick else 10),
-    "scaling": bench_scaling(
-      1 if quick else repeats, (16, 128) if quick else (16, 64, 256, 1024), 2048 if quick else 32768
-    ),
-  }
-  rows = []
-  for n, runs in results["step"].items():
-    for r in runs.values():
-      said = "measured" if r["measures_noise"] else "not measured"
-      label = f"1. step ({n} device{'s' if n != '1' else ''}, noise {said}): trainer's / minimal"
-      rows.append((label, r, "throughput_ratio", ">= 0.97"))
-  rows += [
-    (
-      "3. input: MNIST-1D pipeline / training examples per second",
-      results["input"],
-      "ratio",
-      ">= 3",
-    ),
-    (
-      "3. input: CIFAR-shaped pipeline / wrn16_4 training examples per second",
-      results["input_cifar"],
-      "ratio",
-      ">= 3",
-    ),
-  ]
-  for name, r in results["optimizers"].items():
-    rows.append((f"4. optimizer {name}: bigbatch / optax speed", r, "speed_ratio", ">= 0.98"))
-  lines = [
-    f"device: {results['device']}; {repeats} interleaved repeats; median [min, max]",
-    "",
-    "| comparison | ratio | target |",
-    "|---|---|---|",
-  ]
-  for label, r, key, target in rows:
-    lines.append(
-      f"| {label} | {r[key]:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] | {target} |"
-    )
-  for mode, r in results["phase_switch"].items():
-    lines.append(
-      f"| 2. phase switch ({SWITCH_LABELS[mode]}): first / steady step | "
-      f"{r['first_over_steady']:.2f} [{r['min']:.2f}, {r['max']:.2f}] | <= 2 (background) |"
-    )
-  lines += scaling_table(results["scaling"])
-  table = "\n".join(lines)
+  rows = set(ARGS.rows.split(","))
+  if not rows <= set("123456"):
+    raise SystemExit(f"--rows: {ARGS.rows!r} names rows outside 1 to 6")
+  results = run_benchmarks(rows, 2 if ARGS.quick else ARGS.repeats, ARGS.quick)
+  table = format_table(results)
   print(table)
   out = pathlib.Path(ARGS.out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "benchmark.json").write_text(json.dumps(results, indent=1) + "\n")
-  (out / "benchmark.md").write_text(table + "\n")
-  print(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}", file=sys.stderr)
+  # a partial run writes apart, leaving the full run's results in place
+  name = "benchmark" if rows == set("123456") else f"benchmark_rows_{'_'.join(sorted(rows))}"
+  (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+  (out / f"{name}.md").write_text(table + "\n")
+  print(f"wrote {out / name}.json and {out / name}.md", file=sys.stderr)
   return 0
 
 

@@ -238,6 +238,7 @@ def parse(command: str, args: list[str], define) -> flags.FlagValues:
     a.removesuffix("auto") + "-1" if a.startswith(caps) and a.endswith("=auto") else a
     for a in _last_of_each(args)
   ]
+  args, unset = _take_unset(command, config, args)
   argv = [f"bigbatch {command}", *args]
   config_flags.DEFINE_config_file(
     "config",
@@ -253,7 +254,59 @@ def parse(command: str, args: list[str], define) -> flags.FlagValues:
     values.config.keys()  # the config file loads lazily: fail here, not later
   except (flags.Error, KeyError, ValueError, TypeError, AttributeError, OSError) as error:
     raise SystemExit(fail(command, _value_problem(config, args, error))) from None
+  for field in unset:
+    parent, name = _parent(values.config, field)
+    parent[name] = None
   return values
+
+
+def _parent(config: ml_collections.ConfigDict, field: str) -> tuple[Any, str]:
+  """The block that holds `field` (dotted), and the field's name in it."""
+  *parents, name = field.split(".")
+  for part in parents:
+    config = config[part]
+  return config, name
+
+
+def _take_unset(
+  command: str, config: ml_collections.ConfigDict, args: list[str]
+) -> tuple[list[str], list[str]]:
+  """`args` without the `--config.FIELD=None` (or `--config.FIELD None`) overrides, and
+  their fields, each checked to be one that may be unset.
+
+  The flag parser reads a value in the field's type, so `None` would be refused in an
+  int field such as `ghost_batch_size` (`'None' is not a valid whole number`) although a
+  config file may set it; these fields are set to None once the rest is parsed.
+
+  Raises:
+    SystemExit: with status 2, naming a field that cannot be None and what it takes.
+  """
+  from bigbatch.spec.run import nullable
+
+  kept, unset, skip = [], [], False
+  for i, arg in enumerate(args):
+    if skip:
+      skip = False
+      continue
+    field, sep, value = arg.removeprefix("--config.").partition("=")
+    if not sep and i + 1 < len(args):  # `--config.FIELD VALUE`
+      value = args[i + 1]
+    if not arg.startswith("--config.") or value != "None":
+      kept.append(arg)
+      continue
+    skip = not sep
+    parent, name = _parent(config, field)
+    may = nullable(field)
+    if not (parent[name] is None if may is None else may):
+      raise SystemExit(
+        fail(
+          command,
+          f"{field}: cannot be None (only a field whose default is None can be unset); "
+          f"it takes {_kind(config, field)} (--config.{field})",
+        )
+      )
+    unset.append(field)
+  return kept, unset
 
 
 def _value_problem(config: ml_collections.ConfigDict, args: list[str], error: Exception) -> str:
@@ -281,6 +334,10 @@ def _kind(config: ml_collections.ConfigDict, field: str) -> str:
   except Exception:  # the message still names the field
     return "a valid value"
   if kind in (tuple, list):
+    if default and all(isinstance(v, tuple | list) and len(v) == 2 for v in default):
+      # `mesh.rules`: a Python literal, each string quoted
+      first = tuple(default[0])
+      return f'a tuple of pairs in Python\'s syntax, e.g. "({first!r},)"'
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in default or ())
     return "a list of numbers" if numbers else f"a valid {kind.__name__}"
   names = {bool: "true or false", int: "a valid whole number", float: "a valid number"}

@@ -16,6 +16,7 @@ def train(argv: list[str]) -> int:
   from bigbatch import data, sharding
   from bigbatch import workdir as workdir_lib
   from bigbatch.config import ConfigError, read
+  from bigbatch.data import progress as data_progress
   from bigbatch.recipe import DEFAULT_RECIPE
   from bigbatch.workdir import checkpoint
 
@@ -36,6 +37,7 @@ def train(argv: list[str]) -> int:
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()
+    data_progress.show(False)  # and the corpus tokenizer's
   workdir = values.workdir or os.path.join("workdir", pathlib.Path(args.config_path(argv)).stem)
   known = (
     ConfigError,

@@ -44,6 +44,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from bigbatch.data import bpe, sequences, tokenized, tokenizers
+from bigbatch.data import progress as progress_bars
 from bigbatch.data.sequences import TokenSource, sequence_length  # noqa: F401  (re-exported)
 from bigbatch.data.spec import DataError, DatasetSpec
 
@@ -311,7 +312,7 @@ def _tokenize(builder: tfds.core.DatasetBuilder, split: str, name: str, path: st
     at = 0
     examples = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
     progress = {"desc": f"tokenizing {name} {split}", "unit": "B", "unit_scale": True}
-    with tqdm(total=total, file=sys.stderr, **progress) as bar:
+    with tqdm(total=total, file=sys.stderr, disable=progress_bars.hidden(), **progress) as bar:
       for example in examples:
         data = np.frombuffer(example["text"], np.uint8)
         if at + len(data) + 1 > total:

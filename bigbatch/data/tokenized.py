@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
+from bigbatch.data import progress as progress_bars
 from bigbatch.data.spec import DataError
 from bigbatch.data.tokenizers import Tokenizer
 
@@ -68,7 +69,7 @@ def _encode(builder, split: str, name: str, tokenizer: Tokenizer, path: str) -> 
   try:
     count = 0
     with open(raw, "wb") as out, tqdm(total=total_bytes, file=sys.stderr, unit_scale=True,
-                                       **progress) as bar:  # fmt: skip
+                                       disable=progress_bars.hidden(), **progress) as bar:  # fmt: skip
       for chunk in _chunks(builder, split):
         for ids in tokenizer.encode(chunk):
           out.write(ids.astype(dtype).tobytes())

@@ -251,7 +251,7 @@ def run_branch(
 
 def check_batch_sizes(parent: Parent, batches: Sequence[int], devices) -> None:
   """Refuses a batch the mesh cannot split (naming `--batch-sizes`)."""
-  mesh = shd.make_mesh(-1, parent.spec.mesh.fsdp, devices=devices)
+  mesh = shd.make_mesh(-1, parent.spec.mesh.fsdp, parent.spec.mesh.tensor, devices=devices)
   for batch in batches:
     cap = parent.spec.plan.max_batch_size
     micro = cap if cap is not None and cap > 0 and batch > cap else batch

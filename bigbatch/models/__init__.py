@@ -9,12 +9,14 @@ class, or a factory; see `bigbatch.models.plugins`), builds a model of yours.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigbatch.models.adapter import CallSpec, ModelAdapter, as_adapter
 from bigbatch.models.ghost_norm import GhostBatchNorm
 from bigbatch.models.inception import InceptionResNetV2
 from bigbatch.models.plugins import NNXModel, build, import_model
@@ -57,6 +59,9 @@ MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 }
 
 
+_BUILTIN = frozenset(MODELS)
+
+
 def register(name: str, model: Any, **defaults: Any) -> None:
   """Makes `model.name: NAME` build `model` (a linen or NNX module class, or a factory),
   with `defaults` under the config's `model` fields.
@@ -69,26 +74,29 @@ def register(name: str, model: Any, **defaults: Any) -> None:
   MODELS[name] = (model, dict(defaults))
 
 
-def create_model(
-  name: str,
+def create_adapter(
+  name: Any,
   *,
   num_classes: int,
   ghost_batch_size: int | None = None,
   dtype: Any = jnp.float32,
+  call: CallSpec | None = None,
   **fields: Any,
-) -> nn.Module:
-  """Builds a model by name or import path, as a linen module.
+) -> ModelAdapter:
+  """Builds a model by name or import path, and how bigbatch calls it.
 
   Args:
     name: one of `MODELS` (the paper's and those given to `register`), an
       import path `"package.module:Name"`, or the class or factory itself.
     num_classes: output logits.
-    ghost_batch_size: examples per batch-norm ghost batch (None: whole batch).
+    ghost_batch_size: examples per batch-norm ghost batch (None: whole batch,
+      or the axis a flax BatchNorm names; `bigbatch.models.batch_norm`).
     dtype: compute dtype; parameters are float32 either way.
+    call: the config's `model.call` (`adapter.CallSpec`; None: detect everything).
     **fields: overrides of the model's default fields.
 
   Raises:
-    ValueError: naming `model.name` or the unknown `model.FIELD`.
+    ValueError: naming `model.name`, `model.call.FIELD` or the unknown `model.FIELD`.
   """
   # a language model's classes are its vocabulary
   automatic = {
@@ -98,28 +106,40 @@ def create_model(
     "dtype": dtype,
   }
   if not isinstance(name, str):  # the class or factory itself, from Python
-    return build(name, getattr(name, "__qualname__", repr(name)), automatic, fields)
+    return build(name, getattr(name, "__qualname__", repr(name)), automatic, fields, call)
   if ":" in name:
-    return build(import_model(name), name, automatic, fields)
+    return build(import_model(name), name, automatic, fields, call)
   if name not in MODELS:
     raise ValueError(
       f"model.name: {name!r} is not one of {', '.join(MODELS)}, nor an import path "
       "'package.module:Name'"
     )
   cls, defaults = MODELS[name]
-  return build(cls, name, automatic, {**defaults, **fields})
+  adapter = build(cls, name, automatic, {**defaults, **fields}, call)
+  # the paper's models and the Transformer are known causal: no probe needed
+  return dataclasses.replace(adapter, builtin=name in _BUILTIN)
+
+
+def create_model(name: Any, **options: Any) -> nn.Module:
+  """The linen module of `create_adapter(name, **options)` (a model whose mode is fixed
+  when it is built: the training one). Takes `create_adapter`'s arguments."""
+  return create_adapter(name, **options).module
 
 
 __all__ = [
   "MLP",
   "MODELS",
+  "CallSpec",
   "ConvNet",
   "GhostBatchNorm",
   "InceptionResNetV2",
+  "ModelAdapter",
   "NNXModel",
   "ResNet",
   "Transformer",
   "WideResNet",
+  "as_adapter",
+  "create_adapter",
   "create_model",
   "init_rngs",
   "register",

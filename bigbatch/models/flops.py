@@ -50,14 +50,21 @@ def peak_flops(device_kind: str, dtype: Any) -> float | None:
 
 def model_flops_per_token(model: Any, sequence_length: int | None) -> float | None:
   """Training FLOPs per token of `model` (a linen module, or an NNX class run through
-  `NNXModel`) at `sequence_length`, from its class's `training_flops_per_token`; None
-  where the model does not say (or the data is not a sequence)."""
+  `NNXModel`) at `sequence_length`, from its class's
+  `training_flops_per_token(sequence_length, **fields)`, given the model's fields (an NNX
+  class's keyword arguments, a linen module's attributes); None where the model does
+  not say (or the data is not a sequence)."""
   if sequence_length is None:
     return None
   cls = getattr(model, "nnx_class", type(model))
-  fields = dict(getattr(model, "kwargs", None) or {})
   count = getattr(cls, "training_flops_per_token", None)
-  return float(count(sequence_length, **fields)) if callable(count) else None
+  if not callable(count):
+    return None
+  fields = getattr(model, "kwargs", None)
+  if fields is None and dataclasses.is_dataclass(model):  # a linen module's attributes
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+              if f.name not in ("parent", "name")}  # fmt: skip
+  return float(count(sequence_length, **(fields or {})))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,13 @@ Dropout acts only in train mode: bigbatch builds the model through
 `bigbatch.models.plugins.NNXModel` and calls `train()` or `eval()` on it each step;
 like every NNX module, one built by hand starts in train mode.
 
+Every parameter names its axes (`nnx.Param` `sharding` metadata: `vocab`, `embed`,
+`mlp`, `joined_kv` for the heads side by side, `norm`, `length`), and the activations
+are constrained by `activation_*` names, so that the mesh's rules
+(`bigbatch.partitioning`) split the model over a `tensor` axis as Megatron-LM does:
+each device holds whole heads and a slice of the MLP and the vocabulary, and the
+residual stream is whole on each. Outside such rules the names change nothing.
+
 `parameter_count` and `flops_per_token` are analytic, so a plan or a utilisation
 report can size a model without building it; `PRESETS` holds the fields of a CPU-sized
 model, of GPT-2 small and of a 1B-class model.
@@ -23,6 +30,7 @@ import math
 from numbers import Integral
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -185,12 +193,38 @@ def _validate(
     raise ValueError(f"model.dropout: {dropout!r} is not a rate in [0, 1)")
 
 
-def _linear(fan_in: int, fan_out: int, *, stddev: float, bias: bool, dtype: Any, rngs: nnx.Rngs):
+def _names(*names: str | None) -> dict[str, Any]:
+  """An `nnx.Param`'s metadata naming its axes.
+
+  Not placed when built (`eager_sharding` off): the trainer places the whole
+  state itself, and a module built with no mesh in context (by hand, or afresh
+  at every call through `nnx.bridge.ToLinen`) must still build.
+  """
+  return {"out_sharding": names, "eager_sharding": False}
+
+
+def _constrain(x: jax.Array, *names: str | None) -> jax.Array:
+  """`x` split over the mesh as the rules in context map `names` (no rules: `x`)."""
+  return nn.with_logical_constraint(x, names)
+
+
+def _linear(
+  fan_in: int,
+  fan_out: int,
+  names: tuple[str, str],
+  *,
+  stddev: float,
+  bias: bool,
+  dtype: Any,
+  rngs: nnx.Rngs,
+):
   return nnx.Linear(
     fan_in,
     fan_out,
     use_bias=bias,
     kernel_init=nnx.initializers.normal(stddev),
+    kernel_metadata=_names(*names),
+    bias_metadata=_names(names[1]),
     dtype=dtype,
     rngs=rngs,
   )
@@ -204,6 +238,8 @@ def _layer_norm(width: int, *, bias: bool, dtype: Any, rngs: nnx.Rngs) -> nnx.La
     epsilon=LAYER_NORM_EPSILON,
     use_bias=bias,
     use_fast_variance=False,
+    scale_metadata=_names("norm"),
+    bias_metadata=_names("norm"),
     dtype=dtype,
     rngs=rngs,
   )
@@ -225,14 +261,18 @@ class _Attention(nnx.Module):
   ):
     self.num_heads = num_heads
     self.rotary = rotary
-    # GPT-2's layout: [queries | keys | values], each `width` columns of heads side by side
-    self.qkv = _linear(width, 3 * width, stddev=INIT_STDDEV, bias=bias, dtype=dtype, rngs=rngs)
-    self.out = _linear(width, width, stddev=out_stddev, bias=bias, dtype=dtype, rngs=rngs)
+    # GPT-2's layout: [queries | keys | values], each `width` columns of heads side by
+    # side. Split over `tensor` as stored, the three blocks' boundaries need not fall
+    # between two devices' columns, and XLA re-splits them by head after the projection.
+    linear = dict(bias=bias, dtype=dtype, rngs=rngs)
+    self.qkv = _linear(width, 3 * width, ("embed", "joined_kv"), stddev=INIT_STDDEV, **linear)
+    self.out = _linear(width, width, ("joined_kv", "embed"), stddev=out_stddev, **linear)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, length, width = x.shape
     qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, width // self.num_heads)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    heads = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+    q, k, v = (_constrain(qkv[:, :, i], *heads) for i in range(3))
     if self.rotary:
       positions = jnp.arange(length)
       q, k = apply_rotary(q, positions), apply_rotary(k, positions)
@@ -247,11 +287,14 @@ class _MLP(nnx.Module):
   def __init__(
     self, width: int, hidden: int, *, bias: bool, out_stddev: float, dtype: Any, rngs: nnx.Rngs
   ):
-    self.up = _linear(width, hidden, stddev=INIT_STDDEV, bias=bias, dtype=dtype, rngs=rngs)
-    self.down = _linear(hidden, width, stddev=out_stddev, bias=bias, dtype=dtype, rngs=rngs)
+    linear = dict(bias=bias, dtype=dtype, rngs=rngs)
+    self.up = _linear(width, hidden, ("embed", "mlp"), stddev=INIT_STDDEV, **linear)
+    self.down = _linear(hidden, width, ("mlp", "embed"), stddev=out_stddev, **linear)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down(jax.nn.gelu(self.up(x), approximate=True))
+    hidden = self.up(x)
+    hidden = _constrain(hidden, "activation_batch", "activation_length", "activation_mlp")
+    return self.down(jax.nn.gelu(hidden, approximate=True))
 
 
 class _Block(nnx.Module):
@@ -348,9 +391,15 @@ class Transformer(nnx.Module):
     self.num_layers = num_layers
     self.dtype = dtype
     embed = dict(embedding_init=nnx.initializers.normal(INIT_STDDEV), dtype=dtype, rngs=rngs)
-    self.token_embedding = nnx.Embed(vocab_size, width, **embed)
+    self.token_embedding = nnx.Embed(
+      vocab_size, width, embedding_metadata=_names("vocab", "embed"), **embed
+    )
     learned = positions == "learned"
-    self.position_embedding = nnx.Embed(context_length, width, **embed) if learned else None
+    self.position_embedding = (
+      nnx.Embed(context_length, width, embedding_metadata=_names("length", "embed"), **embed)
+      if learned
+      else None
+    )
     self.embedding_dropout = nnx.Dropout(dropout, rngs=rngs)
     # GPT-2: each block adds two branches to the residual stream, so the projections
     # into it start 1/sqrt(2 * num_layers) smaller and its variance does not grow with depth.
@@ -398,11 +447,14 @@ class Transformer(nnx.Module):
     x = self.token_embedding(tokens)
     if self.position_embedding is not None:
       x = x + self.position_embedding(jnp.arange(length))
-    x = self.embedding_dropout(x)
+    # the residual stream: whole on every device of a `tensor` group
+    residual = ("activation_batch", "activation_length", "activation_embed")
+    x = _constrain(self.embedding_dropout(x), *residual)
     for i in range(self.num_layers):
-      x = self.blocks[str(i)](x)
+      x = _constrain(self.blocks[str(i)](x), *residual)
     x = self.final_norm(x)
     embedding = self.token_embedding.embedding[...].astype(self.dtype)
     # tied embeddings; accumulated in float32, as the softmax over the vocabulary
     # and the loss read small differences between large logits
-    return jnp.einsum("btd,vd->btv", x, embedding, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("btd,vd->btv", x, embedding, preferred_element_type=jnp.float32)
+    return _constrain(logits, "activation_batch", "activation_length", "activation_vocab")

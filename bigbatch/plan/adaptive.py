@@ -56,7 +56,7 @@ from typing import Any
 import optax
 
 from bigbatch.plan import adam_rules, noise
-from bigbatch.plan.phases import Phase, Plan
+from bigbatch.plan.phases import Phase, Plan, steps_to_end
 
 STRATEGIES = ("plateau", "plateau_lr", "noise")
 MONITORS = ("train_loss", "eval_loss", "train_eval_loss", "eval_accuracy")
@@ -179,7 +179,9 @@ def initial_plan(plan: Plan, strategy: str, learning_rate: float) -> Plan:
   only = dataclasses.replace(
     first,
     end_epoch=plan.epochs,
-    steps=-(-round(plan.epochs * plan.dataset_size) // first.batch_size),
+    steps=steps_to_end(
+      0, first.batch_size, round(plan.epochs * plan.dataset_size), plan.baseline_batch_size
+    ),
     baseline_steps=plan.baseline_total_steps,
     final_learning_rate=first.learning_rate,
     final_momentum=first.momentum,
@@ -193,7 +195,8 @@ def plan_from_decisions(initial: Plan, decisions: list[Decision]) -> Plan:
   """The plan that `decisions` made of `initial` (the one place phases are rebuilt).
 
   Phase k runs from decision k-1 (or step 0) to decision k; the last runs to
-  the end of the epoch budget at its batch size.
+  the end of the epoch budget at its batch size, as a plan's last phase does
+  (`steps_to_end`), and at least one step: a decision taken is trained.
   """
   first = initial.phases[0]
   n, end_example = initial.dataset_size, round(initial.epochs * initial.dataset_size)
@@ -205,15 +208,16 @@ def plan_from_decisions(initial: Plan, decisions: list[Decision]) -> Plan:
     adam.append((b1 if d.b1 is None else d.b1, b2 if d.b2 is None else d.b2,
                  eps if d.eps is None else d.eps))  # fmt: skip
   power = adam_rules.rule(initial.adam_rule).lr_power
+  b0 = initial.baseline_batch_size  # the baseline's, for its steps over the same examples
   phases = []
   for index, (step, position, batch, lr, epoch) in enumerate(starts):
     if index + 1 < len(starts):
       steps, end_epoch = starts[index + 1][0] - step, starts[index + 1][4]
       until = starts[index + 1][1]
     else:
-      steps, end_epoch = -(-(end_example - position) // batch), initial.epochs
+      steps = max(steps_to_end(position, batch, end_example, b0), 1)
+      end_epoch = initial.epochs
       until = end_example
-    b0 = initial.baseline_batch_size  # the baseline's steps over the same examples
     g = lr * noise.batch_noise_factor(n, batch) ** power / (1.0 - first.momentum)
     b1, b2, eps = adam[index]
     phases.append(

@@ -15,9 +15,39 @@ import optax
 
 from bigbatch.schedules import Schedule
 
-__all__ = ["SCHEDULED_FIELDS", "Phase", "Plan"]
+__all__ = ["SCHEDULED_FIELDS", "Phase", "Plan", "steps_to_end"]
 
 SCHEDULED_FIELDS = ("learning_rate", "momentum", "weight_decay", "batch_size", "b2", "eps")
+
+
+def steps_to_end(position: int, batch: int, budget: int, baseline_batch: int) -> int:
+  """The steps of a plan's last phase: whole steps of `batch` from example `position`
+  that end nearest where the baseline ends (on a tie, the fewer), and at least one.
+
+  Every other phase rounds its steps up and the next one starts where it stopped, so
+  nothing is lost between phases. The last has no next phase to take its rounding:
+  rounded up, a step of a large batch would pass the budget by up to a whole batch
+  (3 epochs of 4,096 examples with 800 in the last step would end at epoch 3.19), so
+  it ends within half a step of the baseline's end instead, before or after it, and
+  the plan's table says where. A phase the schedule asks for keeps one step however
+  little of the budget is left for it: its batch and rate are part of the plan. At
+  the baseline's batch throughout this is the baseline's count, step for step.
+
+  Args:
+    position: the phase's first example.
+    batch: its batch size.
+    budget: the examples of the budget (epochs x N).
+    baseline_batch: the baseline's batch; the baseline ends at the budget rounded up to
+      whole steps of it.
+
+  Returns:
+    The steps; 0 where the baseline's end is at or before `position`.
+  """
+  end = -(-budget // baseline_batch) * baseline_batch
+  if end <= position:
+    return 0
+  whole, part = divmod(end - position, batch)
+  return max(whole + (2 * part > batch), 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from bigbatch.plan import adam_rules, noise
-from bigbatch.plan.phases import Phase, Plan
+from bigbatch.plan.phases import Phase, Plan, steps_to_end
 from bigbatch.schedules import Schedule
 
 __all__ = ["plan_phases"]  # Phase, Plan: phases.py; PlanError and the names allowed: checks.py
@@ -235,7 +235,7 @@ def _phases(
   """The chosen (first epoch, batch) pairs as phases of whole steps, boundaries where the
   baseline's fall; `micro_batch`: accumulate over micro-batches of this size; `adam`:
   the Adam rule and the b2 and eps it starts from (the paper's rule for SGD)."""
-  rule, b2, eps = adam
+  rule = adam[0]
 
   def lr_values(epoch, xp):
     return learning_rate * schedule.multiplier(epoch, xp)
@@ -243,6 +243,7 @@ def _phases(
   def momentum_values(epoch, xp):
     return schedule.momentum(epoch, momentum, xp)
 
+  values, budget = (lr_values, momentum_values), round(epochs * n)
   result, consumed, step = [], 0, 0
   ends = [p[0] for p in chosen[1:]] + [epochs]
   for (start, batch), end in zip(chosen, ends):
@@ -251,46 +252,22 @@ def _phases(
     # paper's rule (lr / B held), by its square root under Adam's square-root
     # rules (lr^2 / B held).
     factor = noise.batch_noise_factor(n, b0, exact) / noise.batch_noise_factor(n, batch, exact)
-    scale = factor**rule.lr_power
     start_example, end_example = round(start * n), round(end * n)
-    steps = -(-(end_example - consumed) // batch)
-    if steps <= 0:  # shorter than one batch: the previous phase already covered it
+    steps = min(-(-(end_example - consumed) // batch), steps_to_end(consumed, batch, budget, b0))
+    if steps <= 0:  # the previous phase's last step already passed this one's end
       continue
-    first_epoch, per_step = consumed / n, batch / n
-    (lr, lr_end, lr_fn), (mom, mom_end, m_fn) = _phase_rates(
-      schedule, (lr_values, momentum_values), first_epoch, per_step, steps, scale
-    )
-    base_lr = float(lr_values(first_epoch, np))  # the baseline's, at the same example
-    g, g_base = (_held(rule, rate, n, b, mom) for rate, b in ((lr, batch), (base_lr, b0)))
-    ratio = batch / b0
-    moved = rule.hyperparams(ratio, mom, b2, eps) if rule.name else None
-    if rule.name == "sde":  # b1 follows the batch, from the schedule's value at each step
-      mom, mom_end = moved.b1, rule.momentum(ratio, mom_end)
-      m_fn = _moved_momentum(rule, ratio, m_fn)
+    where = (len(result), start, end, step, steps, consumed, batch, start_example, end_example)
     result.append(
-      Phase(
-        index=len(result),
-        start_epoch=start,
-        end_epoch=end,
-        first_step=step,
-        steps=steps,
-        first_example=consumed,
-        batch_size=batch,
-        learning_rate=lr,
-        final_learning_rate=lr_end,
-        momentum=mom,
-        final_momentum=mom_end,
-        weight_decay=float(weight_decay),
-        noise_scale=g,
-        noise_deviation=g / g_base - 1.0 if g_base > 0 else 0.0,
-        baseline_learning_rate=base_lr,
-        baseline_noise_scale=g_base,
-        baseline_steps=-(-end_example // b0) - (-(-start_example // b0)),
-        learning_rate_fn=lr_fn,
-        momentum_fn=m_fn,
-        micro_batches=-(-batch // micro_batch) if micro_batch else 1,
-        b2=moved.b2 if moved else None,
-        eps=moved.eps if moved else None,
+      _phase(
+        where,
+        schedule,
+        values,
+        factor**rule.lr_power,
+        n=n,
+        b0=b0,
+        weight_decay=weight_decay,
+        micro_batch=micro_batch,
+        adam=adam,
       )
     )
     consumed += steps * batch

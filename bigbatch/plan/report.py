@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -155,7 +156,37 @@ def _plan_footer(plan: Plan, accumulating: bool) -> list[str]:
       f"(the same examples; {plan.baseline_total_steps / plan.total_steps:.2f}x fewer updates, "
       f"up to {max(p.micro_batches for p in plan.phases)}x the compute per update)"
     )
-  return lines
+  return lines + _end_note(plan)
+
+
+def _end_note(plan: Plan) -> list[str]:
+  """Where the plan ends, where that is not its budget: by how much, and what one step
+  more or fewer would give (the last phase ends at the whole step nearest the baseline's
+  end: `phases.steps_to_end`)."""
+  n, length = plan.dataset_size, plan.tokens_per_example
+  budget, end = round(plan.epochs * n), plan.examples_before(plan.total_steps)
+  if end == budget:
+    return []
+
+  def amount(examples: int) -> str:
+    return f"{examples * (length or 1):,}"
+
+  unit = "tokens" if length else "examples"
+  where = f"{tokens_text(end * length)} tokens" if length else f"epoch {end / n:.6g}"
+  over, batch, b0 = end - budget, plan.phases[-1].batch_size, plan.baseline_batch_size
+  side = "past" if over > 0 else "short of"
+  line = (
+    f"end: {where}, {amount(abs(over))} {unit} {side} the budget "
+    f"({amount(end)} of {amount(budget)})"
+  )
+  if end == -(-budget // b0) * b0:
+    return [f"{line}, as the baseline's last step"]
+  if over > 0:
+    return [
+      f"{line}: the last step of {amount(batch)} holds {amount(over)} more than remained; "
+      f"one fewer would end {amount(batch - over)} short"
+    ]
+  return [f"{line}: one more step of {amount(batch)} would pass it by {amount(batch + over)}"]
 
 
 def format_plan(plan: Plan) -> str:
@@ -298,9 +329,13 @@ def format_batch_arithmetic(
     )
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   first = (
-    f"devices: {devices} ({platform}) in {processes} process(es); mesh {dict(mesh_shape)}; "
+    # `devices` is the data-parallel ones; a tensor axis's devices share their examples
+    f"devices: {math.prod(dict(mesh_shape).values())} ({platform}) in {processes} "
+    f"process(es); mesh {dict(mesh_shape)}; "
     + (
-      f"ghost batch {ghost}"
+      ghost  # the words of `train.build.batch_norm_use`
+      if isinstance(ghost, str)
+      else f"ghost batch {ghost}"
       if ghost
       else "no ghost batch: batch norm, if any, over the whole batch"
     )

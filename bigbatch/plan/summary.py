@@ -156,6 +156,8 @@ def _summary_notes(summary, throughput, measured: bool, length: int | None) -> l
       "MFU: the model's training FLOPs (6N + 12 L d T per token) over the devices' dense "
       "peak; —: not known (no peak for the device, or no FLOP count for the model)"
     )
+  if not measured and summary.get("noise_unmeasured"):
+    lines.append(f"B_simple: not measured: {summary['noise_unmeasured']}")
   if measured:
     level = f"{summary.get('noise_confidence', 0.95):.0%}"
     lines.append(

@@ -1,6 +1,6 @@
 """Inception-ResNet-V2, increasing batch: 8192 -> 81,920 at epoch 30, then lr decays.
 
-Updates: 4,692 + 939 = 5,631 (paper: <6,000, similar accuracy).
+Updates: 4,692 + 938 = 5,630 (paper: <6,000, similar accuracy).
 """
 
 from bigbatch.config import load_sibling

@@ -223,3 +223,52 @@ def _check_finite(block: Any, prefix: str) -> None:
       _check_finite(value, f"{prefix}{key}.")
     elif fields.non_finite(value):
       raise ConfigError(f"{prefix}{key}: must be a finite number, got {value!r}")
+
+
+def nullable(field: str) -> bool | None:
+  """Whether the config field `field` (dotted) may be None, that is, unset.
+
+  A field may be unset where its default is None (`ghost_batch_size`,
+  `plan.max_batch_size`, `optimizer.clip_norm`, ...) or its check takes None. A field
+  without a default (`batch_size`) or with another (`log_every_steps`) may not: read
+  from a config, such a field set to None would take its default or be missing, never
+  mean what None says. A token field answers for the field it stands for.
+
+  Returns:
+    True or False; None where no spec types the field (a model's own fields, a factory
+    optimizer's arguments), for the caller to judge.
+  """
+  field = clock.TOKEN_FIELDS.get(field, (field,))[0]
+  block, _, name = field.rpartition(".")
+  if not block:
+    specs = [RunSpec, *_GROUPS.values()]
+  else:
+    specs = [_BLOCKS[block]] if block in _BLOCKS else []
+  for spec in specs:
+    for f in dataclasses.fields(spec):
+      if f.init and _config_name(spec, block, f.name) == field:
+        return _may_be_none(spec, f, field)
+  defaults = {"plan.adapt": adaptive_defaults, "schedule": task.schedule_defaults}.get(block)
+  if defaults is not None:
+    return name in defaults() and defaults()[name] is None
+  if block == "optimizer":  # a built-in's own field: None where some built-in's default is
+    options = [o for o in task.OPTIMIZERS.values() if name in o]
+    return any(o[name] is None for o in options) if options else None
+  return None
+
+
+def _config_name(spec: type, block: str, name: str) -> str:
+  """The config field that holds the spec's field `name`."""
+  return spec.field(name) if issubclass(spec, Block) else f"{block}.{name}".lstrip(".")
+
+
+def _may_be_none(spec: type, f: dataclasses.Field, field: str) -> bool:
+  if f.default is dataclasses.MISSING:  # required, or a block of fields
+    return False
+  if f.default is None:
+    return True
+  check = getattr(spec, "_CHECKS", {}).get(f.name)
+  try:
+    return check is not None and check(field, None) is None
+  except (ConfigError, TypeError, ValueError):  # a check that does not take None
+    return False

@@ -7,26 +7,42 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from bigbatch import partitioning
+from bigbatch.sharding import ShardingError
 from bigbatch.spec import fields
 from bigbatch.spec.block import Block
 from bigbatch.spec.fields import ConfigError, boolean, integer, positive, real
 
 
+def _rules(field: str, value: Any) -> partitioning.Rules:
+  try:
+    return partitioning.check_rules(value, field)
+  except ShardingError as error:
+    raise ConfigError(str(error)) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshSpec(Block):
   """`mesh`: `data` devices split the batch (-1: all), `fsdp` devices shard parameters
-  and optimizer state (1: replicate them), `fsdp_min_size` is the smallest parameter
-  (in elements) worth sharding."""
+  and optimizer state (1: replicate them), `fsdp_min_size` is the smallest unannotated
+  parameter (in elements) worth sharding, `tensor` devices split a layer as its
+  annotations say (1: none), and `rules` map the annotations' logical axis names to
+  mesh axes (`partitioning.DEFAULT_RULES`; a sequence of `(name, axis | (axes) |
+  None)` pairs replaces them all)."""
 
   data: int = -1
   fsdp: int = 1
   fsdp_min_size: int = 2**14
+  tensor: int = 1
+  rules: tuple = partitioning.DEFAULT_RULES
 
   _PREFIX = "mesh."
   _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
     "data": integer(-1),
     "fsdp": integer(1),
     "fsdp_min_size": integer(0),
+    "tensor": integer(1),
+    "rules": _rules,
   }
 
   def __post_init__(self) -> None:

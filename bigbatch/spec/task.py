@@ -8,6 +8,7 @@ import types
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from bigbatch.models.adapter import CallSpec
 from bigbatch.plan import adam_rules, adaptive
 from bigbatch.plan.checks import STRATEGIES as PLANNED
 from bigbatch.schedules import SCHEDULES, make_schedule
@@ -120,6 +121,7 @@ class ModelSpec:
 
   name: Any
   fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  call: CallSpec = dataclasses.field(default_factory=CallSpec)
 
   def __post_init__(self) -> None:
     if self.name is None or self.name == "":
@@ -131,10 +133,32 @@ class ModelSpec:
     if not is_block(block):
       raise ConfigError(f"model: missing from the config, got {block!r}")
     values = {k: block[k] for k in block.keys()}
-    return cls(values.pop("name", None), values)
+    return cls(values.pop("name", None), values, _call(values.pop("call", None)))
 
   def to_dict(self) -> dict[str, Any]:
-    return {"name": import_path(self.name), **thaw(self.fields)}
+    out = {"name": import_path(self.name), **thaw(self.fields)}
+    if self.call != CallSpec():  # a record without the block reads as the default
+      out["call"] = self.call.to_dict()
+    return out
+
+
+def _call(block: Any) -> CallSpec:
+  """`model.call` (unset: detect everything), one line naming the field if bad."""
+  if block is None:
+    return CallSpec()
+  if not is_block(block):
+    raise ConfigError(f"model.call: a block of mode, inputs, targets; got {block!r}")
+  values = thaw({k: block[k] for k in block.keys()})
+  unknown = sorted(set(values) - {"mode", "inputs", "targets"})
+  if unknown:
+    raise ConfigError(f"model.call.{unknown[0]}: unknown field; allowed: inputs, mode, targets")
+  inputs = values.get("inputs") or {}
+  if not isinstance(inputs, Mapping):
+    raise ConfigError(f"model.call.inputs: a mapping of call argument to source, got {inputs!r}")
+  try:
+    return CallSpec(values.get("mode") or "auto", dict(inputs), values.get("targets") or "next")
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,10 +14,12 @@ batch beyond which a larger batch stops saving steps.
 In data-parallel training both come for free: each device's gradient of its
 share of the batch is a small-batch gradient, and their mean is the big one.
 So the step computes its gradient under `jax.shard_map`: every data-parallel
-group (a device; a row of the mesh with `fsdp` > 1) takes the gradient of its
+group (a device, or the `tensor` devices that split its layers; a row of the
+mesh with `fsdp` > 1, `groups_of`) takes the gradient of its
 local examples, adds its squared norm, and one all-reduce of everything the
 step sums (gradients, loss, correct predictions, batch-norm statistics and
-the squared norms, flattened into one vector) gives the means. The squared
+the squared norms, flattened into one vector; with a `tensor` axis, one per
+array, each summed where its slices lie) gives the means. The squared
 norm costs one pass over the gradient. One reduction instead of one per leaf
 is also faster on CPU (see docs/BENCHMARKS.md). Under accumulation the
 micro-batches are the small batches; with a single group and no accumulation
@@ -56,6 +58,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec
 
+from bigbatch import partitioning
 from bigbatch import sharding as shd
 from bigbatch.step import accumulate
 
@@ -211,10 +214,17 @@ def read(noise: GradientNoise, confidence: float = 0.95) -> dict[str, jax.Array]
 def groups_of(mesh: Mesh) -> tuple[tuple[str, ...], int]:
   """The mesh axes whose devices hold different examples with whole parameters, and their count.
 
-  With `fsdp` == 1 every device is a group; with `fsdp` > 1 a row of the mesh
-  (the devices that share one copy of the parameters) is.
+  With `fsdp` == 1 every device of the batch axes is a group; with `fsdp` > 1 a
+  row of the mesh (the devices that share one copy of the parameters) is. The
+  `tensor` devices of a group share its examples and split its layers: that axis
+  stays automatic inside the `jax.shard_map`, partitioned by the compiler. With
+  `tensor` > 1 every device of the batch axes is a group even where `fsdp` > 1
+  (each gathers its parameters whole along `fsdp` for the step): XLA's
+  partitioner (jax 0.10, Shardy) aborts on a gather, an embedding's lookup, in
+  a manual region that leaves two automatic axes of more than one device.
   """
-  axes = shd.BATCH_AXES if mesh.shape[shd.FSDP] == 1 else (shd.DATA,)
+  per_device = mesh.shape[shd.FSDP] == 1 or mesh.shape.get(shd.TENSOR, 1) > 1
+  axes = shd.BATCH_AXES if per_device else (shd.DATA,)
   count = 1
   for axis in axes:
     count *= mesh.shape[axis]
@@ -288,8 +298,15 @@ def data_parallel_grads(
 
   shards = 1 if shd.FSDP in axes else mesh.shape[shd.FSDP]
 
+  # with layers split over `tensor`, one vector of everything would first gather
+  # each gradient whole on every device: then each leaf is summed where it lies
+  split = mesh.shape.get(shd.TENSOR, 1) > 1
+
   def local(params, batch):
-    sums = _local_sums(grad_fn, params, batch, pieces, shards, measure, micro_batches == 1)
+    with partitioning.manual(axes):  # a model's activation constraints: the rest of the mesh
+      sums = _local_sums(grad_fn, params, batch, pieces, shards, measure, micro_batches == 1)
+    if split:
+      return jax.lax.psum(sums, axes)
     flat, unflatten = ravel_pytree(sums)
     return unflatten(jax.lax.psum(flat, axes))  # one all-reduce for everything summed
 

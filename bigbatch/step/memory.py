@@ -232,6 +232,7 @@ def _probed(experiment: Any) -> dict[str, Any]:
     "backend": jax.default_backend(),
     "device_kind": mesh.devices.flat[0].device_kind,
     "mesh": dict(mesh.shape),
+    "rules": spec.mesh.rules,  # where an annotated model's parameters live
     "processes": jax.process_count(),
   }
 

@@ -1,8 +1,11 @@
 """The train state: what a step changes, made in place on the mesh or read back.
 
 `create_train_state` initialises it directly in its shardings (parameters
-split along `fsdp`, the rest replicated); `abstract_train_state` gives its
-shapes and shardings with nothing allocated, a restore or compile target.
+where their annotations and the mesh's rules put them, or split along
+`fsdp`; the rest replicated); `abstract_train_state` gives its shapes and
+shardings with nothing allocated, a restore or compile target. The state
+holds plain arrays: a model's annotations (`bigbatch.partitioning`) decide
+where they live, and are not kept.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from bigbatch import partitioning
 from bigbatch import sharding as shd
-from bigbatch.models import init_rngs
+from bigbatch.models import as_adapter, init_rngs
 from bigbatch.optim import state_shardings
 from bigbatch.step import gradients as gn
 from bigbatch.step.compiled import abstract_state
@@ -75,8 +79,7 @@ def init_train_state(
 
   `example_inputs` gives only the input's shape and dtype.
   """
-  inputs = jnp.zeros(example_inputs.shape, example_inputs.dtype)
-  variables = model.init(init_rngs(rng), inputs, train=False)
+  variables = partitioning.unbox(_init_variables(model, example_inputs, rng))
   params = variables["params"]
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -87,6 +90,13 @@ def init_train_state(
   )
 
 
+def _init_variables(model: Any, example_inputs: jax.ShapeDtypeStruct, rng: jax.Array) -> Any:
+  """The model's variables as its `init` gives them: annotated parameters boxed."""
+  inputs = jnp.zeros(example_inputs.shape, example_inputs.dtype)
+  with partitioning.context(None):  # an NNX parameter is not placed as it is built
+    return as_adapter(model).init(init_rngs(rng), inputs, train=False)
+
+
 def train_state_shardings(
   model: nn.Module,
   optimizer: optax.GradientTransformation,
@@ -94,29 +104,25 @@ def train_state_shardings(
   mesh: Mesh,
   *,
   fsdp_min_size: int = 2**14,
+  rules: Any = partitioning.DEFAULT_RULES,
 ) -> TrainState:
   """Where each leaf of the train state lives, derived from `jax.eval_shape` of init.
 
-  Parameters follow `sharding.param_sharding` (replicated, or split along
-  `fsdp`); each optimizer moment is sharded as its parameter; the step,
-  batch-norm statistics and scalars are replicated.
+  A parameter its model annotates lives where its logical axis names and
+  `rules` put it; the others follow `sharding.param_sharding` (replicated, or
+  split along `fsdp`) (`partitioning.placed`). Each optimizer moment is
+  sharded as its parameter; the step, batch-norm statistics and scalars are
+  replicated.
   """
-  abstract = jax.eval_shape(
-    lambda: init_train_state(model, optimizer, example_inputs, jax.random.key(0))
-  )
-  params = jax.tree.map(
-    lambda leaf: jax.ShapeDtypeStruct(
-      leaf.shape, leaf.dtype, sharding=shd.param_sharding(leaf, mesh, min_size=fsdp_min_size)
-    ),
-    abstract.params,
-  )
-  replicated = shd.replicated(mesh)
+  boxed = jax.eval_shape(lambda: _init_variables(model, example_inputs, jax.random.key(0)))
+  variables = partitioning.placed(boxed, mesh, rules, min_size=fsdp_min_size)
+  params, replicated = variables["params"], shd.replicated(mesh)
   return TrainState(
     step=replicated,
     params=jax.tree.map(lambda leaf: leaf.sharding, params),
-    batch_stats=jax.tree.map(lambda _: replicated, abstract.batch_stats),
+    batch_stats=jax.tree.map(lambda leaf: leaf.sharding, variables.get("batch_stats", {})),
     opt_state=state_shardings(optimizer, params),
-    noise=jax.tree.map(lambda _: replicated, abstract.noise),
+    noise=jax.tree.map(lambda _: replicated, jax.eval_shape(gn.GradientNoise.zeros)),
   )
 
 
@@ -127,10 +133,11 @@ def abstract_train_state(
   mesh: Mesh,
   *,
   fsdp_min_size: int = 2**14,
+  rules: Any = partitioning.DEFAULT_RULES,
 ) -> TrainState:
   """A fresh train state's shapes, dtypes and shardings, nothing allocated (a restore target)."""
   shardings = train_state_shardings(
-    model, optimizer, example_inputs, mesh, fsdp_min_size=fsdp_min_size
+    model, optimizer, example_inputs, mesh, fsdp_min_size=fsdp_min_size, rules=rules
   )
   init = lambda: init_train_state(model, optimizer, example_inputs, jax.random.key(0))  # noqa: E731
   return abstract_state(shardings, jax.eval_shape(init))
@@ -144,15 +151,18 @@ def create_train_state(
   *,
   seed: int = 0,
   fsdp_min_size: int = 2**14,
+  rules: Any = partitioning.DEFAULT_RULES,
 ) -> TrainState:
   """Initialises the train state directly in place on `mesh` (no host copy).
 
   `example_inputs` is the shape and dtype of the model's input, e.g.
   `jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)`; `seed` seeds the
-  parameters; `fsdp_min_size` is the smallest parameter split along `fsdp`.
+  parameters; `fsdp_min_size` is the smallest unannotated parameter split along
+  `fsdp`; `rules` map an annotated parameter's logical axis names to mesh axes
+  (`bigbatch.partitioning`).
   """
   shardings = train_state_shardings(
-    model, optimizer, example_inputs, mesh, fsdp_min_size=fsdp_min_size
+    model, optimizer, example_inputs, mesh, fsdp_min_size=fsdp_min_size, rules=rules
   )
   init = jax.jit(
     lambda rng: init_train_state(model, optimizer, example_inputs, rng), out_shardings=shardings

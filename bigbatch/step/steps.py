@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from bigbatch.models import COMPUTE_DTYPES as COMPUTE_DTYPES  # re-exported
 from bigbatch.models import compute_dtype as compute_dtype  # re-exported
+from bigbatch.models.adapter import ModelAdapter, as_adapter
 from bigbatch.optim import clip_metrics, current_hyperparams
 from bigbatch.step import gradients as gn
 from bigbatch.step.accumulate import accumulate
@@ -70,7 +71,7 @@ def example_keys(seed: int, step: jax.Array, batch_size: int) -> jax.Array:
   return jax.random.key_data(jax.random.split(step_key, batch_size))
 
 
-def _loss_and_grad(model: nn.Module, loss_fn: LossFn, normalisation):
+def _loss_and_grad(model: ModelAdapter, loss_fn: LossFn, normalisation):
   """`grad_fn(params, batch_stats, batch) -> ((mean loss, (metric sums, new stats)), grads)`."""
 
   def grad_fn(params, state_stats, batch):
@@ -82,9 +83,11 @@ def _loss_and_grad(model: nn.Module, loss_fn: LossFn, normalisation):
       # example's key; a model without dropout never reads it, and XLA drops it
       rngs = {"dropout": jax.random.wrap_key_data(batch["rng"][0])} if "rng" in batch else {}
       logits, updates = model.apply(
-        variables, inputs, train=True, mutable=["batch_stats"], rngs=rngs
+        variables, inputs, train=True, mutable=["batch_stats"], rngs=rngs, batch=batch
       )
-      losses, metrics = loss_fn(logits, {"inputs": batch["inputs"], "labels": batch["labels"]})
+      losses, metrics = loss_fn(
+        logits, {"inputs": batch["inputs"], "labels": model.targets_of(batch)}
+      )
       values = [losses, *(jax.lax.stop_gradient(m).astype(losses.dtype) for m in metrics.values())]
       # One reduction for all sums: over a sharded batch each reduction is a
       # cross-device all-reduce, and a second one for the accuracy alone cost
@@ -101,7 +104,7 @@ def _loss_and_grad(model: nn.Module, loss_fn: LossFn, normalisation):
 def _gradient(grad_fn, state: TrainState, batch: Batch, count: int, *, mesh, data_shards, measure):
   """((loss, (correct per piece, batch stats)), grads, pieces, noise sums) of a batch cut in
   `count` micro-batches: per data-parallel group with a mesh, else partitioned."""
-  inputs = {key: batch[key] for key in ("inputs", "labels", "rng") if key in batch}
+  inputs = {key: value for key, value in batch.items() if key != "mask"}
   piece_grad = lambda params, piece: grad_fn(params, state.batch_stats, piece)  # noqa: E731
   if mesh is None:
     return *accumulate(piece_grad, state.params, inputs, count, data_shards), count, None
@@ -171,6 +174,7 @@ def make_train_step(
   """
   if measure_noise and (mesh is None or not noise_horizon or noise_horizon <= 0):
     raise ValueError("measure_noise: needs a mesh and a positive noise_horizon (examples)")
+  model = as_adapter(model)
 
   grad_fn = _loss_and_grad(model, loss_fn or classification(label_smoothing), normalisation)
 
@@ -259,12 +263,16 @@ def make_eval_step(
     as int32. Add them over batches and divide once at the end.
   """
   loss_fn = loss_fn or classification()
+  model = as_adapter(model)
 
   def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = model.apply(variables, model_inputs(batch["inputs"], normalisation), train=False)
-    mask = batch.get("mask", jnp.ones(batch["labels"].shape, jnp.int32)).astype(jnp.int32)
-    losses, metrics = loss_fn(logits, {"inputs": batch["inputs"], "labels": batch["labels"]})
+    inputs = model_inputs(batch["inputs"], normalisation)
+    logits = model.apply(variables, inputs, train=False, batch=batch)
+    mask = batch.get("mask", jnp.ones(batch["labels"].shape[:1], jnp.int32)).astype(jnp.int32)
+    losses, metrics = loss_fn(
+      logits, {"inputs": batch["inputs"], "labels": model.targets_of(batch)}
+    )
     real = mask > 0
     sums = {"loss": losses, **metrics}
     out = {k: jnp.sum(jnp.where(real, v.astype(jnp.float32), 0.0)) for k, v in sums.items()}

@@ -11,16 +11,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from bigbatch import data, optim
+from bigbatch import data, optim, partitioning
 from bigbatch import sharding as shd
 from bigbatch import step as st
-from bigbatch.models import compute_dtype, create_model, init_rngs
+from bigbatch.models import (
+  ModelAdapter,
+  as_adapter,
+  compute_dtype,
+  create_adapter,
+  init_rngs,
+  plugins,
+)
 from bigbatch.optim import masks as optim_masks
 from bigbatch.plan import adam_rules, adaptive
 from bigbatch.plan.checks import PlanError
@@ -234,9 +240,10 @@ def _from_factory(optimizer, plan: Plan, mask: Any) -> optax.GradientTransformat
   )
 
 
-def model_of(spec: RunSpec, num_classes: int) -> nn.Module:
+def model_of(spec: RunSpec, num_classes: int) -> ModelAdapter:
   """The spec's `model` (any field overrides the architecture's default), with its
-  `ghost_batch_size` and computing in its `compute_dtype`."""
+  `ghost_batch_size`, computing in its `compute_dtype`, and how it is called
+  (`model.call`): a `bigbatch.models.ModelAdapter`."""
   vocab = spec.model.fields.get("vocab_size")
   if vocab is not None and isinstance(vocab, int) and vocab < num_classes:
     raise ConfigError(
@@ -244,11 +251,12 @@ def model_of(spec: RunSpec, num_classes: int) -> nn.Module:
       "ids (dataset.tokenizer or dataset.vocab_size); unset it to take the data's"
     )
   try:
-    return create_model(
+    return create_adapter(
       spec.model.name,
       num_classes=num_classes,
       ghost_batch_size=spec.ghost_batch_size,
       dtype=compute_dtype(spec.compute_dtype),
+      call=spec.model.call,
       **spec.model.fields,
     )
   except (TypeError, ValueError) as error:
@@ -261,18 +269,31 @@ def _token_bytes(dataset: Any) -> Any:
   return getattr(dataset, "token_bytes", None)
 
 
-def loss_of(spec: RunSpec, model: nn.Module, dataset: Any):
+def loss_fn_of(spec: RunSpec, dataset: Any):
   """The spec's `loss` (`cross_entropy` with `label_smoothing`, an import path, or a
-  function), checked on the shapes of the model's outputs for a batch of 2 (nothing is
-  computed).
+  function), unchecked: `train.preflight` checks it on the model's outputs.
+
+  Raises:
+    ConfigError: naming `loss` when it names no function.
+  """
+  try:
+    return losses.resolve(
+      spec.loss, spec.label_smoothing, dataset.bytes_per_token, _token_bytes(dataset)
+    )
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+
+
+def loss_of(spec: RunSpec, model: Any, dataset: Any):
+  """The spec's `loss` (`loss_fn_of`), checked on the shapes of the model's outputs for a
+  batch of 2 (nothing is computed).
 
   Raises:
     ConfigError: naming `loss` and what is wrong with what it returns.
   """
+  loss_fn = loss_fn_of(spec, dataset)
+  model = as_adapter(model)
   try:
-    loss_fn = losses.resolve(
-      spec.loss, spec.label_smoothing, dataset.bytes_per_token, _token_bytes(dataset)
-    )
     inputs = jax.ShapeDtypeStruct((2, *dataset.input_shape), dataset.model_input_dtype)
     variables = jax.eval_shape(
       lambda x: model.init(init_rngs(jax.random.key(0)), x, train=False), inputs
@@ -282,7 +303,7 @@ def loss_of(spec: RunSpec, model: nn.Module, dataset: Any):
       "inputs": jax.ShapeDtypeStruct((2, *dataset.input_shape), dataset.input_dtype),
       "labels": jax.ShapeDtypeStruct((2, *dataset.label_shape), jnp.int32),
     }
-    losses.check(loss_fn, outputs, batch)
+    losses.check(loss_fn, outputs, {**batch, "labels": model.targets_of(batch)})
   except ValueError as error:
     raise ConfigError(str(error)) from None
   return loss_fn
@@ -326,31 +347,70 @@ def _halves_fit(spec: RunSpec, plan: Plan, mesh: Mesh) -> bool:
   return (min(plan.batch_sizes) // 2) % (ghost * shards) == 0
 
 
-def whole_batch_norm(
-  model: nn.Module, input_shape: tuple[int, ...], ghost: int | None, dtype: Any = jnp.float32
-) -> bool:
-  """Whether `model` normalises over the whole batch: it keeps batch statistics and no
-  ghost batch size is set (read from `jax.eval_shape` of its init: nothing is allocated)."""
-  if ghost is not None and "ghost_batch_size" in getattr(model, "__dataclass_fields__", {}):
-    return False  # a ghost batch norm: a model that takes no ghost batch ignores it
+@dataclasses.dataclass(frozen=True)
+class BatchNormUse:
+  """Where the model's batch norm takes its statistics from.
+
+  Attributes:
+    whole: over the whole batch (or groups of it the model names): a step that
+      cuts the batch (into devices' shares, or halves to measure) would change them.
+    note: the banner's words for it.
+  """
+
+  whole: bool
+  note: str
+
+
+def batch_norm_use(
+  model: Any, input_shape: tuple[int, ...], ghost: int | None, dtype: Any = jnp.float32
+) -> BatchNormUse:
+  """How `model` normalises (read from `jax.eval_shape` of its init: nothing is allocated):
+  ghost batches where `ghost` reaches it (a `ghost_batch_size` field, or flax's own
+  BatchNorm, intercepted), the axis its flax BatchNorms name, or the whole batch."""
+  model = as_adapter(model)
   inputs = jax.ShapeDtypeStruct((1, *input_shape), dtype)
-  variables = jax.eval_shape(
-    lambda x: model.init(init_rngs(jax.random.key(0)), x, train=False), inputs
-  )
-  return bool(jax.tree.leaves(variables.get("batch_stats", {})))
+  variables = jax.eval_shape(lambda x: model.init(init_rngs(jax.random.key(0)), x), inputs)
+  if not jax.tree.leaves(variables.get("batch_stats", {})):
+    unused = f"; ghost_batch_size {ghost} does not apply" if ghost else ""
+    return BatchNormUse(False, "no batch norm in the model" + unused)
+  norms = plugins.flax_batch_norms(model, inputs)
+  if ghost and (plugins.takes_ghost_batch(model) or norms):
+    return BatchNormUse(False, f"ghost batch {ghost}")
+  if ghost:
+    return BatchNormUse(
+      True,
+      f"ghost_batch_size {ghost} does not reach this model (its batch norm is neither flax's "
+      "BatchNorm nor a ghost_batch_size field): batch norm over the whole batch",
+    )
+  named = sorted({str(name) for name in norms if name is not None})
+  if named:
+    return BatchNormUse(
+      True, f"batch norm over the whole batch, as its axis_name {', '.join(named)} asks"
+    )
+  return BatchNormUse(True, "no ghost batch: batch norm, if any, over the whole batch")
+
+
+def whole_batch_norm(
+  model: Any, input_shape: tuple[int, ...], ghost: int | None, dtype: Any = jnp.float32
+) -> bool:
+  """Whether `model` normalises over the whole batch (`batch_norm_use`)."""
+  return batch_norm_use(model, input_shape, ghost, dtype).whole
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
-  """The train step and whether it measures the gradient noise scale."""
+  """The train step, whether it measures the gradient noise scale and, where it does
+  not, why, and how the model's batch norm takes its statistics."""
 
   fn: Any
   measures_noise: bool
+  unmeasured: str | None = None
+  batch_norm: BatchNormUse | None = None
 
 
 def train_step_of(
   spec: RunSpec,
-  model: nn.Module,
+  model: ModelAdapter,
   optimizer: optax.GradientTransformation,
   plan: Plan,
   mesh: Mesh,
@@ -364,20 +424,19 @@ def train_step_of(
   The step takes each device's gradient on its own examples (and so can
   measure the noise scale) when batch norm never needs examples of two
   devices at once: with ghost batches, or a model without batch norm (an MLP).
-  A model with whole-batch batch norm (`ghost_batch_size` unset, or a model
-  that takes none) is not measured: on several devices it keeps the
-  compiler-partitioned step, which normalises over the global batch, and on
-  one cutting the batch in halves would normalise each half apart. Nor is a
-  run whose halves (cut to measure on one device) cannot hold whole ghost
-  batches (`_halves_fit`).
+  A model with whole-batch batch norm (`ghost_batch_size` unset or not
+  reaching it, or a flax BatchNorm naming an axis: `batch_norm_use`) is not
+  measured: on several devices it keeps the compiler-partitioned step, which
+  normalises over the global batch, and on one cutting the batch in halves
+  would normalise each half apart. Nor is a run whose halves (cut to measure
+  on one device) cannot hold whole ghost batches (`_halves_fit`). The step's
+  `unmeasured` says why in words.
   """
   noise = spec.noise
-  whole = whole_batch_norm(
-    model, dataset.input_shape, spec.ghost_batch_size, dataset.model_input_dtype
-  )
-  per_device = shd.data_parallel_size(mesh) == 1 or not whole
-  # whole-batch statistics would become each half's if the batch were cut to measure
-  measure = noise.measure and not whole and _halves_fit(spec, plan, mesh)
+  use = batch_norm_use(model, dataset.input_shape, spec.ghost_batch_size, dataset.model_input_dtype)
+  per_device = shd.data_parallel_size(mesh) == 1 or not use.whole
+  unmeasured = _unmeasured(spec, plan, mesh, use)
+  measure = unmeasured is None
   horizon = noise.horizon_epochs * plan.dataset_size
   step = st.make_train_step(
     model,
@@ -397,4 +456,21 @@ def train_step_of(
       spec.loss, spec.label_smoothing, dataset.bytes_per_token, _token_bytes(dataset)
     ),
   )
-  return TrainStep(step, measure)
+  # entered inside the step, which may be traced on a background compile thread
+  step = partitioning.traced(step, mesh, spec.mesh.rules)
+  return TrainStep(step, measure, unmeasured, use)
+
+
+def _unmeasured(spec: RunSpec, plan: Plan, mesh: Mesh, use: BatchNormUse) -> str | None:
+  """Why the run's gradient noise scale is not measured, in words (None: it is)."""
+  if not spec.noise.measure:
+    return "noise.measure is off"
+  if use.whole:
+    # whole-batch statistics would become each half's if the batch were cut to measure
+    return f"{use.note}, which the pieces a measurement compares would each change"
+  if not _halves_fit(spec, plan, mesh):
+    return (
+      f"each half of the smallest batch ({min(plan.batch_sizes):,}), cut to measure on one "
+      f"device, must hold whole ghost batches of {spec.ghost_batch_size}"
+    )
+  return None

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bigbatch import data
+from bigbatch import data, partitioning
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.train.setup import Run
@@ -26,10 +26,12 @@ class Evaluator:
     self.run = run
     self.batch_size = run.spec.eval.batch_size
     self.train_examples = run.spec.eval.train_examples
+    step = st.make_eval_step(
+      run.model, normalisation=run.dataset.device_normalisation, loss_fn=run.loss_fn
+    )
     self._steps = st.CompiledSteps(
-      st.make_eval_step(
-        run.model, normalisation=run.dataset.device_normalisation, loss_fn=run.loss_fn
-      ),
+      # the model's activation constraints read the rules while the step is traced
+      partitioning.traced(step, run.mesh, run.spec.mesh.rules),
       state,
       {**data.example_batch(run.dataset), "mask": jax.ShapeDtypeStruct((), np.int32)},
       run.mesh,

@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from bigbatch import data
+from bigbatch import data, partitioning
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import compute_dtype, flops, init_rngs
@@ -27,7 +27,7 @@ from bigbatch.plan.phases import Plan
 from bigbatch.spec import ConfigError, RunSpec
 from bigbatch.spec.block import IN_MEMORY
 from bigbatch.step import memory
-from bigbatch.train import build
+from bigbatch.train import build, preflight
 
 __all__ = ["Experiment"]
 
@@ -78,10 +78,14 @@ class Experiment:
     optimizer = build.optimizer_of(spec, adaptive.constants(plan) if adjustable_rate else plan)
     dataset = data.spec_for(spec.dataset.block())
     model = build.model_of(spec, dataset.num_classes)
-    loss_fn = build.loss_of(spec, model, dataset)
+    loss_fn = build.loss_fn_of(spec, dataset)  # checked on the model's outputs below
     if mesh is None:
-      mesh = shd.make_mesh(spec.mesh.data, spec.mesh.fsdp, devices=devices)
-    return cls(spec, plan, optimizer, model, dataset, loss_fn, mesh)
+      mesh = shd.make_mesh(spec.mesh.data, spec.mesh.fsdp, spec.mesh.tensor, devices=devices)
+    experiment = cls(spec, plan, optimizer, model, dataset, loss_fn, mesh)
+    # every model error is one line now, before anything compiles or the data is read
+    preflight.trace_steps(experiment)
+    preflight.probe_causality(experiment)
+    return experiment
 
   @classmethod
   def for_probe(cls, spec: RunSpec, **options: Any) -> Experiment:
@@ -96,8 +100,8 @@ class Experiment:
     cls, record: Mapping[str, Any], devices: Sequence[jax.Device] | None = None
   ) -> Experiment:
     """The experiment a checkpoint's or a snapshot's record was trained with, on
-    `devices` (default: all) with its `mesh.fsdp` split: a measurement need not run on
-    the devices that trained.
+    `devices` (default: all) with its `mesh.fsdp` and `mesh.tensor` splits: a
+    measurement need not run on the devices that trained.
 
     Raises:
       ConfigError: when the record's model or data source was an object that cannot be
@@ -109,7 +113,7 @@ class Experiment:
         "dataset.source: the run trained on an object in memory, which a checkpoint "
         "cannot hold; measure it from Python with Experiment.from_spec"
       )
-    mesh = shd.make_mesh(-1, spec.mesh.fsdp, devices=devices)
+    mesh = shd.make_mesh(-1, spec.mesh.fsdp, spec.mesh.tensor, devices=devices)
     return cls.from_spec(spec, mesh=mesh)
 
   # -- checks a command makes before its long work ------------------------------------
@@ -181,10 +185,16 @@ class Experiment:
   def fsdp_min_size(self) -> int:
     return self.spec.mesh.fsdp_min_size
 
+  @property
+  def placement(self) -> dict[str, Any]:
+    """How parameters are placed on the mesh: the smallest unannotated one split along
+    `fsdp`, and the rules for annotated ones (`partitioning`)."""
+    return {"fsdp_min_size": self.fsdp_min_size, "rules": self.spec.mesh.rules}
+
   def abstract_state(self) -> st.TrainState:
     """The train state's shapes and dtypes placed on the mesh: a restore target."""
     return st.abstract_train_state(
-      self.model, self.optimizer, self.example_inputs, self.mesh, fsdp_min_size=self.fsdp_min_size
+      self.model, self.optimizer, self.example_inputs, self.mesh, **self.placement
     )
 
   @functools.cached_property
@@ -192,7 +202,7 @@ class Experiment:
     # jitted once, so that each start (a range test's batch sizes) takes a fresh copy of
     # the same state without compiling the init again
     shardings = st.train_state_shardings(
-      self.model, self.optimizer, self.example_inputs, self.mesh, fsdp_min_size=self.fsdp_min_size
+      self.model, self.optimizer, self.example_inputs, self.mesh, **self.placement
     )
     inputs = self.example_inputs
     return jax.jit(
@@ -209,22 +219,16 @@ class Experiment:
   def variables_target(self) -> dict[str, Any]:
     """`{"params", "batch_stats"}` as a snapshot holds them, placed like the train state's."""
     inputs = self.example_inputs
-    abstract = jax.eval_shape(
-      lambda: self.model.init(
-        init_rngs(jax.random.key(0)), jax.numpy.zeros(inputs.shape, inputs.dtype), train=False
+    with partitioning.context(None):  # an NNX parameter is not placed as it is built
+      abstract = jax.eval_shape(
+        lambda: self.model.init(
+          init_rngs(jax.random.key(0)), jax.numpy.zeros(inputs.shape, inputs.dtype), train=False
+        )
       )
+    variables = partitioning.placed(
+      abstract, self.mesh, self.spec.mesh.rules, min_size=self.fsdp_min_size
     )
-    replicated = shd.replicated(self.mesh)
-
-    def place(leaf, sharding):
-      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
-
-    params = jax.tree.map(
-      lambda leaf: place(leaf, shd.param_sharding(leaf, self.mesh, min_size=self.fsdp_min_size)),
-      abstract["params"],
-    )
-    stats = jax.tree.map(lambda leaf: place(leaf, replicated), abstract.get("batch_stats", {}))
-    return {"params": params, "batch_stats": stats}
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
   def training_subset(self, num_examples: int) -> dict[str, jax.Array]:
     """The first `num_examples` of the training split, unaugmented, as one sharded batch.

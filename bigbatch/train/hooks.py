@@ -88,7 +88,12 @@ class SnapshotHook:
     self.keeper = keeper
 
   def __call__(self, info: StepInfo) -> None:
-    cycle = self.keeper.due(info.previous_position, info.position)
+    position = info.position
+    if info.step >= info.plan.total_steps:
+      # the end of training ends the last cycle, also where the plan's last step stops
+      # short of the budget's last example (`phases.steps_to_end`)
+      position = max(position, self.keeper.ends[-1])
+    cycle = self.keeper.due(info.previous_position, position)
     if cycle is not None:
       self.keeper.save(info.state, info.step, info.position, cycle)
 

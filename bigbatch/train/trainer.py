@@ -66,6 +66,7 @@ def _summary(run: Run, status: str, step: int, elapsed: Mapping[str, Any], final
     "wall_seconds": elapsed["wall_seconds"],
     "phases": elapsed["phases"],
     "noise_confidence": run.spec.noise.confidence,
+    "noise_unmeasured": run.experiment.train_step.unmeasured,
     **_language_model_summary(run, final),
   }
 
@@ -216,7 +217,7 @@ def _train(
       processes=jax.process_count(),
       platform=jax.devices()[0].platform,
       mesh_shape=run.mesh.shape,
-      ghost=run.spec.ghost_batch_size,
+      ghost=run.experiment.train_step.batch_norm.note,
     )
   )
   if run.record is not None:

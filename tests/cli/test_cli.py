@@ -13,12 +13,13 @@ from bigbatch import cli, config
 
 CONFIGS = pathlib.Path(__file__).parents[2] / "configs"
 
-# Recipe configs (with their variants) and the updates their plans must give.
+# Recipe configs (with their variants) and the updates their plans must give (each plan's
+# last phase ends at the whole step nearest the budget, `phases.steps_to_end`).
 RECIPES = {
   "cifar10_5_1_decay_lr.py": 78_125,
   "cifar10_5_1_decay_lr.py:adam": 78_125,
-  "cifar10_5_1_hybrid.py": 34_376,
-  "cifar10_5_1_hybrid.py:nesterov": 34_376,
+  "cifar10_5_1_hybrid.py": 34_375,
+  "cifar10_5_1_hybrid.py:nesterov": 34_375,
   "cifar10_5_1_increase_batch.py": 28_876,
   "cifar10_5_1_increase_batch.py:sgd": 28_876,
   "cifar10_5_2_original.py": 78_125,
@@ -30,17 +31,17 @@ RECIPES = {
   "imagenet_resnet50_16384.py": 7_038,
   # MLPerf's LARS recipes (v1.0, v0.7) and the batch growing from 8,192 in place of the decay
   "imagenet_resnet50_lars_32k.py": 2_346,
-  "imagenet_resnet50_lars_32k_increase_batch.py": 5_813,
+  "imagenet_resnet50_lars_32k_increase_batch.py": 5_812,
   "imagenet_resnet50_lars_64k.py": 1_799,
-  "imagenet_resnet50_lars_64k_increase_batch.py": 8_824,
+  "imagenet_resnet50_lars_64k_increase_batch.py": 8_823,
   "imagenet_inception_decay_lr.py": 14_076,
-  "imagenet_inception_increase_batch.py": 5_631,
+  "imagenet_inception_increase_batch.py": 5_630,
   "imagenet_inception_capped.py:0.9": 5_865,
   "imagenet_inception_capped.py:0.95": 3_519,
   "imagenet_inception_capped.py:0.975": 2_346,
   "mnist1d_decay_lr.py": 15_625,
-  "mnist1d_hybrid.py": 6_876,
-  "mnist1d_hybrid.py:sgd": 6_876,
+  "mnist1d_hybrid.py": 6_875,
+  "mnist1d_hybrid.py:sgd": 6_875,
   "mnist1d_increase_batch.py:adam": 5_776,
   "mnist1d_increase_batch.py": 5_776,
   # adaptive: the plan before any decision (a decision can only shorten it)
@@ -68,13 +69,15 @@ def test_recipe_configs_plan_to_the_papers_updates(name):
 # same for any corpus large enough (planned here on the standard library's, in a temporary
 # data dir; lm_1b's own dataset is the user's text_dir).
 LM_RECIPES = {
-  "lm_tiny_increase_batch.py": 197,  # 150 + 37.5 + 6.25 + 1.6, each phase rounded up (+warm-up)
+  # 150 + 37.5 + 6.25 + 1.6: each phase rounded up (150 + 38 + 7) but the last, whose 1.34
+  # steps left round to the nearest, 1
+  "lm_tiny_increase_batch.py": 196,
   "lm_tiny_noise.py": 500,  # the plan before any decision: 2,048,000 / 4,096
   "lm_tiny_lamb.py": 500,  # AdamW's baseline, another optimizer
   "lm_tiny_lion.py": 500,
   "lm_tiny_muon.py": 500,
   "gpt2_small.py": 1_050,
-  "lm_1b.py": 11_779,
+  "lm_1b.py": 11_778,
 }
 
 
@@ -282,6 +285,46 @@ def test_a_field_given_twice_takes_its_last_value():
   assert values.config.seed == 4
 
 
+# Fields whose default is None, set in a recipe and unset on the command line:
+# (recipe, field, the spec's value then, read as `spec.<path>`)
+UNSET = [
+  ("mnist1d_increase_batch.py", "ghost_batch_size", "ghost_batch_size", None),
+  ("cifar10_5_2_increase_batch.py", "plan.max_batch_size", "plan.max_batch_size", None),
+  ("lm_tiny_increase_batch.py", "plan.max_batch_tokens", "plan.max_batch_size", None),
+  ("lm_tiny_increase_batch.py", "plan.adam_rule", "plan.adam_rule", None),
+  ("lm_tiny_lamb.py", "optimizer.clip_norm", "optimizer.clip_norm", None),
+  ("lm_tiny_lion.py", "optimizer.decay_mask", "optimizer.decay_mask", "all"),  # Lion's default
+  ("mnist1d_increase_batch.py", "dataset.data_dir", "dataset.data_dir", None),  # unset already
+]
+
+
+@pytest.mark.parametrize("form", ["=", " "])
+@pytest.mark.parametrize("recipe, field, path, value", UNSET, ids=[u[1] for u in UNSET])
+def test_none_on_the_command_line_unsets_a_field_whose_default_is_none(
+  recipe, field, path, value, form
+):
+  from bigbatch.cli import args
+
+  flag = f"--config.{field}{form}None".split(" ")
+  values = args.parse("plan", ["--config", str(CONFIGS / recipe), *flag], lambda v: None)
+  node = config.read(values.config)
+  for part in path.split("."):
+    node = getattr(node, part)
+  assert node == value
+
+
+def test_none_takes_its_place_among_a_fields_values_given_twice(capsys):
+  from bigbatch.cli import args
+
+  recipe = str(CONFIGS / "mnist1d_increase_batch.py")
+  for given, last in (("None", 8), ("8", None)):
+    argv = ["--config", recipe, f"--config.ghost_batch_size={given}"]
+    argv.append(f"--config.ghost_batch_size={'None' if last is None else last}")
+    assert args.parse("plan", argv, lambda v: None).config.ghost_batch_size == last
+  status, out, err = run(capsys, "--config", recipe, "--config.ghost_batch_size=None")
+  assert status == 0 and err == "" and "updates: 5,776 vs 15,625" in out
+
+
 def test_a_recipe_named_without_a_path_is_the_shipped_file_from_any_directory(
   capsys, tmp_path, monkeypatch
 ):
@@ -290,7 +333,7 @@ def test_a_recipe_named_without_a_path_is_the_shipped_file_from_any_directory(
   for name in ("cifar10_5_1_hybrid:adam", "cifar10_5_1_hybrid.py:adam"):
     assert run(capsys, "--config", name, "--json") == by_path
     assert run(capsys, f"--config={name}", "--json") == by_path
-  assert by_path[0] == 0 and json.loads(by_path[1])["total_steps"] == 34_376
+  assert by_path[0] == 0 and json.loads(by_path[1])["total_steps"] == 34_375
 
 
 def test_a_file_of_the_same_name_wins_over_the_shipped_recipe(capsys, tmp_path, monkeypatch):

@@ -131,11 +131,12 @@ def test_a_python_source_trains_and_resumes_bitwise_across_a_batch_change(tmp_pa
     final_state(config, tmp_path / "whole"),
     final_state(config, tmp_path / "split"),
   )
-  assert step_a == step_b == 41
+  assert step_a == step_b == 40
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_a_tfds_dataset_by_name_trains_on_mock_data(tmp_path):
   config = small_config(str(tmp_path))
   config.dataset.name = "fashion_mnist"
@@ -143,4 +144,4 @@ def test_a_tfds_dataset_by_name_trains_on_mock_data(tmp_path):
   config.model.name = "tiny_cnn"
   with tfds.testing.mock_data(num_examples=1024):
     summary = bbtrain.train_and_evaluate(config, tmp_path / "run", progress=False)
-  assert summary["updates"] == 41 and 0.0 <= summary["final_test_accuracy"] <= 1.0
+  assert summary["updates"] == 40 and 0.0 <= summary["final_test_accuracy"] <= 1.0

@@ -105,6 +105,7 @@ def run(args, fault=None):
   return done.returncode, done.stdout + done.stderr
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_a_branch_killed_midway_resumes_bitwise(parent, tmp_path):
   whole, killed = tmp_path / "whole", tmp_path / "killed"
   for copy in (whole, killed):

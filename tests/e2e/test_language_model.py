@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from small_run import metrics_rows
 
@@ -46,18 +45,6 @@ FIELDS = {
   "log_every_steps": 5,
   "checkpoint_every_steps": 10,
 }
-WORDS = ["def", "return", "self", "x", "y", "import", "for", "in", "if", "else", "(", ")"]
-
-
-@pytest.fixture(scope="module")
-def text_dir(tmp_path_factory):
-  """40 files of generated, code-like text (about 120 KB)."""
-  directory = tmp_path_factory.mktemp("text")
-  rng = np.random.default_rng(0)
-  for i in range(40):
-    lines = [" ".join(rng.choice(WORDS, size=8)) for _ in range(70)]
-    (directory / f"doc{i:02d}.py").write_text("\n".join(lines) + "\n")
-  return str(directory)
 
 
 def flags(text_dir, data_dir, **changes):
@@ -182,7 +169,9 @@ def lm_chain(whole, part):
   return chain[:2] if part == "ci" else chain[2:]
 
 
-@pytest.mark.parametrize("part", ["ci", pytest.param("slow", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a long end-to-end run (3 minutes for both parts); the faults suite's
+# reference kill and the PmapResNet kill run in CI
+@pytest.mark.parametrize("part", ["ci", "slow"])
 def test_a_chain_of_kills_across_the_batch_changes_resumes_bitwise(
   whole, text_dir, data_dir, tmp_path, part
 ):
@@ -293,6 +282,7 @@ def test_the_summary_file_counts_tokens(reference):
   assert saved["throughput"]["peak_flops"] is None  # a CPU
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_the_memory_probe_and_the_range_test_run_on_a_language_model(
   capsys, tmp_path, text_dir, data_dir
 ):
@@ -311,6 +301,7 @@ def test_the_memory_probe_and_the_range_test_run_on_a_language_model(
   assert curve["losses"][0] == pytest.approx(math.log(256), abs=0.2)  # bytes, at the start
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_branches_of_a_language_model_count_tokens_and_follow_the_adam_rule(reference, capsys):
   workdir, _ = reference
   checkpoints = ckpt.Checkpoints(pathlib.Path(workdir) / "checkpoints")

@@ -127,7 +127,9 @@ def test_mnist1d_trains_well_above_chance_and_logs(data_dir, tmp_path):
   assert ckpt.Checkpoints(tmp_path / "checkpoints").latest_step() == plan.total_steps
 
 
-@pytest.mark.parametrize("where", ["mid_phase", "phase_boundary"])
+@pytest.mark.parametrize(
+  "where", [pytest.param("mid_phase", marks=pytest.mark.slow), "phase_boundary"]
+)
 def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(data_dir, tmp_path, where):
   config = small_config(data_dir)
   plan = bbconfig.plan_from_config(config)
@@ -146,6 +148,7 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(data_dir, tmp_
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_restore_onto_4_devices_of_a_run_saved_on_8(data_dir, tmp_path):
   from bigbatch import sharding, step
   from bigbatch.models import create_model
@@ -250,6 +253,7 @@ def test_cifar10_config_trains_on_mock_data(tmp_path):
   assert 0.0 <= summary["final_test_accuracy"] <= 1.0
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_two_processes_train_the_same_steps_as_one(data_dir, tmp_path):
   from multihost_common import free_port
 
@@ -371,7 +375,7 @@ def test_every_recipe_config_is_trainable(name):
     bbconfig.optimizer_from_config(config, plan)
     spec = data.dataset_spec(config.dataset.name, config.dataset.get("image_size"))
     model = bbconfig.model_from_config(config, spec.num_classes)
-    assert model.ghost_batch_size == config.ghost_batch_size
+    assert model.module.ghost_batch_size == config.ghost_batch_size
     fits = all(b % (8 * config.ghost_batch_size) == 0 for b in plan.batch_sizes)
     assert fits or config.dataset.name == "cifar10"  # ImageNet recipes: on 8 devices
     mesh = sharding.make_mesh(devices=jax.devices()[: 8 if fits else 1])

@@ -1,5 +1,6 @@
 """MFU's parts: the devices' peaks, a model's FLOPs per token, and the rates they give."""
 
+import flax.linen as nn
 import jax.numpy as jnp
 import pytest
 
@@ -24,6 +25,24 @@ def test_a_transformers_flops_per_token_are_6n_plus_12ldt():
   assert flops.model_flops_per_token(model, 32) == 6 * n + 12 * 3 * 48 * 32
   assert flops.model_flops_per_token(model, None) is None
   assert flops.model_flops_per_token(create_model("mlp", num_classes=10), 32) is None
+
+
+class LinenLM(nn.Module):
+  vocab_size: int = 256
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False):
+    return nn.Dense(self.vocab_size)(nn.Embed(self.vocab_size, self.width)(tokens))
+
+  @staticmethod
+  def training_flops_per_token(sequence_length, *, vocab_size, width, **_):
+    return 6.0 * (width + 1) * vocab_size  # the unembedding's 6 N; no attention
+
+
+def test_a_linen_models_count_is_given_its_fields():
+  model = create_model(LinenLM, num_classes=512, width=32)
+  assert flops.model_flops_per_token(model, 16) == 6.0 * 33 * 512
 
 
 def test_rates_give_tokens_and_mfu_only_where_both_parts_are_known():

@@ -35,11 +35,12 @@ def test_parameter_counts_match_the_published_ones():
 @pytest.mark.parametrize(
   "name, shape, classes",
   [
-    ("resnet50", (4, 64, 64, 3), 1000),
+    pytest.param("resnet50", (4, 64, 64, 3), 1000, marks=pytest.mark.slow),
     ("wrn16_4", (4, 32, 32, 3), 10),
     ("cnn1d", (4, 40), 10),
     ("tiny_cnn", (4, 8, 8, 3), 10),
-    ("inception_resnet_v2", (2, 75, 75, 3), 10),  # 75x75: the smallest input it takes
+    # 75x75: the smallest input it takes
+    pytest.param("inception_resnet_v2", (2, 75, 75, 3), 10, marks=pytest.mark.slow),
   ],
 )
 def test_forward_shapes_and_batch_stats(name, shape, classes):

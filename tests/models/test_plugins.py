@@ -113,8 +113,8 @@ BAD = [
   ("plugin_models:", "model.name: 'plugin_models:' is not an import path of the form"),
   ("plugin_models:NOT_A_MODEL", "model.name: plugin_models:NOT_A_MODEL is a int, not a flax"),
   (
-    "plugin_models:NoTrainArgument",
-    "model.name: plugin_models:NoTrainArgument.__call__ takes no `train`",
+    "plugin_models:NeedsAnInput",
+    "model.call.inputs: plugin_models:NeedsAnInput.__call__ needs `segments`, which bigbatch",
   ),
   ("plugin_models:NoRngs", "model.name: plugin_models:NoRngs.__init__ takes no `rngs`"),
   ("plugin_models:returns_a_number", "model.name: plugin_models:returns_a_number() returned a int"),
@@ -141,10 +141,15 @@ def test_an_unknown_field_names_it_and_what_the_model_takes():
     create_model("plugin_models:LinenNet", num_classes=3, width=3)
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_an_nnx_model_with_dropout_trains_and_resumes_bitwise(data_dir, tmp_path):
-  config = small_config(data_dir, **{"model.name": "plugin_models:NNXNet"})
+  # normalised over the whole batch, as before a ghost batch reached NNX's BatchNorm: at
+  # ghost batch 4 with dropout 0.5, 40 steps learn less
+  config = small_config(
+    data_dir, **{"model.name": "plugin_models:NNXNet", "ghost_batch_size": None}
+  )
   whole = bbtrain.train_and_evaluate(config, tmp_path / "whole", progress=False)
-  assert whole["final_test_accuracy"] > 0.2  # 10 classes: twice chance in 41 steps
+  assert whole["final_test_accuracy"] > 0.2  # 10 classes: twice chance in 40 steps
   first = bbtrain.train_and_evaluate(config, tmp_path / "split", stop_at_step=17, progress=False)
   assert first["status"] == "preempted" and first["step"] == 17
   bbtrain.train_and_evaluate(config, tmp_path / "split", progress=False)
@@ -156,6 +161,6 @@ def test_an_nnx_model_with_dropout_trains_and_resumes_bitwise(data_dir, tmp_path
     finals.append((step, checkpoints.restore(step, target)))
     checkpoints.close()
   (step_a, a), (step_b, b) = finals
-  assert step_a == step_b == 41
+  assert step_a == step_b == 40
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bigbatch import partitioning
 from bigbatch.models import init_rngs
 from bigbatch.models.plugins import NNXModel
 from bigbatch.models.transformer import (
@@ -212,7 +213,13 @@ def test_the_initialisation_is_gpt2s():
 def test_through_bigbatchs_adapter_it_computes_what_the_nnx_module_computes(positions):
   fields = dict(TINY, positions=positions)
   model = NNXModel(Transformer, kwargs=flax.core.FrozenDict(fields))
-  variables = model.init(init_rngs(jax.random.key(5)), TOKENS, train=False)
+  boxed = model.init(init_rngs(jax.random.key(5)), TOKENS, train=False)
+  # each parameter comes boxed with the logical names of its axes; the state holds values
+  assert partitioning.logical_names(boxed["params"]["token_embedding"]["embedding"]) == (
+    "vocab",
+    "embed",
+  )
+  variables = partitioning.unbox(boxed)
   net = Transformer(**fields, rngs=nnx.Rngs(params=5, dropout=6))
   assert jax.tree.map(jnp.shape, variables) == {"params": jax.tree.map(jnp.shape, params_of(net))}
   net.eval()

@@ -25,14 +25,22 @@ def random_params(seed=0):
   }
 
 
+# the pseudo-gradients' noise for each leaf shape, drawn once in NumPy: a jax.random draw
+# inside each jitted step made every test compile for seconds
+_NOISE: dict = {}
+
+
+def _noise(shape: tuple) -> np.ndarray:
+  if shape not in _NOISE:
+    rng = np.random.default_rng(sum(shape) + 7 * len(shape))
+    _NOISE[shape] = rng.normal(size=(STEPS, *shape)).astype(np.float32)
+  return _NOISE[shape]
+
+
 def gradients(params, step):
   """Deterministic pseudo-gradients: random, plus a pull toward the parameters."""
-  key = jax.random.fold_in(jax.random.PRNGKey(42), step)
   leaves, tree = jax.tree.flatten(params)
-  noise = [
-    jax.random.normal(k, x.shape) for k, x in zip(jax.random.split(key, len(leaves)), leaves)
-  ]
-  return jax.tree.unflatten(tree, [0.5 * x + n for x, n in zip(leaves, noise)])
+  return jax.tree.unflatten(tree, [0.5 * x + jnp.asarray(_noise(x.shape))[step] for x in leaves])
 
 
 def train(opt, params, steps=STEPS):

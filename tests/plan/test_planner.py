@@ -79,8 +79,10 @@ def test_cifar_section_5_1():
   assert [p.learning_rate for p in hybrid.phases] == pytest.approx([0.1, 0.1, 0.02, 0.004])
   assert [p.batch_size for p in increase.phases] == [128, 640, 3200, 16000]
   assert [p.learning_rate for p in increase.phases] == pytest.approx([0.1] * 4)
-  # 23,438 + 140 epochs at 640; 23,438 + 4,688 + 625 + 125
-  assert hybrid.total_steps == 23_438 + 10_938
+  # 23,438 + 140 epochs at 640 (10,937.5 steps from 0 to 200 epochs, but the first phase
+  # ended 64 examples late): 10,937 ends 256 examples short, 10,938 would pass by 384
+  assert hybrid.total_steps == 23_438 + 10_937
+  # 23,438 + 4,688 + 625 + 125: the last step passes the budget by 384 of its 16,000
   assert increase.total_steps == 23_438 + 4_688 + 625 + 125
   assert decay.saving == 1.0 and increase.saving == pytest.approx(78_125 / 28_876)
 
@@ -334,8 +336,9 @@ def test_a_ramp_sets_the_batch_and_the_rate_keeps_the_noise_on_the_baseline():
   assert [p.learning_rate for p in adam.phases] == pytest.approx(
     [0.1, 0.1 * 2**0.5, 0.2, 0.05]
   )  # fmt: skip
-  # the steps: each phase's examples at its batch
-  assert [p.steps for p in sgd.phases] == [3_125, 2_344, 2_735, 3_125]
+  # the steps: each phase's examples at its batch, rounded up (16 examples late at epoch 5,
+  # 96 at epoch 12), the last's nearest the budget: 399,904 / 128 = 3,124.25
+  assert [p.steps for p in sgd.phases] == [3_125, 2_344, 2_735, 3_124]
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,7 @@ def _steps(example_inputs, mesh):
   return state, train, evaluate
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_a_step_on_uint8_is_the_step_on_host_normalised_floats():
   mesh = shd.make_mesh()
   host = pixel_batch()

@@ -41,6 +41,7 @@ def test_search_finds_the_largest_multiple_under_the_budget():
     memory.search(needs, usable=1_000_000, multiple=16)
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_compiled_bytes_grow_linearly_with_the_batch_and_the_cap_fits_the_budget(tmp_path):
   config = mnist_config()
   config.memory.budget_bytes = 6 * 2**20  # about 300 examples per device
@@ -80,6 +81,7 @@ def test_without_a_memory_analysis_the_probe_says_so_and_measures(tmp_path, monk
   assert result.per_device_batch == 64
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_auto_caps_the_plan_at_the_probed_batch(tmp_path, capsys):
   args = [
     "plan",

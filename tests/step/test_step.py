@@ -56,8 +56,15 @@ def assert_trees_close(a, b, rtol):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * np.abs(y).max())
 
 
-@pytest.mark.parametrize("model_name, ghost", [("tiny_cnn", 2), ("mlp", None)])
-@pytest.mark.parametrize("fsdp", [1, 2])
+@pytest.mark.parametrize(
+  "model_name, ghost, fsdp",
+  [
+    pytest.param("tiny_cnn", 2, 1, marks=pytest.mark.slow),  # 2 covers the ghost batches
+    ("tiny_cnn", 2, 2),
+    ("mlp", None, 1),
+    ("mlp", None, 2),
+  ],
+)
 def test_sharded_step_equals_the_single_device_step(model_name, ghost, fsdp):
   model = create_model(model_name, num_classes=10, ghost_batch_size=ghost)
   optimizer = optim.sgd_momentum(0.1, momentum=0.9, weight_decay=1e-3)
@@ -131,6 +138,7 @@ class CompileCounter:
     monitoring.unregister_event_duration_listener(self._listen)
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 @pytest.mark.parametrize("background", [False, True])
 def test_a_run_across_three_phases_compiles_three_train_steps(background):
   plan = plan_16_80_400()
@@ -191,7 +199,8 @@ def test_model_from_config_names_bad_fields():
     str(pathlib.Path(__file__).parents[2] / "configs" / "x.py"), "mnist1d_base"
   ).get_config()
   model = bbconfig.model_from_config(config, num_classes=10)
-  assert model.ghost_batch_size == 16 and model.dtype == jnp.float32
+  # the model as bigbatch calls it; its module is the linen model built from the fields
+  assert model.module.ghost_batch_size == 16 and model.module.dtype == jnp.float32
   config.model.name = "vgg"
   with pytest.raises(bbconfig.ConfigError, match=r"model\.name: 'vgg' is not one of resnet50"):
     bbconfig.model_from_config(config, num_classes=10)
@@ -235,6 +244,7 @@ def test_eval_counts_every_example_exactly_with_a_padded_last_batch():
   assert evaluate.compile_count == 1
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_bfloat16_compute_keeps_float32_parameters():
   mesh = shd.make_mesh()
   optimizer = optim.sgd_momentum(0.1, momentum=0.9)
@@ -299,8 +309,15 @@ def test_micro_batches_take_the_same_block_of_every_device():
   np.testing.assert_array_equal(split, [[0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]])
 
 
-@pytest.mark.parametrize("model_name, ghost", [("mlp", None), ("tiny_cnn", 2)])
-@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize(
+  "model_name, ghost, devices",
+  [
+    ("mlp", None, 1),
+    ("mlp", None, 8),
+    pytest.param("tiny_cnn", 2, 1, marks=pytest.mark.slow),  # 8 covers the ghost batches
+    ("tiny_cnn", 2, 8),
+  ],
+)
 def test_an_accumulated_update_equals_the_whole_batch_update(model_name, ghost, devices):
   model = create_model(model_name, num_classes=10, ghost_batch_size=ghost)
   optimizer = optim.sgd_momentum(0.1, momentum=0.9)

@@ -39,8 +39,12 @@ def test_benchmark_quick_writes_the_table_and_results(tmp_path):
   assert scaling["devices"] == [1, 2] and set(scaling["examples_per_second"]) == {"16", "128"}
   for row in scaling["examples_per_second"].values():
     assert all(0 < row[n]["min"] <= row[n]["median"] <= row[n]["max"] for n in ("1", "2"))
+  # row 6: the Transformer on a tensor axis of the 2 devices against a data axis of them
+  mesh = results["mesh"]
+  assert (mesh["three_axes"], mesh["two_axes"]) == ([1, 1, 2], [2, 1, 1])
+  assert 0 < mesh["throughput_ratio"] < 100
   table = (tmp_path / "benchmark.md").read_text()
-  assert table.count("\n| ") == (1 + 4 + 2 + 4 + 3) + (1 + 2)
+  assert table.count("\n| ") == (1 + 4 + 2 + 4 + 1 + 3) + (1 + 2)
   assert "| 1. step (2 devices, noise measured): trainer's / minimal |" in table
   assert "| 128 | " in table and "| 2 / 1 |" in table
 

@@ -30,6 +30,31 @@ def test_a_hook_is_due_at_its_every(every, step, moment, due):
   assert hooks.Hook(print, every).due(step, moment) is due
 
 
+class Keeper:
+  """A snapshot keeper of cycles ending at 512 and 1,024 examples, recording what it saves."""
+
+  ends = (512, 1_024)
+
+  def __init__(self):
+    self.saved = []
+
+  def due(self, before, after):
+    crossed = [i for i, end in enumerate(self.ends) if before < end <= after]
+    return crossed[-1] + 1 if crossed else None
+
+  def save(self, state, step, position, cycle):
+    self.saved.append((step, position, cycle))
+
+
+def test_the_last_step_keeps_the_last_cycle_where_it_ends_short_of_the_budget():
+  keeper = Keeper()
+  hook = hooks.SnapshotHook(keeper)
+  hook(info(step=16, position=512))  # the first cycle's end, reached
+  hook(info(step=30, position=960))  # not yet the end of the budget, and not the last step
+  hook(info(step=41, position=992))  # the last step: 32 examples short of 1,024
+  assert keeper.saved == [(16, 512, 1), (41, 992, 2)]
+
+
 @pytest.mark.parametrize("every", [0, -2, 1.5, "epoch", True])
 def test_a_bad_every_is_one_line_naming_it(every):
   with pytest.raises(ValueError, match=r"^every: must be a whole number >= 1, 'log' or 'eval'"):
@@ -82,7 +107,7 @@ def test_the_trainer_calls_a_users_hooks_at_their_times(data_dir, tmp_path):
   trainer.add_hook(lambda i: seen["log"].append((i.step, i.values["loss"])), every="log")
   trainer.add_hook(lambda i: seen["eval"].append((i.step, i.values["eval_accuracy"])), "eval")
   summary = trainer.run()
-  assert summary["updates"] == 41
+  assert summary["updates"] == 40
   assert seen["step"] == [(8, 0), (16, 0), (24, 0), (32, 0), (40, 2)]
   rows = [
     json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -90,7 +115,7 @@ def test_the_trainer_calls_a_users_hooks_at_their_times(data_dir, tmp_path):
   logged = [(r["step"], r["loss"]) for r in rows if "loss" in r]
   assert [(s, pytest.approx(v)) for s, v in seen["log"]] == logged  # each logged row, as logged
   evaluated = [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
-  assert seen["eval"] == evaluated and seen["eval"][-1][0] == 41  # the final evaluation too
+  assert seen["eval"] == evaluated and seen["eval"][-1][0] == 40  # the final evaluation too
   assert seen["eval"][-1][1] == summary["final_test_accuracy"]
 
 
@@ -101,11 +126,14 @@ def test_a_hook_sees_the_state_after_its_step(data_dir, tmp_path):
   experiment = Experiment.from_spec(bbconfig.read(config))
   trainer = Trainer(experiment, tmp_path / "run", progress=False)
   states = {}
-  trainer.add_hook(lambda i: states.setdefault(i.step, jax.device_get(i.state.params)), every=10)
+  trainer.add_hook(lambda i: states.setdefault(i.step, jax.device_get(i.state.params)), every=1)
   trainer.run()
   checkpoints = Checkpoints(tmp_path / "run" / "checkpoints", async_save=False)
-  assert sorted(states) == [10, 20] and {10, 20} <= set(checkpoints.all_steps())
-  for step, params in states.items():  # the checkpoint of the same step holds the same bits
+  # 16 steps of 32, then 3 of 160 (the step nearest the epoch's end): 19
+  saved = checkpoints.all_steps()
+  assert sorted(states) == list(range(1, 20)) and {10, 19} <= set(saved)
+  for step in saved:  # the checkpoint of the same step holds the same bits
+    params = states[step]
     saved = jax.device_get(checkpoints.restore(step, experiment.abstract_state()).params)
     assert jax.tree.all(jax.tree.map(np.array_equal, params, saved)), step
   checkpoints.close()
