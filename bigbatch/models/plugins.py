@@ -150,9 +150,8 @@ def _init_mode(model, kind: str, name: str, call: ad.CallSpec, fields) -> str | 
   return next((f for f in ad.MODE_ARGS if f in known and f not in fields), None)
 
 
-def _call_mode(module: nn.Module, name: str, call: ad.CallSpec) -> str | None:
-  """The keyword of `module`'s call that takes the mode (None: it takes none)."""
-  parameters = ad.call_parameters(type(module).__call__)
+def _call_mode(parameters, name: str, call: ad.CallSpec) -> str | None:
+  """The keyword among a call's `parameters` that takes the mode (None: it takes none)."""
   if call.mode in ad.MODE_ARGS:
     if call.mode not in parameters:
       raise ValueError(f"model.call.mode: {name}.__call__ takes no `{call.mode}` argument")
@@ -164,7 +163,7 @@ def _linen(model, kind, name, kwargs, call, ghost, fields) -> ad.ModelAdapter:
   field = _init_mode(model, kind, name, call, fields)
   if field is None:
     train_module = eval_module = _construct(model, kind, name, kwargs)
-    mode = _call_mode(train_module, name, call)
+    mode = _call_mode(ad.call_parameters(type(train_module).__call__), name, call)
   else:  # built once per mode, as flax's lm1b builds a train and an eval config
     train_module = _construct(model, kind, name, {**kwargs, field: ad.mode_value(field, True)})
     eval_module = _construct(model, kind, name, {**kwargs, field: ad.mode_value(field, False)})
@@ -182,11 +181,7 @@ def _nnx(model, kind, name, kwargs, call, ghost) -> ad.ModelAdapter:
     )
   cls = model if kind == "nnx" else type(nnx.eval_shape(lambda: model(**kwargs, rngs=nnx.Rngs(0))))
   parameters = ad.call_parameters(cls.__call__)
-  mode = ad.mode_keyword(parameters) if call.mode == "auto" else None
-  if call.mode in ad.MODE_ARGS:
-    if call.mode not in parameters:
-      raise ValueError(f"model.call.mode: {name}.__call__ takes no `{call.mode}` argument")
-    mode = call.mode
+  mode = _call_mode(parameters, name, call)
   inputs = ad.extra_inputs(parameters, call, name, skip={"rngs", mode})
   module = NNXModel(
     model,
@@ -220,9 +215,11 @@ def build(
   return _linen(model, kind, name, kwargs, call, ghost, fields)
 
 
-def flax_batch_norms(model: ad.ModelAdapter, inputs: jax.ShapeDtypeStruct) -> list[Any]:
-  """The axis name (None: none) of each flax BatchNorm, linen or NNX, that `model` calls
-  (read from `jax.eval_shape` of its init: nothing is allocated)."""
+def flax_batch_norms(model: ad.ModelAdapter, inputs: jax.ShapeDtypeStruct) -> tuple[Any, list]:
+  """The model's abstract variables and the axis name (None: none) of each flax
+  BatchNorm, linen or NNX, that it calls, from one `jax.eval_shape` of its init (nothing
+  is allocated)."""
+  key = jax.random.key(0)
   module = model.eval_module
   if isinstance(module, NNXModel):
 
@@ -230,7 +227,8 @@ def flax_batch_norms(model: ad.ModelAdapter, inputs: jax.ShapeDtypeStruct) -> li
       return module.nnx_class(*module.args, **module.kwargs, rngs=nnx.Rngs(0))
 
     built = nnx.eval_shape(construct)
-    return [m.axis_name for _, m in nnx.iter_modules(built) if isinstance(m, nnx.BatchNorm)]
+    norms = [m.axis_name for _, m in nnx.iter_modules(built) if isinstance(m, nnx.BatchNorm)]
+    return jax.eval_shape(lambda x: model.init({"params": key, "dropout": key}, x), inputs), norms
   seen: list[Any] = []
 
   def record(next_fun, args, kwargs, context):
@@ -238,10 +236,9 @@ def flax_batch_norms(model: ad.ModelAdapter, inputs: jax.ShapeDtypeStruct) -> li
       seen.append(context.module.axis_name)
     return next_fun(*args, **kwargs)
 
-  key = jax.random.key(0)
   with nn.intercept_methods(record):
-    jax.eval_shape(lambda x: model.init({"params": key, "dropout": key}, x), inputs)
-  return seen
+    variables = jax.eval_shape(lambda x: model.init({"params": key, "dropout": key}, x), inputs)
+  return variables, seen
 
 
 def takes_ghost_batch(model: ad.ModelAdapter) -> bool:

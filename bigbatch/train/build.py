@@ -369,11 +369,10 @@ def batch_norm_use(
   BatchNorm, intercepted), the axis its flax BatchNorms name, or the whole batch."""
   model = as_adapter(model)
   inputs = jax.ShapeDtypeStruct((1, *input_shape), dtype)
-  variables = jax.eval_shape(lambda x: model.init(init_rngs(jax.random.key(0)), x), inputs)
+  variables, norms = plugins.flax_batch_norms(model, inputs)
   if not jax.tree.leaves(variables.get("batch_stats", {})):
     unused = f"; ghost_batch_size {ghost} does not apply" if ghost else ""
     return BatchNormUse(False, "no batch norm in the model" + unused)
-  norms = plugins.flax_batch_norms(model, inputs)
   if ghost and (plugins.takes_ghost_batch(model) or norms):
     return BatchNormUse(False, f"ghost batch {ghost}")
   if ghost:
