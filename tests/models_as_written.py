@@ -139,6 +139,9 @@ class TransformerLM(nn.Module):
     mask = nn.combine_masks(
       nn.make_attention_mask(inputs > 0, inputs > 0), nn.make_causal_mask(inputs)
     )
+    if inputs_segmentation is not None:  # packed documents attend within themselves
+      same = nn.make_attention_mask(inputs_segmentation, inputs_segmentation, jnp.equal)
+      mask = nn.combine_masks(mask, same)
     embed = nn.Embed(
       c.vocab_size, c.width, embedding_init=logical(nn.initializers.normal(1.0), ("vocab", "embed"))
     )

@@ -105,6 +105,11 @@ def spec_for(config_dataset: Mapping[str, Any]) -> DatasetSpec:
     return external.source_spec(config_dataset)
   name = config_dataset.get("name")
   if name in DATASETS:
+    if config_dataset.get("features"):
+      raise DataError(
+        f"dataset.features: {name} carries only its inputs and labels; features come from "
+        "a text or token dataset, a tfds dataset by name, or a dataset.source"
+      )
     return dataset_spec(name, config_dataset.get("image_size"))
   if config_dataset.get("image_size") is not None:
     raise DataError(f"dataset.image_size: only imagenet2012 takes one, not {name!r}")
@@ -232,7 +237,8 @@ def load_split(config_dataset: Mapping[str, Any], split: str) -> ArraySource | R
     if spec.in_memory:
       # the split as one batch; `as_dataset(batch_size=-1)` aborts under tfds's mock data
       whole = builder.as_dataset(split=name).batch(1 << 40)
-      return ArraySource(next(iter(tfds.as_numpy(whole))), spec.input_key, spec.label_key)
+      arrays = next(iter(tfds.as_numpy(whole)))
+      return ArraySource(arrays, spec.input_key, spec.label_key, spec.feature_names)
     return RecordSource.from_tfds(builder.as_data_source(split=name), spec.input_key)
   except (AssertionError, FileNotFoundError, NotImplementedError, ValueError) as error:
     if not builder.is_prepared() or "could not find" in str(error).lower():

@@ -20,6 +20,7 @@ of `fn(example, seed) -> input` in TensorFlow (run by tf.data).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bigbatch.data.spec import ArraySource, DataError, DatasetSpec
+from bigbatch.data.spec import ArraySource, DataError, DatasetSpec, narrow
 from bigbatch.importing import import_object
 
 PREPROCESS = ("scale", "identity")
@@ -116,7 +117,14 @@ def tfds_spec(block: Mapping[str, Any], directory: str, builtins: str) -> Datase
   splits = builder.info.splits
   only_validation = bool(splits) and "test" not in splits and "validation" in splits
   eval_split = block.get("eval_split") or ("validation" if only_validation else "test")
-  return _in_memory_spec(block, name, int(num_classes), (tuple(shape), dtype), eval_split, "scale")
+  spec = _in_memory_spec(block, name, int(num_classes), (tuple(shape), dtype), eval_split, "scale")
+  for key in _features(block):
+    if key not in features:
+      raise DataError(
+        f"dataset.features: {key!r} is not a feature of {name}; it has: {', '.join(features)}"
+      )
+  described = [(k, features[k].shape, features[k].np_dtype) for k in _features(block)]
+  return dataclasses.replace(spec, features=_described(described, name))
 
 
 def _in_memory_spec(
@@ -146,36 +154,35 @@ def _in_memory_spec(
   )
 
 
-def _read(source: Any, split: str, input_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-  """The inputs and labels of a Python source's split, as arrays: read once a process
-  from an import path; from a function given in Python, at each call (it holds them)."""
+def _read(source: Any, split: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """The arrays of a Python source's split under `keys` (the input's, the label's, then
+  `dataset.features`): read once a process from an import path; from a function given in
+  Python, at each call (it holds them)."""
   if isinstance(source, str):
-    return _read_path(source, split, input_key, label_key)
+    return _read_path(source, split, keys)
   if not callable(source):
     raise DataError(
       f"dataset.source: must be an import path or a function of the split, got {type(source).__name__}"
     )
-  return _arrays(source, _name(source), split, input_key, label_key)
+  return _arrays(source, _name(source), split, keys)
 
 
 @functools.lru_cache(maxsize=4)
-def _read_path(
-  path: str, split: str, input_key: str, label_key: str
-) -> tuple[np.ndarray, np.ndarray]:
-  return _arrays(_import(path, "dataset.source"), path, split, input_key, label_key)
+def _read_path(path: str, split: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+  return _arrays(_import(path, "dataset.source"), path, split, keys)
 
 
 def _name(source: Any) -> str:
   return source if isinstance(source, str) else getattr(source, "__qualname__", "source")
 
 
-def _arrays(function, path: str, split: str, input_key: str, label_key: str):
+def _arrays(function, path: str, split: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
   where = f"dataset.source: {path}({split!r})"
   source = function(split)
   if isinstance(source, Mapping):
-    items = {k: np.asarray(source[k]) for k in (input_key, label_key) if k in source}
-    missing = [k for k in (input_key, label_key) if k not in source]
-    size = len(items[input_key]) if input_key in items else -1  # -1: the key is missing
+    items = {k: np.asarray(source[k]) for k in keys if k in source}
+    missing = [k for k in keys if k not in source]
+    size = len(items[keys[0]]) if keys[0] in items else -1  # -1: the key is missing
   else:
     if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
       raise DataError(
@@ -183,18 +190,37 @@ def _arrays(function, path: str, split: str, input_key: str, label_key: str):
       )
     size = len(source)
     first = source[0] if size else {}
-    missing = [k for k in (input_key, label_key) if k not in first]
+    missing = [k for k in keys if k not in first]
     if size and not missing:
       rows = [source[i] for i in range(size)]
-      items = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in (input_key, label_key)}
+      items = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in keys}
   if missing and size:
-    field = "input_key" if input_key in missing else "label_key"
+    field = {keys[0]: "input_key", keys[1]: "label_key"}.get(missing[0], "features")
     raise DataError(f"dataset.{field}: {missing[0]!r} is not a key of {where}'s examples")
   if size == 0:
     raise DataError(f"{where} has no examples (length 0)")
-  if len(items[label_key]) != size:
-    raise DataError(f"{where}: {len(items[label_key])} labels for {size} inputs")
-  return items[input_key], items[label_key]
+  for key in keys[1:]:
+    if len(items[key]) != size:
+      raise DataError(f"{where}: {len(items[key])} {key!r} for {size} inputs")
+  return items
+
+
+def _features(block: Mapping[str, Any]) -> tuple[str, ...]:
+  return tuple(block.get("features") or ())
+
+
+def _described(features, where: str) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+  """`(name, shape, dtype)` of each feature a batch carries, refusing those XLA cannot take."""
+  for name, shape, dtype in features:
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf" or shape is None or None in shape:
+      raise DataError(
+        f"dataset.features: {name!r} of {where} is {dtype} of shape {shape}; a feature a "
+        "batch carries must be numbers (bool, int, float) of a fixed shape"
+      )
+  return tuple(
+    (name, tuple(int(d) for d in shape), narrow(dtype).str) for name, shape, dtype in features
+  )
 
 
 def _keys(block: Mapping[str, Any]) -> tuple[str, str]:
@@ -209,8 +235,9 @@ def source_split(block: Mapping[str, Any], split: str) -> ArraySource:
     if split == "train"
     else (block.get("eval_split") or "test")
   )
-  inputs, labels = _read(block["source"], name, input_key, label_key)
-  return ArraySource({input_key: inputs, "label": labels}, input_key)
+  extra = _features(block)
+  arrays = _read(block["source"], name, (input_key, label_key, *extra))
+  return ArraySource(arrays, input_key, label_key, extra)
 
 
 def source_spec(block: Mapping[str, Any]) -> DatasetSpec:
@@ -221,13 +248,18 @@ def source_spec(block: Mapping[str, Any]) -> DatasetSpec:
       f"dataset.num_classes: a Python source needs its number of classes (>= 2), got {num_classes!r}"
     )
   input_key, label_key = _keys(block)
-  inputs, labels = _read(block["source"], block.get("train_split") or "train", input_key, label_key)
+  extra = _features(block)
+  split = block.get("train_split") or "train"
+  arrays = _read(block["source"], split, (input_key, label_key, *extra))
+  inputs, labels = arrays[input_key], arrays[label_key]
   if labels.min() < 0 or labels.max() >= num_classes:
     raise DataError(
       f"dataset.num_classes: {num_classes}, but dataset.source's labels run from {labels.min()} to {labels.max()}"
     )
   name = block.get("name") or _name(block["source"])
   example = (inputs.shape[1:], inputs.dtype)
-  return _in_memory_spec(
+  spec = _in_memory_spec(
     block, name, num_classes, example, block.get("eval_split") or "test", "identity"
   )
+  described = [(key, arrays[key].shape[1:], arrays[key].dtype) for key in extra]
+  return dataclasses.replace(spec, features=_described(described, "dataset.source"))

@@ -96,6 +96,8 @@ def _host_batch(source: ArraySource, spec: DatasetSpec, index: np.ndarray, *, wi
   """The examples at `index`, preprocessed in NumPy."""
   inputs, labels = source.gather(index)
   batch = {"inputs": spec.host_preprocess(inputs), "labels": labels}
+  if spec.features:
+    batch |= source.gather_features(index)
   return {**batch, "index": index} if with_index else batch
 
 
@@ -125,7 +127,8 @@ def train_batches(
     with_index: also yield each example's `index` in the split (for tests).
 
   Yields:
-    `{"inputs", "labels"[, "index"]}` NumPy arrays of the local examples.
+    `{"inputs", "labels"[, "index"]}` NumPy arrays of the local examples, and the
+    dataset's `features`.
   """
   local = local or slice(0, batch_size)
   offsets = np.arange(local.start, local.stop, dtype=np.int64)
@@ -143,6 +146,7 @@ def train_batches(
     seed_pair = tf.stack([tf.fill(tf.shape(position), tf.constant(seed, tf.int64)), position], -1)
     inputs = spec.train_preprocess(features, seed_pair)
     out = {"inputs": inputs, "labels": tf.cast(features["label"], tf.int32)}
+    out |= {name: features[name] for name in spec.feature_names}
     if with_index:
       out["index"] = index
     return out
@@ -188,7 +192,8 @@ def eval_batches(
   fixed subset of the training split, evaluated without augmentation).
 
   Yields:
-    `{"inputs", "labels", "mask"}` NumPy arrays of this process's examples.
+    `{"inputs", "labels", "mask"}` NumPy arrays of this process's examples, and the
+    dataset's `features`.
   """
   local = local or slice(0, batch_size)
   size = len(source) if num_examples is None else min(len(source), num_examples)
@@ -205,7 +210,8 @@ def eval_batches(
   def example(features, index, mask):
     del index
     inputs = spec.eval_preprocess(features, tf.zeros([2], tf.int64))
-    return {"inputs": inputs, "labels": tf.cast(features["label"], tf.int32), "mask": mask}
+    out = {"inputs": inputs, "labels": tf.cast(features["label"], tf.int32), "mask": mask}
+    return out | {name: features[name] for name in spec.feature_names}
 
   if isinstance(source, RecordSource):
     yield from source.batches(
@@ -238,4 +244,5 @@ def example_batch(spec: DatasetSpec) -> Mapping[str, Any]:
   return {
     "inputs": jax.ShapeDtypeStruct(spec.input_shape, spec.input_dtype),
     "labels": jax.ShapeDtypeStruct(spec.label_shape, jnp.int32),
+    **{name: jax.ShapeDtypeStruct(shape, dtype) for name, shape, dtype in spec.features},
   }

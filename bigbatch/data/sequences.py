@@ -7,6 +7,13 @@ tokens[i*T + 1 : i*T + T + 1]. Because a sequence is found by its index
 alone, the pipeline can put any sequence at any stream position: the exact
 data position, and a bitwise resume across batch changes, hold as for every
 other dataset.
+
+A sequence may carry where its documents lie (`dataset.features`), in the
+packed form of flax's lm1b and MaxText: `inputs_segmentation`, the document
+each token belongs to, numbered from 1 within the sequence and counted up
+after each separator, and `inputs_position`, the token's position within its
+document (0 at the token after a separator, and at the sequence's start,
+where a document may have begun earlier).
 """
 
 from __future__ import annotations
@@ -22,6 +29,21 @@ import tensorflow as tf
 
 from bigbatch.data.spec import ArraySource, DataError, DatasetSpec
 
+# the features a token source can carry (`dataset.features`)
+DOCUMENT_FEATURES = ("inputs_segmentation", "inputs_position")
+
+
+def document_features(inputs: np.ndarray, separator: int) -> dict[str, np.ndarray]:
+  """`inputs_segmentation` and `inputs_position` of token sequences `inputs` [B, T]: each
+  token's document (from 1) and its position within the document, a new document
+  starting after each `separator`."""
+  starts = np.zeros(inputs.shape, np.bool_)
+  starts[:, 1:] = inputs[:, :-1] == separator
+  segmentation = 1 + np.cumsum(starts, axis=1, dtype=np.int32)
+  index = np.broadcast_to(np.arange(inputs.shape[1], dtype=np.int32), inputs.shape)
+  first = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+  return {"inputs_segmentation": segmentation, "inputs_position": index - first}
+
 
 class TokenSource(ArraySource):
   """A split's tokens as sequences: sequence i is tokens[i*T : i*T + T], its labels the
@@ -32,9 +54,23 @@ class TokenSource(ArraySource):
   gathers text on the host (`DatasetSpec.host_preprocess`).
   """
 
-  def __init__(self, tokens: np.ndarray, sequence_length: int):
+  def __init__(
+    self,
+    tokens: np.ndarray,
+    sequence_length: int,
+    *,
+    separator: int | None = None,
+    extra: tuple[str, ...] = (),
+  ):
     if int(sequence_length) < 1:
       raise ValueError(f"sequence_length: must be >= 1, got {sequence_length}")
+    unknown = [name for name in extra if name not in DOCUMENT_FEATURES]
+    if unknown or (extra and separator is None):
+      raise DataError(
+        f"dataset.features: a token source carries only {', '.join(DOCUMENT_FEATURES)} "
+        f"(from its separator), not {', '.join(unknown) or 'without a separator'}"
+      )
+    self.separator, self.extra_names = separator, tuple(extra)
     self.tokens = tokens
     self.sequence_length = length = int(sequence_length)
     self.input_key = "tokens"
@@ -54,8 +90,18 @@ class TokenSource(ArraySource):
     windows = self._windows[np.asarray(indices)].astype(np.int32)
     return np.ascontiguousarray(windows[..., :-1]), np.ascontiguousarray(windows[..., 1:])
 
+  def gather_features(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The `dataset.features` of the sequences at `indices` (`document_features`)."""
+    if not self.extra_names:
+      return {}
+    found = document_features(self._windows[np.asarray(indices), :-1], self.separator)
+    return {name: found[name] for name in self.extra_names}
+
   def lookup(self, indices: tf.Tensor) -> dict[str, tf.Tensor]:
-    """The sequences at `indices` (any shape), in TensorFlow: `tokens` and `label`."""
+    """The sequences at `indices` (any shape), in TensorFlow: `tokens` and `label` (the
+    pipeline gathers text on the host, where the document features are)."""
+    if self.extra_names:
+      raise NotImplementedError("dataset.features of a token source are gathered on the host")
     if self._tensor is None:
       with tf.init_scope():  # eager, shared by every graph tf.data traces
         # int32: TensorFlow gathers no uint16 or uint32 (ids are below 2**31)
@@ -84,8 +130,11 @@ def sequence_length(block: Mapping[str, Any]) -> int:
   return int(value)
 
 
-def source_of(block: Mapping[str, Any], tokens: np.ndarray, split: str) -> TokenSource:
-  """`tokens` (the `split` split) as sequences, refused when they hold no whole one."""
+def source_of(
+  block: Mapping[str, Any], tokens: np.ndarray, split: str, separator: int
+) -> TokenSource:
+  """`tokens` (the `split` split) as sequences, refused when they hold no whole one; each
+  carries the `dataset.features` found from `separator`, the id that ends a document."""
   length = sequence_length(block)
   if len(tokens) < length + 1:
     raise DataError(
@@ -93,7 +142,7 @@ def source_of(block: Mapping[str, Any], tokens: np.ndarray, split: str) -> Token
       f"{block['name']} holds {len(tokens):,} tokens, and one sequence with its targets "
       f"needs {length + 1:,}"
     )
-  return TokenSource(tokens, length)
+  return TokenSource(tokens, length, separator=separator, extra=tuple(block.get("features") or ()))
 
 
 def mean_bytes(table: np.ndarray, tokens: np.ndarray) -> float:
@@ -111,6 +160,7 @@ def sequence_spec(
   num_train_examples: int,
   token_bytes: np.ndarray | None,
   bytes_per_token: float | None,
+  features: tuple[str, ...] = (),
 ) -> DatasetSpec:
   """The spec of a dataset of token sequences of `length`.
 
@@ -122,6 +172,7 @@ def sequence_spec(
     token_bytes: for each id, the text bytes it stands for (bits per byte
       come from them); None: not known (token files without their tokenizer).
     bytes_per_token: the mean of those over the training split (1.0 for bytes).
+    features: the document features each sequence carries (`DOCUMENT_FEATURES`).
   """
   return DatasetSpec(
     tfds_name,
@@ -140,6 +191,7 @@ def sequence_spec(
     bytes_per_token=bytes_per_token,
     num_train_examples=num_train_examples,
     token_bytes=token_bytes,
+    features=tuple((name, (length,), np.dtype(np.int32).str) for name in features),
   )
 
 

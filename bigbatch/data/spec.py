@@ -49,6 +49,8 @@ class DatasetSpec:
       not known (then `bytes_per_token`, if set, stands for every token).
     num_train_examples: the training split's size, where the spec knows it
       (text: derived from the corpus); None: `dataset.num_train_examples` says.
+    features: the source's own features each batch carries besides its inputs and
+      labels (`dataset.features`), as `(name, one example's shape, dtype)`.
   """
 
   tfds_name: str
@@ -68,8 +70,14 @@ class DatasetSpec:
   tokens_per_example: int | None = None
   bytes_per_token: float | None = None
   num_train_examples: int | None = None
+  features: tuple[tuple[str, tuple[int, ...], str], ...] = ()
   # an array: left out of comparisons and the hash (the tokenizer's name is in the config)
   token_bytes: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+
+  @property
+  def feature_names(self) -> tuple[str, ...]:
+    """The extra features' names (`features`)."""
+    return tuple(name for name, _, _ in self.features)
 
   @property
   def model_input_dtype(self) -> np.dtype:
@@ -85,14 +93,33 @@ class DatasetSpec:
     return np.dtype(np.uint8 if self.device_normalisation else np.float32)
 
 
-class ArraySource:
-  """A split held in memory: inputs and labels by index."""
+def narrow(dtype) -> np.dtype:
+  """A feature's dtype as a batch carries it: 64-bit numbers as 32-bit, as JAX holds them."""
+  dtype = np.dtype(dtype)
+  if dtype.itemsize == 8 and dtype.kind in "iuf":
+    return np.dtype(f"{dtype.kind}4")
+  return dtype
 
-  def __init__(self, features: Mapping[str, np.ndarray], input_key: str, label_key: str = "label"):
+
+class ArraySource:
+  """A split held in memory: inputs and labels by index, and the `extra` features a
+  batch carries (`dataset.features`)."""
+
+  def __init__(
+    self,
+    features: Mapping[str, np.ndarray],
+    input_key: str,
+    label_key: str = "label",
+    extra: tuple[str, ...] = (),
+  ):
     self.input_key = input_key
     self.inputs = np.asarray(features[input_key])
     self.labels = np.asarray(features[label_key], np.int32)
-    self._tensors = (tf.constant(self.inputs), tf.constant(self.labels))  # eager, shared
+    arrays = {name: np.asarray(features[name]) for name in extra}
+    self.extra = {name: array.astype(narrow(array.dtype)) for name, array in arrays.items()}
+    # eager, shared
+    self._tensors = (tf.constant(self.inputs), tf.constant(self.labels))
+    self._extra_tensors = {name: tf.constant(array) for name, array in self.extra.items()}
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -104,4 +131,9 @@ class ArraySource:
   def lookup(self, indices: tf.Tensor) -> dict[str, tf.Tensor]:
     """The examples at `indices` (any shape), in TensorFlow."""
     inputs, labels = self._tensors
-    return {self.input_key: tf.gather(inputs, indices), "label": tf.gather(labels, indices)}
+    out = {self.input_key: tf.gather(inputs, indices), "label": tf.gather(labels, indices)}
+    return out | {name: tf.gather(t, indices) for name, t in self._extra_tensors.items()}
+
+  def gather_features(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The extra features at `indices`, in NumPy."""
+    return {name: array[indices] for name, array in self.extra.items()}

@@ -379,7 +379,7 @@ def _split_of(block: Mapping[str, Any], builder, split: str, tokenizer) -> Token
     tokens = split_tokens(builder, split, block["name"])
   else:
     tokens = tokenized.split_tokens(builder, split, block["name"], tokenizer)
-  return sequences.source_of(block, tokens, split)
+  return sequences.source_of(block, tokens, split, tokenizer.separator)
 
 
 def token_source(block: Mapping[str, Any], builder, split: str) -> TokenSource:
@@ -406,4 +406,5 @@ def text_spec(block: Mapping[str, Any], builder) -> DatasetSpec:
     len(train),
     table,
     sequences.mean_bytes(table, train.tokens),
+    train.extra_names,
   )

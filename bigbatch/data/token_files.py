@@ -204,7 +204,8 @@ def _fingerprint(files: Sequence[text.CorpusFile], arrays, separator: int) -> st
 
 
 def _splits(block: Mapping[str, Any], data_dir: str, separator: int) -> dict[str, Any]:
-  """The train and validation ids of `dataset.token_dir` and the largest id in them."""
+  """The train and validation ids of `dataset.token_dir`, the largest id in them and the
+  separator."""
   root, files = _listing(block)
   arrays = [read_array(f, _dtype(block)) for f in files]
   cache = os.path.join(
@@ -225,7 +226,12 @@ def _splits(block: Mapping[str, Any], data_dir: str, separator: int) -> dict[str
   except OSError as error:
     reason = error.strerror or str(error).splitlines()[0]
     raise DataError(f"dataset.data_dir: cannot write {cache}: {reason}") from None
-  _SPLITS[cache] = {**splits, "largest": largest, "where": block["token_dir"]}
+  _SPLITS[cache] = {
+    **splits,
+    "largest": largest,
+    "where": block["token_dir"],
+    "separator": separator,
+  }
   return _SPLITS[cache]
 
 
@@ -315,15 +321,17 @@ def token_split(block: Mapping[str, Any], data_dir: str, split: str) -> sequence
   """The train or eval split (`split`: "train" or "eval") of a `tokens` block, as sequences."""
   splits, _, _ = _checked(block, data_dir)
   name = "train" if split == "train" else "validation"
-  return sequences.source_of(block, splits[name], name)
+  return sequences.source_of(block, splits[name], name, splits["separator"])
 
 
 def token_spec(block: Mapping[str, Any], data_dir: str) -> DatasetSpec:
   """The spec of a `tokens` block: both splits read and checked, so that bad files, or a
   sequence too long for either split, are refused before anything is compiled."""
   splits, vocab, table = _checked(block, data_dir)
-  train = sequences.source_of(block, splits["train"], "train")
-  sequences.source_of(block, splits["validation"], "validation")
+  train = sequences.source_of(block, splits["train"], "train", splits["separator"])
+  sequences.source_of(block, splits["validation"], "validation", splits["separator"])
   mean = None if table is None else sequences.mean_bytes(table, train.tokens)
   length = sequences.sequence_length(block)
-  return sequences.sequence_spec(TFDS_NAME, length, vocab, len(train), table, mean)
+  return sequences.sequence_spec(
+    TFDS_NAME, length, vocab, len(train), table, mean, train.extra_names
+  )

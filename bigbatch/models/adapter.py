@@ -147,6 +147,22 @@ def extra_inputs(
   return sources
 
 
+def check_sources(sources: Mapping[str, str], features: tuple = ()) -> None:
+  """Every batch key among `sources` is one the batch will hold (its inputs, its labels or
+  a feature of the dataset's, `(name, shape, dtype)`).
+
+  Raises:
+    ValueError: naming `model.call.inputs.ARG`, what the batch holds and the field that adds.
+  """
+  held = ("inputs", "labels", *(name for name, _, _ in features))
+  for key, source in sources.items():
+    if source not in DERIVED and source not in held:
+      raise ValueError(
+        f"model.call.inputs.{key}: the batch holds no {source!r}, only {', '.join(held)}; "
+        "dataset.features adds a source's own"
+      )
+
+
 def fill(sources: Mapping[str, str], inputs, batch: Mapping[str, Any] | None) -> dict[str, Any]:
   """The extra call arguments for `inputs` from `batch` or derived from the inputs."""
   out = {}
@@ -162,7 +178,8 @@ def fill(sources: Mapping[str, str], inputs, batch: Mapping[str, Any] | None) ->
     else:
       raise ValueError(
         f"model.call.inputs.{key}: the batch has no {source!r}; it has "
-        f"{', '.join(sorted(batch or {})) or 'only inputs and labels'}"
+        f"{', '.join(sorted(batch or {})) or 'only inputs and labels'} (dataset.features "
+        "adds a source's own)"
       )
   return out
 
@@ -185,6 +202,8 @@ class ModelAdapter:
     targets: `next` or `inputs` (`CallSpec.targets`).
     ghost: the ghost batch intercepted flax BatchNorms take (None: their own axis).
     builtin: one of bigbatch's models (known causal: the probe is skipped).
+    features: the batch's own features, `(name, one example's shape, dtype)`
+      (`DatasetSpec.features`): zeros of these stand in for them in `init` without a batch.
   """
 
   train_module: nn.Module
@@ -195,6 +214,7 @@ class ModelAdapter:
   targets: str = "next"
   ghost: int | None = None
   builtin: bool = False
+  features: tuple = ()
 
   @property
   def module(self) -> nn.Module:
@@ -202,6 +222,10 @@ class ModelAdapter:
     return self.train_module
 
   def _kwargs(self, inputs, train: bool, batch) -> dict[str, Any]:
+    if batch is None:
+      # init (the variables depend on the features' shapes alone) and the causal probe
+      # (which compares two calls on the same features) call the model without a batch
+      batch = {n: jnp.zeros((inputs.shape[0], *shape), dtype) for n, shape, dtype in self.features}
     kwargs = fill(self.inputs, inputs, batch)
     if self.mode is not None:
       kwargs[self.mode] = mode_value(self.mode, train)
@@ -237,6 +261,12 @@ class ModelAdapter:
     """What the logits are scored against: the labels, or the inputs for a model that
     shifts them itself."""
     return batch["inputs"] if self.targets == "inputs" else batch["labels"]
+
+  def scored(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch a loss function sees: the inputs, the targets (`targets_of`) as
+    `labels`, and the dataset's own features (not the step's `rng` nor eval's `mask`)."""
+    out = {key: value for key, value in batch.items() if key not in ("rng", "mask")}
+    return out | {"labels": self.targets_of(batch)}
 
 
 def as_adapter(model: Any) -> ModelAdapter:

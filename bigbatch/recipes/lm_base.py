@@ -39,6 +39,9 @@ def language_model(
   config.dataset.token_dir = config_dict.placeholder(str)
   config.dataset.token_dtype = config_dict.placeholder(str)  # uint16 or uint32
   config.dataset.vocab_size = config_dict.placeholder(int)
+  # inputs_segmentation, inputs_position: each token's document and place in it, for a
+  # model that takes them (model.call.inputs; docs/MODELS.md)
+  config.dataset.features = config_dict.placeholder(tuple)
   config.model = config_dict.ConfigDict({"name": "transformer", **PRESETS[preset]})
   set_run_fields(
     config,

@@ -34,6 +34,9 @@ def get_config():
   config.dataset.token_dir = config_dict.placeholder(str)
   config.dataset.token_dtype = config_dict.placeholder(str)  # uint16 or uint32
   config.dataset.vocab_size = config_dict.placeholder(int)
+  # inputs_segmentation, inputs_position: each token's document and place in it, for a
+  # model that takes them (model.call.inputs; docs/MODELS.md)
+  config.dataset.features = config_dict.placeholder(tuple)
   tiny = {k: v for k, v in PRESETS["lm_tiny"].items() if k != "vocab_size"}  # the data's 256
   config.model = config_dict.ConfigDict({"name": "transformer", **tiny})
   set_run_fields(config, eval_every_epochs=1.0, eval_batch_size=256, checkpoint_every_steps=100)

@@ -114,6 +114,28 @@ def numbers(field: str, value: Any) -> Any:
   return value
 
 
+def names(*reserved: str) -> Check:
+  """A list of distinct non-empty names, none of `reserved` (or None); the command line
+  gives `a,b` as the tuple ("a", "b")."""
+
+  def check(field: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+      return None
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, tuple | list) or not all(isinstance(v, str) and v for v in items):
+      raise ConfigError(f"{field}: must be a list of names, got {value!r}")
+    taken = [v for v in items if v in reserved]
+    if taken:
+      raise ConfigError(
+        f"{field}: {taken[0]!r} is a batch's own key ({', '.join(reserved)}); name another"
+      )
+    if len(set(items)) != len(items):
+      raise ConfigError(f"{field}: names {', '.join(items)} more than once")
+    return tuple(items)
+
+  return check
+
+
 def non_finite(value: Any) -> bool:
   """Whether `value` (or a number in it, for a list) is a NaN or an infinity."""
   if isinstance(value, tuple | list):

@@ -35,7 +35,8 @@ class DataSpec(Block):
   docs/MODELS.md for each field. The text datasets (`python_stdlib`, or `text` with
   `text_dir`) take `sequence_length` and `tokenizer` (and `separator`), and derive
   `num_train_examples` from the corpus; so do token files (`tokens` with `token_dir`,
-  `token_dtype`, `separator` and `vocab_size`; docs/LANGUAGE_MODELS.md)."""
+  `token_dtype`, `separator` and `vocab_size`; docs/LANGUAGE_MODELS.md). `features`
+  names what each batch carries besides inputs and labels, for `model.call.inputs`."""
 
   num_train_examples: int | None = None
   name: str | None = None
@@ -56,6 +57,7 @@ class DataSpec(Block):
   token_dtype: str | None = None
   separator: int | None = None
   vocab_size: int | None = None
+  features: tuple[str, ...] | None = None
 
   # `bigbatch.data.TEXT_DATASETS` and `TOKEN_FILES`, named here so that reading a config
   # imports no TensorFlow
@@ -77,6 +79,7 @@ class DataSpec(Block):
     ),
     "separator": integer(0, optional=True),
     "vocab_size": integer(1, optional=True),
+    "features": fields.names("inputs", "labels", "mask", "rng", "index"),
   }
 
   def __post_init__(self) -> None:

@@ -85,9 +85,7 @@ def _loss_and_grad(model: ModelAdapter, loss_fn: LossFn, normalisation):
       logits, updates = model.apply(
         variables, inputs, train=True, mutable=["batch_stats"], rngs=rngs, batch=batch
       )
-      losses, metrics = loss_fn(
-        logits, {"inputs": batch["inputs"], "labels": model.targets_of(batch)}
-      )
+      losses, metrics = loss_fn(logits, model.scored(batch))
       values = [losses, *(jax.lax.stop_gradient(m).astype(losses.dtype) for m in metrics.values())]
       # One reduction for all sums: over a sharded batch each reduction is a
       # cross-device all-reduce, and a second one for the accuracy alone cost
@@ -270,9 +268,7 @@ def make_eval_step(
     inputs = model_inputs(batch["inputs"], normalisation)
     logits = model.apply(variables, inputs, train=False, batch=batch)
     mask = batch.get("mask", jnp.ones(batch["labels"].shape[:1], jnp.int32)).astype(jnp.int32)
-    losses, metrics = loss_fn(
-      logits, {"inputs": batch["inputs"], "labels": model.targets_of(batch)}
-    )
+    losses, metrics = loss_fn(logits, model.scored(batch))
     real = mask > 0
     sums = {"loss": losses, **metrics}
     out = {k: jnp.sum(jnp.where(real, v.astype(jnp.float32), 0.0)) for k, v in sums.items()}

@@ -27,6 +27,7 @@ from bigbatch.models import (
   init_rngs,
   plugins,
 )
+from bigbatch.models.adapter import check_sources
 from bigbatch.optim import masks as optim_masks
 from bigbatch.plan import adam_rules, adaptive
 from bigbatch.plan.checks import PlanError
@@ -240,10 +241,10 @@ def _from_factory(optimizer, plan: Plan, mask: Any) -> optax.GradientTransformat
   )
 
 
-def model_of(spec: RunSpec, num_classes: int) -> ModelAdapter:
+def model_of(spec: RunSpec, num_classes: int, features: tuple = ()) -> ModelAdapter:
   """The spec's `model` (any field overrides the architecture's default), with its
   `ghost_batch_size`, computing in its `compute_dtype`, and how it is called
-  (`model.call`): a `bigbatch.models.ModelAdapter`."""
+  (`model.call`, from the batch's `features`): a `bigbatch.models.ModelAdapter`."""
   vocab = spec.model.fields.get("vocab_size")
   if vocab is not None and isinstance(vocab, int) and vocab < num_classes:
     raise ConfigError(
@@ -251,7 +252,7 @@ def model_of(spec: RunSpec, num_classes: int) -> ModelAdapter:
       "ids (dataset.tokenizer or dataset.vocab_size); unset it to take the data's"
     )
   try:
-    return create_adapter(
+    adapter = create_adapter(
       spec.model.name,
       num_classes=num_classes,
       ghost_batch_size=spec.ghost_batch_size,
@@ -259,6 +260,8 @@ def model_of(spec: RunSpec, num_classes: int) -> ModelAdapter:
       call=spec.model.call,
       **spec.model.fields,
     )
+    check_sources(adapter.inputs, tuple(features))
+    return dataclasses.replace(adapter, features=tuple(features))
   except (TypeError, ValueError) as error:
     raise ConfigError(str(error)) from None
 
@@ -295,15 +298,19 @@ def loss_of(spec: RunSpec, model: Any, dataset: Any):
   model = as_adapter(model)
   try:
     inputs = jax.ShapeDtypeStruct((2, *dataset.input_shape), dataset.model_input_dtype)
-    variables = jax.eval_shape(
-      lambda x: model.init(init_rngs(jax.random.key(0)), x, train=False), inputs
-    )
-    outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, inputs)
     batch = {
-      "inputs": jax.ShapeDtypeStruct((2, *dataset.input_shape), dataset.input_dtype),
-      "labels": jax.ShapeDtypeStruct((2, *dataset.label_shape), jnp.int32),
+      key: jax.ShapeDtypeStruct((2, *value.shape), value.dtype)
+      for key, value in data.example_batch(dataset).items()
     }
-    losses.check(loss_fn, outputs, {**batch, "labels": model.targets_of(batch)})
+    variables = jax.eval_shape(
+      lambda x, b: model.init(init_rngs(jax.random.key(0)), x, train=False, batch=b),
+      inputs,
+      batch,
+    )
+    outputs = jax.eval_shape(
+      lambda v, x, b: model.apply(v, x, train=False, batch=b), variables, inputs, batch
+    )
+    losses.check(loss_fn, outputs, model.scored(batch))
   except ValueError as error:
     raise ConfigError(str(error)) from None
   return loss_fn

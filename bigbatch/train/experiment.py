@@ -77,7 +77,7 @@ class Experiment:
     plan = build.plan_of(spec)
     optimizer = build.optimizer_of(spec, adaptive.constants(plan) if adjustable_rate else plan)
     dataset = data.spec_for(spec.dataset.block())
-    model = build.model_of(spec, dataset.num_classes)
+    model = build.model_of(spec, dataset.num_classes, dataset.features)
     loss_fn = build.loss_fn_of(spec, dataset)  # checked on the model's outputs below
     if mesh is None:
       mesh = shd.make_mesh(spec.mesh.data, spec.mesh.fsdp, spec.mesh.tensor, devices=devices)

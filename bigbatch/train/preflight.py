@@ -101,9 +101,8 @@ def trace_steps(experiment: Any) -> None:
     raise
   except Exception as error:  # whatever the model raised while traced
     raise _one_line(name, where, error) from None
-  scored = {"inputs": batch["inputs"], "labels": model.targets_of(batch)}
   try:
-    losses.check(experiment.loss_fn, outputs, scored)
+    losses.check(experiment.loss_fn, outputs, model.scored(batch))
   except ValueError as error:  # naming `loss`
     raise ConfigError(str(error)) from None
 

@@ -157,10 +157,17 @@ BAD = [
   ),
   ({**LM1B, "call": {"target": "inputs"}}, "model.call.target: unknown field; allowed: inputs"),
   ({**LM1B, "length": 8}, "model.name: models_as_written:lm1b_like fails in init ("),
+  (
+    {**LM1B, "call": {**LM1B["call"], "inputs": {"inputs_segmentation": "inputs_segmentation"}}},
+    "model.call.inputs.inputs_segmentation: the batch holds no 'inputs_segmentation', only "
+    "inputs, labels; dataset.features adds a source's own",
+  ),
 ]
 
 
-@pytest.mark.parametrize("model,message", BAD, ids=["shifts", "input", "mode", "field", "crash"])
+@pytest.mark.parametrize(
+  "model,message", BAD, ids=["shifts", "input", "mode", "field", "crash", "feature"]
+)
 def test_every_bad_model_is_one_line_before_anything_compiles(
   capsys, tmp_path, text_dir, data_dir, model, message
 ):

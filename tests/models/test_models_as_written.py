@@ -1,6 +1,7 @@
 """Models as their authors wrote them: cross-replica and grouped batch norm, a ghost batch
 reaching flax's BatchNorm, calling conventions, the causal probe and the preflight."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -221,3 +222,43 @@ def test_the_banner_says_how_the_model_normalises(name, ghost, whole, words):
   model = create_adapter(name, num_classes=10, ghost_batch_size=ghost)
   use = batch_norm_use(model, (40,), ghost)
   assert use.whole == whole and words in use.note
+
+
+def test_packed_documents_reach_a_model_that_takes_them_through_the_step():
+  """lm1b's packed batches: `dataset.features` carries each token's document and position,
+  `model.call.inputs` passes them by name, and the step (on 8 devices, in 2 micro-batches)
+  scores what the model gives with them: not what it gives without."""
+  from bigbatch.data import sequences
+  from bigbatch.models import CallSpec
+
+  vocab, length = 32, 16
+  tokens = np.random.default_rng(3).integers(1, vocab, (16, length)).astype(np.int32)
+  tokens[:, [4, 9]] = 0  # three documents in each sequence
+  features = sequences.document_features(tokens, separator=0)
+  batch = {"inputs": tokens, "labels": tokens, **features}
+  names = {"inputs_positions": "inputs_position", "inputs_segmentation": "inputs_segmentation"}
+  model = create_adapter(
+    "models_as_written:lm1b_like", num_classes=vocab, length=length, deterministic=True,
+    call=CallSpec(mode="none", inputs=names, targets="inputs"),
+  )  # fmt: skip
+  assert model.inputs == names
+  model = dataclasses.replace(model, features=tuple((name, (length,), "<i4") for name in features))
+  tx = optax.sgd(0.1)
+  state = st.init_train_state(
+    model, tx, jax.ShapeDtypeStruct((1, length), jnp.int32), jax.random.key(0)
+  )
+  variables = {"params": state.params}
+  mesh = shd.make_mesh()
+  step = st.make_train_step(model, tx, rng_seed=None, mesh=mesh, micro_batch_size=8,
+                            data_shards=8)  # fmt: skip
+  placed = jax.device_put(state, shd.replicated(mesh))
+  _, metrics = jax.jit(step)(placed, shd.global_batch(mesh, batch, 16))
+
+  def loss(**kwargs):
+    logits = model.module.apply(variables, tokens, **kwargs)
+    return float(optax.softmax_cross_entropy_with_integer_labels(logits, tokens).mean())
+
+  packed = loss(inputs_positions=features["inputs_position"],
+                inputs_segmentation=features["inputs_segmentation"])  # fmt: skip
+  assert float(metrics["loss"]) == pytest.approx(packed, rel=1e-5)
+  assert abs(packed - loss()) > 1e-3  # the documents changed what the model computed
