@@ -1,6 +1,27 @@
-"""Every test sees 8 CPU devices: set before anything touches a JAX device."""
+"""Every test sees 8 CPU devices: set before anything touches a JAX device.
 
-import jax
+The suite compiles the same programs many times (every end-to-end run of the small
+MNIST-1D recipe, every resume after a kill), mostly in processes of their own. One
+persistent compilation cache for the whole session, which those processes inherit through
+the environment, compiles each once. It starts empty at every session, and an executable
+loaded from it is the one compiled, so no result depends on it. A size limit makes JAX lock
+the cache's files, as two processes write it at once.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="bigbatch-tests-xla-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
+
+import jax  # after the settings: it reads them from the environment as it is imported
 import numpy as np
 import pytest
 

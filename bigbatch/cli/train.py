@@ -149,6 +149,11 @@ class _LibraryLog:
     threading.excepthook, sys.unraisablehook = self._hooks
     root = self._logging.getLogger()
     root.removeHandler(self._buffer)
+    if not root.handlers:
+      # A library's background thread (orbax's save, after a full disk) may log after
+      # bigbatch's one line: with no handler at all, Python's last resort would print it,
+      # traceback and all, on the terminal.
+      root.addHandler(self._logging.NullHandler())
     root.setLevel(self._root_level)
     for handler, level in self._quieted:
       handler.setLevel(level)

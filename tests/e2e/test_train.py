@@ -128,7 +128,10 @@ def test_mnist1d_trains_well_above_chance_and_logs(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-  "where", [pytest.param("mid_phase", marks=pytest.mark.slow), "phase_boundary"]
+  "where",
+  # CI resumes bitwise elsewhere: after a kill mid-phase (models as written), across a batch
+  # change (a Python source), after a decision (plateau), an LM ramp
+  [pytest.param(w, marks=pytest.mark.slow) for w in ("mid_phase", "phase_boundary")],
 )
 def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(data_dir, tmp_path, where):
   config = small_config(data_dir)
@@ -233,6 +236,7 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow  # CIFAR-10's input is tested in tests/data; the recipe's plan in tests/plan
 def test_cifar10_config_trains_on_mock_data(tmp_path):
   config = bbconfig.load_sibling(str(CONFIGS / "x.py"), "cifar10_5_1_increase_batch").get_config()
   config.model.name = "tiny_cnn"
