@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 
+import jax
 import numpy as np
 import tensorflow as tf
 
@@ -94,11 +95,8 @@ class DatasetSpec:
 
 
 def narrow(dtype) -> np.dtype:
-  """A feature's dtype as a batch carries it: 64-bit numbers as 32-bit, as JAX holds them."""
-  dtype = np.dtype(dtype)
-  if dtype.itemsize == 8 and dtype.kind in "iuf":
-    return np.dtype(f"{dtype.kind}4")
-  return dtype
+  """A feature's dtype as a batch carries it: JAX's (64-bit numbers as 32-bit)."""
+  return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
 class ArraySource:
