@@ -173,10 +173,14 @@ def batch_above_noise_scale_note(
   most 1 + high/B of the minimum and the examples at least 1 + B/high.
   """
   steps, examples = critical_batch_costs(batch_size, high)
-  estimate = f"{value:,.0f}, " if value is not None else ""
+
+  def figure(x: float) -> str:  # a language model's B_simple in sequences may be under 1
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+  estimate = f"{figure(value)}, " if value is not None else ""
   return (
     f"phase {phase}: batch {batch_size:,} is {batch_size / high:.1f}x the upper bound of the "
-    f"measured gradient noise scale B_simple ({estimate}at most {high:,.0f}); predicted: at "
+    f"measured gradient noise scale B_simple ({estimate}at most {figure(high)}); predicted: at "
     f"most {steps:.2f}x the minimum steps (1 + B_noise/B), at least {examples:.1f}x the minimum "
     f"examples (1 + B/B_noise), so most of this phase's examples buy no fewer steps"
   )

@@ -355,3 +355,14 @@ def test_a_bad_ramp_is_named(changes, message):
                  strategy="ramp")  # fmt: skip
   with pytest.raises(bb.PlanError, match=message.replace("(", r"\(").replace(")", r"\)")):
     bb.plan_phases(**{**options, **changes})
+
+
+def test_the_note_on_a_batch_far_above_b_simple_shows_its_figures_as_measured():
+  from bigbatch.plan import noise
+
+  # a language model's B_simple in sequences is under 1: not rounded to "0, at most 1"
+  small = noise.batch_above_noise_scale_note(2, 128, 0.94, 0.751)
+  assert "B_simple (0.751, at most 0.94)" in small and "136.2x the upper bound" in small
+  assert "at least 137.2x the minimum examples" in small  # 1 + 128 / 0.94
+  large = noise.batch_above_noise_scale_note(3, 8192, 512.4, 300.2)
+  assert "B_simple (300, at most 512)" in large and "16.0x the upper bound" in large
