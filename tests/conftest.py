@@ -5,7 +5,8 @@ MNIST-1D recipe, every resume after a kill), mostly in processes of their own. O
 persistent compilation cache for the whole session, which those processes inherit through
 the environment, compiles each once. It starts empty at every session, and an executable
 loaded from it is the one compiled, so no result depends on it. A size limit makes JAX lock
-the cache's files, as two processes write it at once.
+the cache's files, as two processes write it at once. XLA compiles with the flags of
+`xla_env`, here and in every process a test starts.
 """
 
 import atexit
@@ -20,6 +21,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
+
+from xla_env import FAST_COMPILE
+
+os.environ["XLA_FLAGS"] = f"{FAST_COMPILE} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 import jax  # after the settings: it reads them from the environment as it is imported
 import numpy as np

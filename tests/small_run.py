@@ -12,6 +12,8 @@ import pathlib
 import subprocess
 import sys
 
+from xla_env import xla_flags
+
 from bigbatch import config as bbconfig
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
@@ -50,7 +52,7 @@ def small_config(data_dir, **changes):
 def start(workdir, data_dir, *extra, fault=None, devices=1, stderr=subprocess.STDOUT):
   """`bigbatch train` on the small run in a subprocess (`fault`: a BIGBATCH_FAULT point;
   stderr: into stdout, or `subprocess.PIPE` apart)."""
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(devices)}
   env.pop("BIGBATCH_FAULT", None)
   if fault:
     env["BIGBATCH_FAULT"] = fault

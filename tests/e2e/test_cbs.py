@@ -13,6 +13,7 @@ import sys
 
 import pytest
 from small_run import small_config
+from xla_env import xla_flags
 
 from bigbatch.cli import main
 from bigbatch.train import train_and_evaluate
@@ -94,7 +95,7 @@ def test_the_automatic_tolerance_comes_from_a_repeat_of_the_smallest_batch(paren
 
 
 def run(args, fault=None):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(8)}
   env.pop("BIGBATCH_FAULT", None)
   if fault:
     env["BIGBATCH_FAULT"] = fault

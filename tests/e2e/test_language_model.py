@@ -18,6 +18,7 @@ import sys
 
 import pytest
 from small_run import metrics_rows
+from xla_env import xla_flags
 
 from bigbatch.cli import main
 from bigbatch.plan import summary as run_summary
@@ -57,7 +58,7 @@ def flags(text_dir, data_dir, **changes):
 
 
 def run(workdir, text_dir, data_dir, fault=None):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   env.pop("BIGBATCH_FAULT", None)
   if fault:
     env["BIGBATCH_FAULT"] = fault
@@ -188,7 +189,7 @@ def test_a_kill_after_a_random_delay_resumes_bitwise(whole, text_dir, data_dir, 
   """SIGKILL after a delay drawn (seeded) over the whole run, start-up included."""
   import random
 
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   env.pop("BIGBATCH_FAULT", None)
   args = ["train", "--config", "lm_tiny_increase_batch", "--workdir", str(tmp_path)]
   proc = subprocess.Popen(
@@ -216,7 +217,7 @@ def test_a_branch_of_a_language_model_killed_midway_resumes_bitwise(whole, tmp_p
   for copy in copies.values():
     shutil.copytree(whole, copy, ignore=shutil.ignore_patterns("cbs"))
   flags_ = ["--step", str(step), "--batch-sizes", "128", "--tokens", "2048", "--tolerance", "0.1"]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   env.pop("BIGBATCH_FAULT", None)
 
   def cbs(workdir, fault=None):

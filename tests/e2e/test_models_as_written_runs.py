@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from small_run import CODE, CONFIG, FIELDS, small_config
 from test_language_model import FIELDS as LM
+from xla_env import xla_flags
 
 from bigbatch import config as bbconfig
 from bigbatch import train as bbtrain
@@ -50,7 +51,7 @@ def killed_then_resumed(workdir, data_dir, fields, devices, kill_at):
   """`bigbatch train` killed (SIGKILL) after step `kill_at`, then resumed to the end."""
   tests = str(pathlib.Path(__file__).parents[1])  # where the fixtures import from
   path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
-  env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": path}
+  env = {"XLA_FLAGS": xla_flags(devices), "PYTHONPATH": path}
   args = ["train", "--config", CONFIG, "--workdir", str(workdir), "--noprogress"]
   flags = flag_list(data_dir, fields)
   killed = subprocess.run(
@@ -185,7 +186,7 @@ def cli(args, devices, fault=None):
   tests = str(pathlib.Path(__file__).parents[1])  # where the fixtures import from
   env = {
     **os.environ,
-    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    "XLA_FLAGS": xla_flags(devices),
     "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
   }
   env.pop("BIGBATCH_FAULT", None)

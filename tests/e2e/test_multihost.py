@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 from multihost_common import BATCH_SIZES, free_port, train
+from xla_env import xla_flags
 
 from bigbatch import sharding
 
@@ -16,8 +17,7 @@ HERE = pathlib.Path(__file__).parents[1]  # the helper scripts beside conftest.p
 def test_two_processes_feeding_their_own_slices_equal_one_process(tmp_path):
   address = f"127.0.0.1:{free_port()}"
   out = tmp_path / "params.npz"
-  env = {**os.environ, "PYTHONPATH": str(HERE)}
-  env.pop("XLA_FLAGS", None)
+  env = {**os.environ, "PYTHONPATH": str(HERE), "XLA_FLAGS": xla_flags()}
   workers = [
     subprocess.Popen(
       [sys.executable, str(HERE / "multihost_step.py"), address, "2", str(i), str(out)],

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 from small_run import FIELDS
+from xla_env import xla_flags
 
 from bigbatch import optim
 from bigbatch.cli import main
@@ -64,7 +65,7 @@ def config_file(tmp_path_factory):
 
 def train(config_file, workdir, data_dir, *extra, fault=None):
   """`bigbatch train` on one device in a subprocess; (exit status, output)."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   env.pop("BIGBATCH_FAULT", None)
   if fault:
     env["BIGBATCH_FAULT"] = fault

@@ -7,6 +7,7 @@ import pathlib
 import re
 
 import pytest
+from xla_env import xla_flags
 
 ROOT = pathlib.Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
@@ -55,7 +56,7 @@ def run_project(tmp_path, files, argv, cwd):
   project.mkdir()
   for name in files:
     (project / name).write_text(project_file(name))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   done = subprocess.run(
     [sys.executable, *argv], cwd=tmp_path / cwd, env=env, capture_output=True, text=True
   )

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import pytest
 from small_run import metrics_rows
+from xla_env import xla_flags
 
 from bigbatch.data import bpe, tokenizers
 from bigbatch.models import init_rngs
@@ -83,7 +84,7 @@ def config(token_dir, data_dir):
 
 
 def run(workdir, token_dir, data_dir, fault=None):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
   env.pop("BIGBATCH_FAULT", None)
   if fault:
     env["BIGBATCH_FAULT"] = fault

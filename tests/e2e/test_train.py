@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from xla_env import xla_flags
 
 from bigbatch import config as bbconfig
 from bigbatch import train as bbtrain
@@ -277,7 +278,7 @@ def test_two_processes_train_the_same_steps_as_one(data_dir, tmp_path):
   address = f"127.0.0.1:{free_port()}"
   env = {
     **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "XLA_FLAGS": xla_flags(4),
     "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
   }
   code = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"

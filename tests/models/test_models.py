@@ -47,8 +47,11 @@ def test_forward_shapes_and_batch_stats(name, shape, classes):
   fields = {"blocks": (1, 1, 2)} if name == "inception_resnet_v2" else {}  # fewer repeats
   model = create_model(name, num_classes=classes, ghost_batch_size=2, **fields)
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
-  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  # jitted: run op by op, a WRN's forward pass compiles each of its hundreds of ops apart
+  variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)
+  logits, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+    variables, x
+  )
   assert logits.shape == (shape[0], classes) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
   # training moved the running averages; evaluation does not
@@ -56,7 +59,7 @@ def test_forward_shapes_and_batch_stats(name, shape, classes):
     lambda a, b: float(jnp.abs(a - b).max()), updates["batch_stats"], variables["batch_stats"]
   )
   assert max(jax.tree.leaves(moved)) > 0
-  evaluated = model.apply(variables, x, train=False)
+  evaluated = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   assert evaluated.shape == (shape[0], classes)
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from xla_env import xla_flags
 
 from bigbatch import config as bbconfig
 from bigbatch.cli import args as cli_args
@@ -78,7 +79,7 @@ def test_each_printed_command_makes_the_config_the_tool_trains(monkeypatch):
 
 @pytest.mark.slow
 def test_a_short_reproduction_writes_tables_figures_and_matching_results(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags()}
   env["TFDS_DATA_DIR"] = str(tmp_path / "tfds")
   args = [
     sys.executable,

@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from small_run import CONFIG, overrides, small_config
+from xla_env import xla_flags
 
 from bigbatch import train as bbtrain
 from bigbatch import workdir as wd
@@ -321,7 +322,7 @@ def test_a_full_disk_ends_the_run_at_once_with_one_line_and_keeps_the_checkpoint
   checkpoints = tmp_path / "w" / "checkpoints"
   _mount_tmpfs(checkpoints, "400k")
   try:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
     args = ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w"), "--noprogress"]
     args += overrides(data_dir)
     code = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -404,7 +405,7 @@ def test_a_truncated_file_of_each_kind_of_array_is_one_line_to_the_process_exit(
   workdir, args = trained
   kinds = _files_by_kind(workdir / "checkpoints" / "35" / "state")
   code = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(8)}
   for kind in ("params", "batch_stats", "opt_state"):
     copy = _truncated_copy(workdir, kinds[kind], tmp_path / kind)
     moved = [a if a != str(workdir) else str(copy) for a in args]

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 from jax import monitoring
+from xla_env import xla_flags
 
 from bigbatch import config as bbconfig
 from bigbatch import optim, plan_phases, schedules
@@ -287,7 +288,7 @@ print("hits", events.count("/jax/compilation_cache/cache_hits"))
 
 def test_persistent_compilation_cache_spares_a_restarted_run_the_compile(tmp_path):
   script = PERSISTENT_CACHE_RUN.format(cache=str(tmp_path / "cache"))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(8)}
 
   def run():
     out = subprocess.run(

@@ -7,13 +7,14 @@ import subprocess
 import sys
 
 import pytest
+from xla_env import xla_flags
 
 TOOL = pathlib.Path(__file__).parents[2] / "tools" / "benchmark.py"
 
 
 @pytest.mark.slow
 def test_benchmark_quick_writes_the_table_and_results(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags()}
   done = subprocess.run(
     [sys.executable, str(TOOL), "--quick", "--cpu-devices", "2", "--out", str(tmp_path)],
     capture_output=True,
@@ -55,7 +56,7 @@ LM_TOOL = TOOL.parent / "benchmark_lm.py"
 @pytest.mark.slow
 def test_benchmark_lm_quick_writes_both_noise_settings(tmp_path):
   # one small batch: the run is the compiles of the three steps (about 25 s on 2 cores)
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags()}
   done = subprocess.run(
     [sys.executable, str(LM_TOOL), "--quick", "--batch-sizes", "8", "--out", str(tmp_path)],
     capture_output=True,
