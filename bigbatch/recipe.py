@@ -151,7 +151,9 @@ def default_noise_config() -> ml_collections.ConfigDict:
   `horizon_epochs`, the smoothing's horizon as a fraction of an epoch of
   examples (the same at every batch size); `confidence`, the two-sided level
   of B_simple's interval (`gradients.interval`); `warn_ratio`, how far a
-  phase's batch must exceed B_simple's upper bound before the trainer says so.
+  phase's batch must exceed B_simple's upper bound before the trainer says so;
+  `every` (1), where measuring costs a second pass (one device without
+  accumulation), measure one step in `every` (docs/PLANNER.md).
   """
   return _config_block(spec.NoiseSpec())
 

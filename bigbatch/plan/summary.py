@@ -166,6 +166,12 @@ def _summary_notes(summary, throughput, measured: bool, length: int | None) -> l
       "known (tr(S) not resolved, or under 2 steps' estimates in the smoothing horizon)"
       + (f"; in tokens, and in sequences of {length:,} (seq)" if length else "")
     )
+    every = summary.get("noise_every", 1)
+    if every > 1:
+      lines.append(
+        f"B_simple: measured on one step in {every} where measuring cuts the batch in "
+        "halves (one device, no accumulation; noise.every)"
+      )
   return lines
 
 

@@ -55,16 +55,20 @@ class MeshSpec(Block):
 class NoiseSpec(Block):
   """`noise`: the gradient noise scale measured in the train step (`measure`), its
   smoothing horizon as a fraction of an epoch of examples, the two-sided `confidence` of
-  B_simple's interval, and how far a batch must exceed its upper bound to be warned of."""
+  B_simple's interval, how far a batch must exceed its upper bound to be warned of, and
+  `every`: where measuring costs a second pass (one device, or one data-parallel group,
+  without accumulation), only the steps whose number is a multiple of it measure."""
 
   measure: bool = True
   horizon_epochs: float = 0.1
   confidence: float = 0.95
   warn_ratio: float = 8.0
+  every: int = 1
 
   _PREFIX = "noise."
   _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
     "measure": boolean,
+    "every": integer(1),
     "horizon_epochs": positive,
     "confidence": real(0.5, 1.0),
     "warn_ratio": real(1.0),

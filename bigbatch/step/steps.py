@@ -112,6 +112,11 @@ def _gradient(grad_fn, state: TrainState, batch: Batch, count: int, *, mesh, dat
   return (loss, aux), grads, round(noise["b_big"] / noise["b_small"]), noise
 
 
+def _cut_in_halves(mesh: Mesh | None, count: int) -> bool:
+  """Whether measuring cuts the batch in two halves: one data-parallel group, no accumulation."""
+  return mesh is not None and count == 1 and gn.groups_of(mesh)[1] == 1
+
+
 def make_train_step(
   model: nn.Module,
   optimizer: optax.GradientTransformation,
@@ -124,6 +129,8 @@ def make_train_step(
   measure_noise: bool = False,
   noise_horizon: float | None = None,
   noise_confidence: float = 0.95,
+  noise_every: int = 1,
+  measure_this_step: bool = True,
   normalisation: Normalisation | None = None,
   rng_seed: int | None = 0,
   loss_fn: LossFn | None = None,
@@ -155,6 +162,14 @@ def make_train_step(
       (`gradients.read`).
     noise_horizon: the smoothing's horizon in examples (needed to measure).
     noise_confidence: the two-sided confidence level of B_simple's interval.
+    noise_every: where measuring costs a second pass (one data-parallel group and
+      no accumulation: the batch is cut in two halves), the caller measures only
+      one step in `noise_every` (the trainer: the steps whose number is a multiple
+      of it), and each measurement stands for `noise_every` steps' examples in
+      the smoothing.
+    measure_this_step: False gives the step between two such measurements: there
+      it takes the batch whole and carries `state.noise` unchanged (its metrics
+      are the carried ones). Where measuring costs nothing it measures anyway.
     normalisation: the (mean, std) that uint8 inputs are normalised with on
       the device (`DatasetSpec.device_normalisation`); float inputs ignore it.
     loss_fn: `loss_fn(outputs, batch) -> (per-example loss, per-example metrics)`
@@ -172,6 +187,8 @@ def make_train_step(
   """
   if measure_noise and (mesh is None or not noise_horizon or noise_horizon <= 0):
     raise ValueError("measure_noise: needs a mesh and a positive noise_horizon (examples)")
+  if not isinstance(noise_every, int) or noise_every < 1:
+    raise ValueError(f"noise_every: must be a whole number >= 1, got {noise_every!r}")
   model = as_adapter(model)
 
   grad_fn = _loss_and_grad(model, loss_fn or classification(label_smoothing), normalisation)
@@ -181,14 +198,22 @@ def make_train_step(
     if rng_seed is not None:
       batch = {**batch, "rng": example_keys(rng_seed, state.step, batch_size)}
     count = _micro_batch_count(batch_size, micro_batch_size, data_shards)
-    (loss, (metric_sums, batch_stats)), grads, pieces, noise = _gradient(
-      grad_fn, state, batch, count, mesh=mesh, data_shards=data_shards, measure=measure_noise
+    # where measuring cuts the batch in halves, the caller may measure one step in `every`
+    halves = measure_noise and _cut_in_halves(mesh, count)
+    measuring = measure_noise and (measure_this_step or not halves)
+    (loss, (sums, batch_stats)), grads, pieces, noise = _gradient(
+      grad_fn, state, batch, count, mesh=mesh, data_shards=data_shards, measure=measuring
     )
+    means = {key: total * pieces / batch_size for key, total in sums.items()}
+    smoothed = state.noise
+    if measuring:  # one measurement in `noise_every` stands for their examples
+      examples = batch_size * (noise_every if halves else 1)
+      smoothed = gn.smooth(state.noise, *gn.estimates(**noise), examples, noise_horizon)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
       "loss": loss,
-      **{key: total * pieces / batch_size for key, total in metric_sums.items()},
+      **means,
       "batch_size": jnp.asarray(batch_size, jnp.float32),
       "micro_batches": jnp.asarray(count, jnp.float32),
       "grad_norm": optax.tree.norm(grads),
@@ -196,12 +221,7 @@ def make_train_step(
       "param_norm": optax.tree.norm(params),
     }
     metrics |= _hyper_metrics(opt_state, dataset_size, batch_size)
-    smoothed = state.noise
     if measure_noise:
-      sq_norm, trace = gn.estimates(
-        noise["small_sq"], noise["big_sq"], noise["b_small"], noise["b_big"]
-      )
-      smoothed = gn.smooth(state.noise, sq_norm, trace, batch_size, noise_horizon)
       metrics |= gn.read(smoothed, noise_confidence)
     new_state = state.replace(
       step=state.step + 1,

@@ -412,6 +412,9 @@ class TrainStep:
   measures_noise: bool
   unmeasured: str | None = None
   batch_norm: BatchNormUse | None = None
+  # with `noise.every` > 1 on one data-parallel group: the step between two measurements
+  # (the batch whole, the smoothing carried), which the loop runs on the other steps
+  between: Any = None
 
 
 def train_step_of(
@@ -444,27 +447,34 @@ def train_step_of(
   unmeasured = _unmeasured(spec, plan, mesh, use)
   measure = unmeasured is None
   horizon = noise.horizon_epochs * plan.dataset_size
-  step = st.make_train_step(
-    model,
-    optimizer,
-    dataset_size=plan.dataset_size,
-    label_smoothing=spec.label_smoothing,
-    micro_batch_size=plan.max_batch_size if plan.strategy == "accumulate" else None,
-    data_shards=shd.data_parallel_size(mesh),
-    mesh=mesh if per_device else None,
-    measure_noise=measure,
-    noise_horizon=horizon if measure else None,
-    noise_confidence=noise.confidence,
-    normalisation=dataset.device_normalisation,
-    rng_seed=spec.seed,
-    loss_fn=loss_fn
-    or losses.resolve(
-      spec.loss, spec.label_smoothing, dataset.bytes_per_token, _token_bytes(dataset)
-    ),
-  )
-  # entered inside the step, which may be traced on a background compile thread
-  step = partitioning.traced(step, mesh, spec.mesh.rules)
-  return TrainStep(step, measure, unmeasured, use)
+
+  def make(measure_this_step: bool):
+    step = st.make_train_step(
+      model,
+      optimizer,
+      dataset_size=plan.dataset_size,
+      label_smoothing=spec.label_smoothing,
+      micro_batch_size=plan.max_batch_size if plan.strategy == "accumulate" else None,
+      data_shards=shd.data_parallel_size(mesh),
+      mesh=mesh if per_device else None,
+      measure_noise=measure,
+      noise_horizon=horizon if measure else None,
+      noise_confidence=noise.confidence,
+      noise_every=noise.every,
+      measure_this_step=measure_this_step,
+      normalisation=dataset.device_normalisation,
+      rng_seed=spec.seed,
+      loss_fn=loss_fn
+      or losses.resolve(
+        spec.loss, spec.label_smoothing, dataset.bytes_per_token, _token_bytes(dataset)
+      ),
+    )
+    # entered inside the step, which may be traced on a background compile thread
+    return partitioning.traced(step, mesh, spec.mesh.rules)
+
+  # with several groups every step has their gradients: measuring costs nothing to skip
+  skips = measure and noise.every > 1 and gradients.groups_of(mesh)[1] == 1
+  return TrainStep(make(True), measure, unmeasured, use, make(False) if skips else None)
 
 
 def _unmeasured(spec: RunSpec, plan: Plan, mesh: Mesh, use: BatchNormUse) -> str | None:

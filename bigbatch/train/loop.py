@@ -61,18 +61,36 @@ class Loop:
     self.hooks = tuple(hooks)
     spec = run.spec
     train_step, self._metric_keys = st.packed_metrics(run.train_step)
-    self.steps = st.CompiledSteps(
-      train_step,
-      run.state,
-      data.example_batch(run.dataset),
-      run.mesh,
-      ghost_batch_size=spec.ghost_batch_size,
-    )
+    self.steps = self._compiled(train_step)
+    # `noise.every` > 1: the steps between measurements take the batch whole (`between`)
+    self.between, self.every = None, spec.noise.every
+    if run.between_step is not None:
+      between_step, self._between_keys = st.packed_metrics(run.between_step)
+      self.between = self._compiled(between_step)
     self.evaluate = Evaluator(run, run.state)
     self.eval_period = spec.eval.every_epochs * self.plan.dataset_size
     self.preempted: list[bool] = []
     self._pending: list[tuple[int, Phase, dict[str, Any]]] = []
     self._last_log = (time.perf_counter(), int(jax.device_get(run.state.step)))
+
+  def _compiled(self, step) -> st.CompiledSteps:
+    run = self.run
+    return st.CompiledSteps(
+      step,
+      run.state,
+      data.example_batch(run.dataset),
+      run.mesh,
+      ghost_batch_size=run.spec.ghost_batch_size,
+    )
+
+  def step_at(self, step: int) -> st.CompiledSteps:
+    """The compiled step that runs step `step`: the measuring one, or between two
+    measurements of `noise.every` the one that takes the batch whole."""
+    return self.steps if self.between is None or step % self.every == 0 else self.between
+
+  @property
+  def compile_records(self) -> list[st.CompileRecord]:
+    return self.steps.records + (self.between.records if self.between is not None else [])
 
   def record(self, step: int, **extra: Any) -> dict[str, Any]:
     """What a checkpoint carries besides the state."""
@@ -83,7 +101,7 @@ class Loop:
       "seed": self.run.spec.seed,
       "config": self.run.spec.to_dict(),
       "plan": self.plan.to_dict(),
-      "elapsed": self.clock.totals(step, self.steps.records),
+      "elapsed": self.clock.totals(step, self.compile_records),
       **({"policy": self.run.policy.state_dict()} if self.run.policy is not None else {}),
       **extra,
     }
@@ -223,6 +241,10 @@ class Loop:
       # this phase's step first: compiling the next one beside it would only slow both
       start = self.clock.now()
       self.steps.compiled(phase.batch_size)
+      if self.between is not None:
+        self.between.compiled(phase.batch_size)
+        # one metrics vector, read by one list of keys (filled in as each step is traced)
+        assert self._between_keys == self._metric_keys, (self._between_keys, self._metric_keys)
       self.clock.spend(phase.index, "compile_wait_seconds", self.clock.now() - start)
       self._prefetch_next(phase)
       state, step, outcome = self._phase(state, phase, step, stop, stop_at_step)
@@ -246,6 +268,8 @@ class Loop:
       following = self.plan.phases[phase.index + 1].batch_size
     if following is not None and following != phase.batch_size:
       self.steps.prefetch(following)
+      if self.between is not None:
+        self.between.prefetch(following)
 
   def _phase(self, state, phase: Phase, step: int, stop: int, stop_at_step: int | None):
     """One phase's steps from `step` to `stop`.
@@ -270,7 +294,7 @@ class Loop:
     total, period, hosts = plan.total_steps, self.eval_period, jax.process_count()
     position = data_position(plan, step)
     for batch in batches:
-      state, metrics = self.steps(state, shd.step_batch(mesh, batch, batch_size))
+      state, metrics = self.step_at(step)(state, shd.step_batch(mesh, batch, batch_size))
       step += 1
       end_of_phase, before = step == phase.end_step, position
       # `data_position(plan, step)`: one batch on inside the phase; at its end, where the next starts
@@ -338,6 +362,8 @@ class Loop:
 
   def close(self) -> None:
     self.steps.close()
+    if self.between is not None:
+      self.between.close()
     self.evaluate.close()
 
 

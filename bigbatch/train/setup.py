@@ -50,6 +50,7 @@ class Run:
   train_source = property(lambda self: self.experiment.train_source)
   eval_source = property(lambda self: self.experiment.eval_source)
   train_step = property(lambda self: self.experiment.train_step.fn)
+  between_step = property(lambda self: self.experiment.train_step.between)
   measures_noise = property(lambda self: self.experiment.train_step.measures_noise)
 
   @property

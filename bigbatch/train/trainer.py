@@ -66,6 +66,7 @@ def _summary(run: Run, status: str, step: int, elapsed: Mapping[str, Any], final
     "wall_seconds": elapsed["wall_seconds"],
     "phases": elapsed["phases"],
     "noise_confidence": run.spec.noise.confidence,
+    "noise_every": run.spec.noise.every,
     "noise_unmeasured": run.experiment.train_step.unmeasured,
     **_language_model_summary(run, final),
   }
@@ -249,7 +250,7 @@ def _train(
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
   step = int(jax.device_get(state.step))
-  summary = _summary(run, status, step, clock.totals(step, loop.steps.records), final)
+  summary = _summary(run, status, step, clock.totals(step, loop.compile_records), final)
   if status == "completed":
     _write_summary(run, summary)
   say(format_summary(summary))

@@ -56,3 +56,12 @@ def test_an_unmeasured_run_has_no_noise_column():
   lines = run_summary.format_summary(plain).splitlines()
   assert lines[0].endswith("wall time 12.3 s")
   assert "B_simple" not in lines[2] and not any(line.startswith("B_simple") for line in lines)
+
+
+def test_a_run_measured_on_one_step_in_k_says_so():
+  lines = run_summary.format_summary({**SUMMARY, "noise_every": 8}).splitlines()
+  assert lines[-1] == (
+    "B_simple: measured on one step in 8 where measuring cuts the batch in halves (one "
+    "device, no accumulation; noise.every)"
+  )
+  assert not any("one step in" in line for line in run_summary.format_summary(SUMMARY).split("\n"))

@@ -141,6 +141,7 @@ BAD_VALUES = [
   ("--config.plan.adapt.no_such=1", "plan.adapt.no_such: no such field; plan.adapt has: "),
   ("--config.plan.adapt.factor=x", "plan.adapt.factor: 'x' is not a valid number"),
   ("--config.noise.confidence=1.5", "noise.confidence: must be a number in [0.5, 1.0)"),
+  ("--config.noise.every=2.5", "noise.every: '2.5' is not a valid whole number"),
   # None unsets only a field whose default is None (`spec.run.nullable`)
   ("--config.batch_size=None", "batch_size: cannot be None (only a field whose default is None"),
   ("--config.log_every_steps=None", "log_every_steps: cannot be None"),  # its default: 50

@@ -59,6 +59,7 @@ BAD_FIELDS = [
   ("noise.horizon_epochs", 0, "noise.horizon_epochs: must be a positive number, got 0"),
   ("noise.confidence", 0.4, "noise.confidence: must be a number in [0.5, 1.0), got 0.4"),
   ("noise.warn_ratio", 0.5, "noise.warn_ratio: must be a number in [1.0, None), got 0.5"),
+  ("noise.every", 0, "noise.every: must be a whole number >= 1, got 0"),
   ("memory.budget_bytes", 0, "memory.budget_bytes: must be a whole number >= 1 (or unset)"),
   ("memory.cpu_fraction", 1.5, "memory.cpu_fraction: must be a number in [0.0, 1.0], got 1.5"),
   ("memory.margin", 1.0, "memory.margin: must be a number in [0.0, 1.0), got 1.0"),

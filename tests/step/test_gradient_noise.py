@@ -8,6 +8,8 @@ one device (two halves of the batch), on 8 devices (one gradient per device),
 and with accumulation (one per micro-batch per device).
 """
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -61,12 +63,12 @@ def problem():
 
 
 @pytest.mark.parametrize(
-  "devices,micro_batch_size",
-  [(1, None), (8, None), (8, 64)],
-  ids=["1-device", "8-devices", "accumulation"],
+  "devices,micro_batch_size,every",
+  [(1, None, 1), (1, None, 4), (8, None, 1), (8, 64, 1)],
+  ids=["1-device", "1-device-every-4", "8-devices", "accumulation"],
 )
 def test_the_smoothed_estimate_agrees_with_per_example_gradients(
-  problem, devices, micro_batch_size
+  problem, devices, micro_batch_size, every
 ):
   model, x, labels, exact = problem
   assert 20 < exact["grad_noise_scale"] < 2000  # a noise scale the batch below can measure
@@ -76,22 +78,22 @@ def test_the_smoothed_estimate_agrees_with_per_example_gradients(
   # seed 1: the parameters `problem` took the exact per-example gradients at
   state = st.create_train_state(model, tx, inputs, mesh, seed=1)
   batch_size = 256
-  step = jax.jit(
-    st.make_train_step(
-      model,
-      tx,
-      mesh=mesh,
-      measure_noise=True,
-      noise_horizon=100.0 * batch_size,
-      micro_batch_size=micro_batch_size,
-      data_shards=shd.data_parallel_size(mesh),
-    )
+  step = one_in(
+    every,
+    model,
+    tx,
+    mesh=mesh,
+    measure_noise=True,
+    # one step in `every` measures: a horizon `every` times longer averages as many
+    noise_horizon=100.0 * batch_size * every,
+    micro_batch_size=micro_batch_size,
+    data_shards=shd.data_parallel_size(mesh),
   )
   rng = np.random.default_rng(devices + (micro_batch_size or 0))
-  for _ in range(400):
+  for i in range(400 * every):
     take = rng.integers(0, N, batch_size)  # with replacement, as the estimator assumes
     state, metrics = step(
-      state, shd.global_batch(mesh, {"inputs": x[take], "labels": labels[take]}, batch_size)
+      i, state, shd.global_batch(mesh, {"inputs": x[take], "labels": labels[take]}, batch_size)
     )
   for key in ("grad_noise_scale", "grad_sq_norm", "grad_trace"):
     assert float(metrics[key]) == pytest.approx(exact[key], rel=0.10), key
@@ -99,6 +101,68 @@ def test_the_smoothed_estimate_agrees_with_per_example_gradients(
   low, high = float(metrics["grad_noise_scale_low"]), float(metrics["grad_noise_scale_high"])
   assert 0 < low <= exact["grad_noise_scale"] <= high < np.inf
   assert float(metrics["grad_sq_norm_se"]) > 0 and float(metrics["grad_noise_steps"]) > 50
+
+
+def one_in(every, model, tx, **options):
+  """`step(i, state, batch)`: step i measures when `every` divides it (the trainer's rule)."""
+  measuring = jax.jit(st.make_train_step(model, tx, noise_every=every, **options))
+  between = jax.jit(
+    st.make_train_step(model, tx, noise_every=every, measure_this_step=False, **options)
+  )
+  return lambda i, state, batch: (between if i % every else measuring)(state, batch)
+
+
+def test_one_step_in_k_measures_and_its_smoothing_counts_the_k_steps_examples(problem):
+  """noise_every=3 on one device, as the trainer runs it: steps 0, 3 and 6 cut the batch in
+  halves and measure, the others (measure_this_step=False) take it whole. The smoothing holds exactly the three measurements, by hand (the
+  halves' gradients from jax.grad), each standing for 3 x B examples; the parameters are
+  those of the step that measures every time (the halves' mean gradient is the batch's).
+  The interval's coverage is unchanged: per measurement the decay is that of every=1 at
+  a horizon 3 times shorter, which the coverage tests below simulate."""
+  model, x, labels, _ = problem
+  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  tx = optax.sgd(0.5)
+  inputs = jax.ShapeDtypeStruct((1, FEATURES), np.float32)
+  batch_size, horizon, every = 64, 1000.0, 3
+  rng = np.random.default_rng(7)
+  takes = [rng.integers(0, N, batch_size) for _ in range(7)]
+
+  def run(k):
+    state = st.create_train_state(model, tx, inputs, mesh, seed=1)
+    step = one_in(k, model, tx, mesh=mesh, measure_noise=True, noise_horizon=horizon)
+    seen = []
+    for i, take in enumerate(takes):
+      seen.append(state.params)
+      state, metrics = step(
+        i, state, shd.global_batch(mesh, {"inputs": x[take], "labels": labels[take]}, batch_size)
+      )
+    return state, metrics, seen
+
+  state, metrics, seen = run(every)
+  reference, _, _ = run(1)
+
+  def grad(params, take):
+    def loss(p):
+      return st.cross_entropy(model.apply({"params": p}, x[take]), labels[take]).mean()
+
+    return np.concatenate([np.ravel(g) for g in jax.tree.leaves(jax.grad(loss)(params))])
+
+  noise = gn.GradientNoise.zeros()
+  for i in range(0, len(takes), every):
+    half = batch_size // 2
+    first, second = grad(seen[i], takes[i][:half]), grad(seen[i], takes[i][half:])
+    small_sq = (first @ first + second @ second) / 2
+    big_sq = ((first + second) / 2) @ ((first + second) / 2)
+    sq_norm, trace = gn.estimates(small_sq, big_sq, half, batch_size)
+    noise = gn.smooth(noise, sq_norm, trace, every * batch_size, horizon)
+  for field in dataclasses.fields(gn.GradientNoise):
+    got, want = getattr(state.noise, field.name), getattr(noise, field.name)
+    np.testing.assert_allclose(got, want, rtol=2e-5, err_msg=field.name)
+  assert float(metrics["grad_noise_steps"]) == pytest.approx(
+    float(gn.moments(noise)["steps"]), rel=1e-5
+  )
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(reference.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_estimates_and_smoothing_by_hand():
