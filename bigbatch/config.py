@@ -37,6 +37,7 @@ from bigbatch.recipe import (  # noqa: F401  (re-exported)
   default_plan_config,
   default_schedule_config,
   load_sibling,
+  optimizer_config,
   set_run_fields,
   with_optimizer_variant,
 )

@@ -144,6 +144,20 @@ def default_distributed_config() -> ml_collections.ConfigDict:
   return _config_block(spec.DistributedSpec())
 
 
+def optimizer_config(fields: dict[str, Any]) -> ml_collections.ConfigDict:
+  """An `optimizer` block: `fields`, and unset unless given the two every optimizer takes,
+  so that the command line can set them on any recipe: `clip_norm` (global-norm clipping
+  before the update; unset: none) and `decay_mask` (the parameters weight decay reaches;
+  unset: the optimizer's default, docs/OPTIMIZERS.md)."""
+  return ml_collections.ConfigDict(
+    {
+      "clip_norm": ml_collections.config_dict.placeholder(float),
+      "decay_mask": ml_collections.config_dict.placeholder(str),
+      **fields,
+    }
+  )
+
+
 def default_noise_config() -> ml_collections.ConfigDict:
   """The `noise` block: the gradient noise scale measured in the train step.
 
@@ -262,7 +276,7 @@ def with_optimizer_variant(
     config.optimizer.learning_rate = float(config.optimizer.learning_rate) / (1.0 - momentum)
     config.optimizer.momentum = 0.0
   elif variant == "adam":
-    config.optimizer = ml_collections.ConfigDict(
+    config.optimizer = optimizer_config(
       {"name": "adam", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
     )
   return config

@@ -7,7 +7,12 @@ N = 1,281,167; 90 epochs at batch 8192 -> 14,076 updates. lr 3.0, momentum
 
 from ml_collections import config_dict
 
-from bigbatch.config import default_plan_config, default_schedule_config, set_run_fields
+from bigbatch.config import (
+  default_plan_config,
+  default_schedule_config,
+  optimizer_config,
+  set_run_fields,
+)
 
 
 def get_config():
@@ -21,7 +26,7 @@ def get_config():
   set_run_fields(config, eval_every_epochs=5.0, eval_batch_size=1024, checkpoint_every_steps=1000)
   config.num_epochs = 90
   config.batch_size = 8192
-  config.optimizer = config_dict.ConfigDict(
+  config.optimizer = optimizer_config(
     {
       "name": "sgd_momentum",
       "learning_rate": 3.0,

@@ -8,7 +8,12 @@ rate of batch 256, 1/32 of the peak); /10 at epochs 30, 60, 80.
 
 from ml_collections import config_dict
 
-from bigbatch.config import default_plan_config, default_schedule_config, set_run_fields
+from bigbatch.config import (
+  default_plan_config,
+  default_schedule_config,
+  optimizer_config,
+  set_run_fields,
+)
 
 
 def get_config():
@@ -22,7 +27,7 @@ def get_config():
   set_run_fields(config, eval_every_epochs=5.0, eval_batch_size=1024, checkpoint_every_steps=1000)
   config.num_epochs = 90
   config.batch_size = 8192
-  config.optimizer = config_dict.ConfigDict(
+  config.optimizer = optimizer_config(
     {
       "name": "sgd_momentum",
       "learning_rate": 3.2,

@@ -12,7 +12,7 @@ would have ended, so here it ends there.
 
 from ml_collections import config_dict
 
-from bigbatch.config import load_sibling
+from bigbatch.config import load_sibling, optimizer_config
 
 PEAK, FINAL = 29.0, 1e-4
 
@@ -23,7 +23,7 @@ def get_config():
   config.num_epochs = 60
   config.label_smoothing = 0.1
   config.eval_every_epochs = 4.0
-  config.optimizer = config_dict.ConfigDict(
+  config.optimizer = optimizer_config(
     {
       "name": "lars",
       "learning_rate": PEAK,

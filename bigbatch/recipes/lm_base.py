@@ -9,7 +9,7 @@ from ml_collections import config_dict
 
 from bigbatch.config import default_plan_config, default_schedule_config, set_run_fields
 from bigbatch.models.transformer import PRESETS
-from bigbatch.recipe import to_token_clock
+from bigbatch.recipe import optimizer_config, to_token_clock
 
 
 def language_model(
@@ -52,7 +52,7 @@ def language_model(
   config.eval_examples = eval_examples
   config.num_epochs = 1.0
   config.batch_size = 1
-  config.optimizer = config_dict.ConfigDict(
+  config.optimizer = optimizer_config(
     {"name": "adamw", "learning_rate": learning_rate, "b1": 0.9, "b2": 0.95, "eps": 1e-8,
      "weight_decay": 0.1}
   )  # fmt: skip

@@ -13,7 +13,7 @@ from ml_collections import config_dict
 
 from bigbatch.config import default_plan_config, default_schedule_config, set_run_fields
 from bigbatch.models.transformer import PRESETS
-from bigbatch.recipe import to_token_clock
+from bigbatch.recipe import optimizer_config, to_token_clock
 
 SEQUENCE_LENGTH = 128
 NUM_TOKENS = 2_048_000
@@ -44,7 +44,7 @@ def get_config():
   config.log_every_steps = 10
   config.num_epochs = 1.0
   config.batch_size = 32
-  config.optimizer = config_dict.ConfigDict(
+  config.optimizer = optimizer_config(
     {"name": "adamw", "learning_rate": 2e-3, "b1": 0.9, "b2": 0.95, "eps": 1e-8,
      "weight_decay": 0.1}
   )  # fmt: skip

@@ -10,12 +10,12 @@ tuned. A plan's momentum feeds `b1`. Its family is `adaptive`:
 
 from ml_collections import config_dict
 
-from bigbatch.config import load_sibling
+from bigbatch.config import load_sibling, optimizer_config
 
 
 def get_config():
   config = load_sibling(__file__, "lm_tiny_base").get_config()
-  config.optimizer = config_dict.ConfigDict(
+  config.optimizer = optimizer_config(
     {
       "name": "lion",
       "learning_rate": 3e-4,

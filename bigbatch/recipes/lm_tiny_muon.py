@@ -11,12 +11,12 @@ Its family is `adaptive`: `--config.plan.adam_rule=sqrt` for a growing batch.
 
 from ml_collections import config_dict
 
-from bigbatch.config import load_sibling
+from bigbatch.config import load_sibling, optimizer_config
 
 
 def get_config():
   config = load_sibling(__file__, "lm_tiny_base").get_config()
-  config.optimizer = config_dict.ConfigDict(
+  config.optimizer = optimizer_config(
     {
       "name": "muon",
       "learning_rate": 2e-3,

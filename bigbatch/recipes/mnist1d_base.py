@@ -11,6 +11,7 @@ from bigbatch.config import (
   OPTIMIZER_VARIANTS,
   default_plan_config,
   default_schedule_config,
+  optimizer_config,
   set_run_fields,
   with_optimizer_variant,
 )
@@ -32,7 +33,7 @@ def get_config():
   set_run_fields(config, eval_every_epochs=2.0, eval_batch_size=2048, checkpoint_every_steps=500)
   config.num_epochs = 40
   config.batch_size = 128
-  config.optimizer = config_dict.ConfigDict(
+  config.optimizer = optimizer_config(
     {
       "name": "sgd_momentum",
       "learning_rate": 0.1,

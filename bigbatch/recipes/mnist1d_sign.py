@@ -13,9 +13,7 @@ gives the increasing-batch plan with the same optimizer.
 
 import math
 
-from ml_collections import config_dict
-
-from bigbatch.config import load_sibling
+from bigbatch.config import load_sibling, optimizer_config
 
 VARIANTS = ("power_sign", "add_sign")
 
@@ -27,7 +25,7 @@ def get_config(variant=None):
   base = load_sibling(__file__, "mnist1d_base")
   config = base.get_config()
   config.plan.strategy = "decay_lr"
-  config.optimizer = config_dict.ConfigDict(
+  config.optimizer = optimizer_config(
     {
       "name": variant,
       "learning_rate": 0.5,

@@ -378,3 +378,23 @@ def test_a_users_config_file_starts_from_a_shipped_recipe(capsys, tmp_path):
     from bigbatch.recipe import load_recipe
 
     load_recipe("cifar11")
+
+
+@pytest.mark.parametrize("name", sorted(set(RECIPES) | set(LM_RECIPES)))
+def test_clipping_and_a_decay_mask_can_be_set_on_every_recipe(name):
+  """`optimizer.clip_norm` and `optimizer.decay_mask` are fields of every recipe's optimizer
+  block (unset unless the recipe sets them), so the command line reaches them anywhere."""
+  from bigbatch.cli import args as cli_args
+
+  path = f"{CONFIGS / name.partition(':')[0]}" + (
+    f":{name.partition(':')[2]}" if ":" in name else ""
+  )
+  flags = ["--config", path, "--config.optimizer.clip_norm=0.5"]
+  spec = config.read(cli_args.parse("plan", flags, lambda values: None).config)
+  assert spec.optimizer.clip_norm == 0.5
+  masked = cli_args.parse("plan", [*flags, "--config.optimizer.decay_mask=all"], lambda v: None)
+  if name.endswith(":adam"):  # the section 5.1 Adam variant has no weight decay to mask
+    with pytest.raises(config.ConfigError, match=r"optimizer\.decay_mask: adam has no weight"):
+      config.read(masked.config)
+  else:
+    assert config.read(masked.config).optimizer.decay_mask == "all"
