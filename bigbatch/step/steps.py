@@ -112,6 +112,17 @@ def _gradient(grad_fn, state: TrainState, batch: Batch, count: int, *, mesh, dat
   return (loss, aux), grads, round(noise["b_big"] / noise["b_small"]), noise
 
 
+def _norms(batch_size: int, count: int, grads, updates, params) -> dict[str, jax.Array]:
+  """The step's size and the norms of its gradient, its update and the new parameters."""
+  return {
+    "batch_size": jnp.asarray(batch_size, jnp.float32),
+    "micro_batches": jnp.asarray(count, jnp.float32),
+    "grad_norm": optax.tree.norm(grads),
+    "update_norm": optax.tree.norm(updates),
+    "param_norm": optax.tree.norm(params),
+  }
+
+
 def _cut_in_halves(mesh: Mesh | None, count: int) -> bool:
   """Whether measuring cuts the batch in two halves: one data-parallel group, no accumulation."""
   return mesh is not None and count == 1 and gn.groups_of(mesh)[1] == 1
@@ -211,15 +222,7 @@ def make_train_step(
       smoothed = gn.smooth(state.noise, *gn.estimates(**noise), examples, noise_horizon)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {
-      "loss": loss,
-      **means,
-      "batch_size": jnp.asarray(batch_size, jnp.float32),
-      "micro_batches": jnp.asarray(count, jnp.float32),
-      "grad_norm": optax.tree.norm(grads),
-      "update_norm": optax.tree.norm(updates),
-      "param_norm": optax.tree.norm(params),
-    }
+    metrics = {"loss": loss, **means, **_norms(batch_size, count, grads, updates, params)}
     metrics |= _hyper_metrics(opt_state, dataset_size, batch_size)
     if measure_noise:
       metrics |= gn.read(smoothed, noise_confidence)
