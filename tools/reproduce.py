@@ -331,7 +331,7 @@ def said(result: dict) -> str:
 
 
 def study_arguments(
-  parser: argparse.ArgumentParser, *, workdir: str, out: str, keep: str | None = None
+  parser: argparse.ArgumentParser, *, workdir: str, out: str | None, keep: str | None = None
 ) -> None:
   """The arguments every study shares: seeds, which runs, where they train, the tfds data,
   where results go, and (`keep`: its help) keeping the other runs of an earlier results.json."""

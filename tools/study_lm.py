@@ -1,8 +1,8 @@
 """Adam's rules for a growing batch, against the decaying rate, on a language model.
 
-usage: python tools/study_lm.py [--seeds 3] [--tokens 983040] [--eval-examples 2048]
-                                [--only SUBSTRING ...] [--workdir workdir/lm]
-                                [--out docs/results/lm] [--keep]
+usage: python tools/study_lm.py [--study rules|optimizers] [--seeds 3] [--tokens 983040]
+                                [--eval-examples 2048] [--only SUBSTRING ...]
+                                [--workdir workdir/lm] [--out docs/results/lm] [--keep]
 
 `lm_tiny` (a 3.2M-parameter byte-level transformer on the running Python's
 standard library, sequences of 128 bytes), AdamW, the same token budget for
@@ -16,6 +16,10 @@ results) run in this process on the default devices:
   beta2_halflife: docs/PLANNER.md#adam-when-the-batch-changes);
 - `noise` (configs/lm_tiny_noise.py): the batch grows x4 when the measured
   B_simple's lower bound clears 8 x the batch.
+
+`--study optimizers` trains instead the baseline's plan with each optimizer
+that has an lm_tiny recipe: AdamW (the baseline), Lion (configs/lm_tiny_lion.py)
+and Muon (configs/lm_tiny_muon.py), to docs/results/lm_optimizers by default.
 
 The recipes train 2,048,000 tokens; `--tokens` sets the budget, and the
 schedule's boundaries (30/60/80%) and warm-up (5%) scale with it;
@@ -67,6 +71,14 @@ RUNS = (
     for rule in RULES
   ),
   reproduce.Run("noise", "measured noise scale (noise, sqrt)", "lm_tiny_noise.py", None),
+)
+
+# The same plan (the baseline's batch and decays) under the other optimizers with an
+# lm_tiny recipe, at the rates their recipes give (starting points, not tuned there).
+OPTIMIZER_RUNS = (
+  reproduce.Run(BASELINE, "AdamW (lr 2e-3, wd 0.1), the baseline", "lm_tiny_base.py", None),
+  reproduce.Run("lion", "Lion (lr 3e-4, wd 0.7)", "lm_tiny_lion.py", None),
+  reproduce.Run("muon", "Muon (lr 2e-3, wd 0.1; AdamW off the matrices)", "lm_tiny_muon.py", None),
 )
 
 
@@ -236,6 +248,12 @@ def cbs_runs(path: pathlib.Path) -> tuple[list[reproduce.Run], list[dict]]:
 
 def parse() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument(
+    "--study",
+    choices=("rules", "optimizers"),
+    default="rules",
+    help="Adam's rules for a growing batch (default), or AdamW, Lion and Muon on one plan",
+  )
   parser.add_argument("--tokens", type=int, default=983_040, help="tokens per run")
   parser.add_argument(
     "--eval-examples", type=int, default=2048, help="held-out sequences per evaluation"
@@ -248,7 +266,7 @@ def parse() -> argparse.Namespace:
   reproduce.study_arguments(
     parser,
     workdir="workdir/lm",
-    out="docs/results/lm",
+    out=None,
     keep="keep the other runs' results from --out's results.json (same tokens and seeds)",
   )
   args = parser.parse_args()
@@ -256,8 +274,12 @@ def parse() -> argparse.Namespace:
     parser.error(f"--tokens: must be >= {10 * BASE_BATCH_TOKENS:,}, got {args.tokens:,}")
   if args.eval_examples < 1:
     parser.error(f"--eval-examples: must be >= 1, got {args.eval_examples}")
-  args.runs, args.ramps = cbs_runs(pathlib.Path(args.cbs_results))
-  args.runs = [*RUNS, *args.runs]
+  if args.study == "optimizers":
+    args.runs, args.ramps = list(OPTIMIZER_RUNS), []
+  else:
+    args.runs, args.ramps = cbs_runs(pathlib.Path(args.cbs_results))
+    args.runs = [*RUNS, *args.runs]
+  args.out = args.out or f"docs/results/{'lm' if args.study == 'rules' else 'lm_optimizers'}"
   reproduce.check_study_arguments(parser, args, [r.name for r in args.runs])
   return args
 
@@ -282,6 +304,7 @@ def main() -> int:
   out.mkdir(parents=True, exist_ok=True)
   devices = jax.devices()
   settings = {
+    "study": args.study,
     "tokens": args.tokens,
     "seeds": list(range(args.seeds)),
     "eval_examples": args.eval_examples,

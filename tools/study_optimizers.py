@@ -2,7 +2,7 @@
 
 usage: python tools/study_optimizers.py [--quick] [--seeds 3] [--only SUBSTRING ...]
                                         [--workdir workdir/optimizers]
-                                        [--out docs/results/optimizers]
+                                        [--out docs/results/optimizers] [--keep]
 
 The setting of tools/reproduce.py (MNIST-1D at CIFAR-10 size, `cnn1d`, 20
 epochs, the noise scale / 5 at epochs 6, 12 and 16, evaluation every epoch),
@@ -24,7 +24,9 @@ Every run keeps its workdir; a finished run is read back and an interrupted
 one resumes, so the tool can be stopped and started again, and results.json
 and results.md are rewritten after every run (a stopped study still reports
 what it has; `--report` rewrites them from the finished runs, training
-nothing). `--only` picks among the chosen runs of stages 2 and 3 (the sweep
+nothing). `--keep` counts as finished every seed that --out's results.json
+already holds under the same command line, so a study whose workdirs are gone
+trains only what it lacks. `--only` picks among the chosen runs of stages 2 and 3 (the sweep
 always runs: it chooses their rates). `--quick`: 2 epochs, one seed, the middle
 rate only, written to workdir/optimizers/quick unless --out says otherwise.
 """
@@ -118,6 +120,19 @@ class Study:
   def __init__(self, args, common: dict[str, object], settings: dict):
     self.args, self.common, self.settings = args, common, settings
     self.done: dict[str, dict] = {}  # run name -> {"run": Run, "seeds": {seed: result}}
+
+  def keep(self, out: pathlib.Path) -> None:
+    """Every seed of `out/results.json` whose run has the command line this study would
+    give it (same epochs, common fields and rate) is taken as finished."""
+    earlier = json.loads((out / "results.json").read_text())["runs"]
+    for optimizer, batch, lr, plan in (
+      (r["optimizer"], r["batch"], r["lr"], r["plan"]) for r in earlier.values()
+    ):
+      run = Run(optimizer, batch, lr, plan)
+      kept = earlier.get(run.name)
+      if kept and kept["command"] == run.command(self.common, 0):
+        seeds = {int(s): result for s, result in kept["per_seed"].items()}
+        self.done[run.name] = {"run": run, "seeds": seeds}
 
   def train(self, run: Run, seed: int) -> dict:
     """`run`'s result for `seed`, trained unless finished; under --report a run that has
@@ -305,7 +320,12 @@ def parse() -> argparse.Namespace:
   parser.add_argument(
     "--optimizers", nargs="*", default=list(SWEEP), choices=list(SWEEP), help="default: all"
   )
-  reproduce.study_arguments(parser, workdir="workdir/optimizers", out="docs/results/optimizers")
+  reproduce.study_arguments(
+    parser,
+    workdir="workdir/optimizers",
+    out="docs/results/optimizers",
+    keep="count the seeds in --out's results.json as finished (same command lines)",
+  )
   args = parser.parse_args()
   args.seeds = args.seeds or (1 if args.quick else None)
   args.epochs = 2 if args.quick else 20
@@ -333,6 +353,8 @@ def main() -> int:
     "common_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in common.items()},
   }
   study = Study(args, common, settings)
+  if args.keep:
+    study.keep(pathlib.Path(args.out))
   start = time.monotonic()
   stages(study, args.optimizers, settings["seeds"])
   if not args.report:  # a report's seconds are reading, not the study's
