@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import sys
 
 import pytest
 
@@ -12,6 +13,7 @@ TOOLS = pathlib.Path(__file__).parents[2] / "tools"
 def load(name: str):
   spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # a dataclass of the module looks its module up while built
   spec.loader.exec_module(module)
   return module
 
@@ -91,9 +93,11 @@ def test_lm_tokens_to_target_is_the_first_evaluation_at_or_below_it():
   assert report.tokens_to_target(curve, 1.5) is None
 
 
-def lm_results(study, losses_by_run: dict[str, list[list[float]]], updates: dict[str, int]):
+def lm_results(
+  study, losses_by_run: dict[str, list[list[float]]], updates: dict[str, int], runs=None
+):
   results = {}
-  for run in study.RUNS:
+  for run in runs or study.RUNS:
     if run.name not in losses_by_run:
       continue
     per_seed = {}
@@ -153,6 +157,47 @@ def test_lm_table_reports_targets_and_which_rule_matches_in_half_the_updates():
   assert "- increasing batch, sqrt (lr / 2): matches: 2.0150 against 2.0100" in text
   assert "- increasing batch, paper (lr held): does not match (loss): 2.3050" in text
   assert "| 3 (12,288) | 32 / 120 [90, 180] |" in text  # the B_simple table, medians
+
+
+def test_lm_optimizer_study_judges_each_optimizer_against_adamw_on_loss_alone():
+  study, report = load("study_lm"), load("study_lm_report")
+  results = lm_results(
+    study,
+    {
+      "baseline": [[2.5, 2.0], [2.5, 2.1], [2.5, 2.2]],
+      "lion": [[2.5, 2.01], [2.5, 2.09], [2.5, 2.22]],  # differences +0.01, -0.01, +0.02
+      "muon": [[2.5, 1.9], [2.5, 1.98], [2.5, 2.11]],  # -0.10, -0.12, -0.09
+    },
+    {"baseline": 240, "lion": 240, "muon": 240},
+    runs=study.OPTIMIZER_RUNS,
+  )
+  settings = {"study": "optimizers", "tokens": 8192, "seeds": [0, 1, 2],
+              "eval_examples": 16, "device": "cpu x 1", "python": "3.11.7"}  # fmt: skip
+  text = report.tables(results, settings, report.with_targets(results))
+  assert "the baseline's plan under each optimizer, 8,192 tokens" in text
+  assert "**Does an optimizer match AdamW at the same budget?**" in text
+  assert "in at most half its updates" not in text
+  # paired: Lion's mean +0.0067 with a standard error of 0.0088; Muon's -0.1033 ± 0.0088
+  assert "- Lion (lr 3e-4, wd 0.7): matches: 2.1067 against 2.1000" in text
+  assert "- Muon (lr 2e-3, wd 0.1; AdamW off the matrices): lower loss than AdamW: 1.9967" in text
+
+
+def test_optimizer_study_keeps_the_seeds_whose_command_line_is_unchanged(tmp_path):
+  study = load("study_optimizers")
+  common = {"num_epochs": 20, "seed": 0}
+  same, changed = study.Run("lars", 16_000, 14.0), study.Run("lamb", 16_000, 0.14)
+  earlier = {}
+  for run, command in ((same, same.command(common, 0)), (changed, "bigbatch train --old")):
+    earlier[run.name] = {
+      "optimizer": run.optimizer, "batch": run.batch, "lr": run.lr, "plan": run.plan,
+      "command": command, "per_seed": {"0": {"accuracy": 0.8}, "1": {"accuracy": 0.7}},
+    }  # fmt: skip
+  (tmp_path / "results.json").write_text(json.dumps({"settings": {}, "runs": earlier}))
+  kept = study.Study(None, common, {})
+  kept.keep(tmp_path)
+  assert list(kept.done) == [same.name]
+  assert kept.done[same.name]["seeds"] == {0: {"accuracy": 0.8}, 1: {"accuracy": 0.7}}
+  assert kept.done[same.name]["run"] == same
 
 
 def test_lm_warmups_are_built_from_the_measured_critical_batches(tmp_path):
