@@ -81,6 +81,8 @@ OPTIMIZER_RUNS = (
   reproduce.Run("muon", "Muon (lr 2e-3, wd 0.1; AdamW off the matrices)", "lm_tiny_muon.py", None),
 )
 
+KEEP = "keep the other runs' results from --out's results.json (same tokens and seeds)"
+
 
 def common_fields(tokens: int, eval_examples: int) -> dict[str, object]:
   """Overrides every run shares: the token budget with the schedule scaled to it, the
@@ -267,7 +269,7 @@ def parse() -> argparse.Namespace:
     parser,
     workdir="workdir/lm",
     out=None,
-    keep="keep the other runs' results from --out's results.json (same tokens and seeds)",
+    keep=KEEP,
   )
   args = parser.parse_args()
   if args.tokens < 10 * BASE_BATCH_TOKENS:

@@ -113,15 +113,17 @@ def tables(results: dict[str, dict], settings: dict, target: float | None) -> st
   measured B_simple against the batch, and the adaptive run's decisions."""
   base = results.get(BASELINE)
   base_updates = (base or next(iter(results.values())))["updates"]
-  tokens = settings["tokens"]
-  rules = settings.get("study", "rules") == "rules"
+  tokens, base_batch = settings["tokens"], settings.get("base_batch_tokens", BASE_BATCH_TOKENS)
+  rules = settings.get("study", "rules") != "optimizers"
   optimizer = "AdamW" if rules else "the baseline's plan under each optimizer"
+  data = settings.get("data", f"the Python {settings['python']} standard library")
+  every = settings.get("eval_every_tokens", tokens // 10)
   lines = [
-    f"`lm_tiny` on the Python {settings['python']} standard library, {optimizer}, {tokens:,} "
-    f"tokens per run ({tokens // BASE_BATCH_TOKENS:,} updates at the baseline's batch of "
-    f"{BASE_BATCH_TOKENS:,}), seeds {settings['seeds']}, {settings['device']}. Held-out: "
+    f"`{settings.get('model', 'lm_tiny')}` on {data}, {optimizer}, {tokens:,} "
+    f"tokens per run ({tokens // base_batch:,} updates at the baseline's batch of "
+    f"{base_batch:,}), seeds {settings['seeds']}, {settings['device']}. Held-out: "
     f"the first {settings['eval_examples']:,} validation sequences "
-    f"({settings['eval_examples'] * SEQUENCE_LENGTH:,} tokens), every {tokens // 10:,} "
+    f"({settings['eval_examples'] * SEQUENCE_LENGTH:,} tokens), every {every:,} "
     "tokens and at the end. Loss in nats per token; Δ: the run's mean minus the "
     "baseline's ± its standard error, paired (the mean of each seed's difference) and "
     "unpaired (from the two spreads); fewer: the baseline's updates over the run's; "
@@ -167,7 +169,7 @@ def tables(results: dict[str, dict], settings: dict, target: float | None) -> st
   said = decision_lines(results)
   if said:
     lines += ["", "**Decisions**", "", *said]
-  lines += ramp_lines(settings.get("cbs_ramps", []))
+  lines += ramp_lines(settings.get("cbs_ramps", []), settings.get("model", "lm_tiny"), base_batch)
   return "\n".join(lines)
 
 
@@ -194,15 +196,17 @@ def seed_lines(results: dict[str, dict]) -> list[str]:
   return lines
 
 
-def ramp_lines(ramps: list[dict]) -> list[str]:
+def ramp_lines(
+  ramps: list[dict], model: str = "lm_tiny", base_batch: int = BASE_BATCH_TOKENS
+) -> list[str]:
   """The warm-ups built from the measured critical batches, and which of them is the
   baseline's plan (a ramp that never rises)."""
   if not ramps:
     return []
   lines = [
     "",
-    "**Warm-ups from the measured critical batches** (tools/study_cbs.py's branches on "
-    "lm_tiny; from each branch point on, the largest critical batch measured so far)",
+    "**Warm-ups from the measured critical batches** (`bigbatch cbs`'s branches on "
+    f"{model}; from each branch point on, the largest critical batch measured so far)",
     "",
   ]
   for built in ramps:
@@ -214,7 +218,7 @@ def ramp_lines(ramps: list[dict]) -> list[str]:
       "; ".join(f"batch {batch:,} from {tokens:,} tokens" for tokens, batch in built["ramp"])
       + f": trained as `{built['name']}`"
       if built["ramp"]
-      else f"never above the baseline's {BASE_BATCH_TOKENS:,}: the baseline's plan (its row)"
+      else f"never above the baseline's {base_batch:,}: the baseline's plan (its row)"
     )
     lines.append(f"- {built['tolerance']}: critical batches {measured} tokens; {plan}.")
   return lines
@@ -313,7 +317,12 @@ def decision_lines(results: dict[str, dict]) -> list[str]:
   return lines
 
 
-def loss_figure(results: dict[str, dict], target: float | None, path: pathlib.Path) -> None:
+def loss_figure(
+  results: dict[str, dict],
+  target: float | None,
+  path: pathlib.Path,
+  title: str = "lm_tiny, AdamW",
+) -> None:
   """Held-out loss against tokens and against updates (mean over seeds, band min to max)."""
   import matplotlib
   import matplotlib.ticker
@@ -347,7 +356,7 @@ def loss_figure(results: dict[str, dict], target: float | None, path: pathlib.Pa
   axes[1].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="outside lower center", ncol=3)
-  fig.suptitle("lm_tiny, AdamW: held-out loss (mean over seeds, band min to max)")
+  fig.suptitle(f"{title}: held-out loss (mean over seeds, band min to max)")
   fig.savefig(path, dpi=90)
   plt.close(fig)
 

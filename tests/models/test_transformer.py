@@ -75,10 +75,11 @@ def test_gpt2_small_has_its_published_124_439_808_parameters():
   "fields, expected",
   [
     (PRESETS["lm_tiny"], 3_225_088),  # the counts the presets' comments state
+    (PRESETS["lm_mini"], 231_168),
     (PRESETS["lm_1b"], 1_311_625_216),
     (dict(TINY, positions="rotary", bias=False, mlp_ratio=3), None),
   ],
-  ids=["lm_tiny", "lm_1b", "rotary_no_bias"],
+  ids=["lm_tiny", "lm_mini", "lm_1b", "rotary_no_bias"],
 )
 def test_the_analytic_parameter_count_is_the_models(fields, expected):
   assert analytic(fields) == count(fields) == (expected or count(fields))

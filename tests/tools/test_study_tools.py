@@ -333,3 +333,58 @@ def test_cbs_tolerance_from_data_orders_is_two_sigma_and_cbs_s_own_for_a_pair():
   assert study.orders_tolerance([1.0, 1.02, 1.04]) == pytest.approx(2 * 0.02)
   assert study.orders_tolerance([1.0, 1.0]) == 1e-4  # equal losses: the floor
   assert study.orders_tolerance([1.0, float("inf")]) == float("inf")
+
+
+def test_law_ramp_doubles_the_batch_where_d_to_the_0_571_through_the_first_point_reaches_it():
+  study = load("study_lm_ramp")
+  # 204,800 x (B / 8,192)^(1 / 0.571), rounded down to a whole update of 2,048 tokens:
+  # 4,096 at 60,832 -> 59,392; 8,192 at the point itself; 16,384 at 689,490 -> 688,128;
+  # 32,768 at 2,321,270 -> 2,320,384; no larger batch (32,768 is the cap)
+  assert study.law_ramp((204_800, 8_192), 10_240_000) == (
+    (59_392, 4_096), (204_800, 8_192), (688_128, 16_384), (2_320_384, 32_768),
+  )  # fmt: skip
+  # a shorter budget ends the ramp where the law passes it
+  assert study.law_ramp((204_800, 8_192), 1_000_000) == (
+    (59_392, 4_096), (204_800, 8_192), (688_128, 16_384),
+  )  # fmt: skip
+
+
+def test_ramp_study_builds_its_ramps_from_the_measured_critical_batches():
+  study = load("study_lm_ramp")
+  rows = [
+    {"tokens": 204_800, "merrill_orders": 4_096},
+    {"tokens": 1_024_000, "merrill_orders": None},  # not measured: changes nothing
+    {"tokens": 2_560_000, "merrill_orders": 16_384},
+    {"tokens": 7_168_000, "merrill_orders": 8_192},  # lower later: the ramp never shrinks
+  ]
+  runs, built = study.measured_runs(rows, 10_240_000)
+  assert [b["ramp"] for b in built] == [
+    ((204_800, 4_096), (2_560_000, 16_384)),
+    # through (204,800, 4,096): 8,192 at 204,800 x 2^1.7513 = 689,490 -> 688,128, ...
+    ((204_800, 4_096), (688_128, 8_192), (2_320_384, 16_384), (7_813_120, 32_768)),
+  ]
+  cbs, law = runs
+  assert dict(cbs.overrides) == {
+    "plan.strategy": "ramp", "plan.ramp_tokens": ((204_800, 4_096), (2_560_000, 16_384)),
+  }  # fmt: skip
+  assert law.name == "law_ramp" and "8,192 from 688,128" in law.label
+  # the critical batch at the baseline's: no warm-up to train; the law still grows from it
+  flat = [{"tokens": 204_800, "merrill_orders": 2_048}]
+  runs, built = study.measured_runs(flat, 10_240_000)
+  assert [r.name for r in runs] == ["law_ramp"] and built[0]["ramp"] == ()
+  assert built[1]["ramp"][0] == (688_128, 4_096)
+  # nothing measured: neither ramp
+  runs, built = study.measured_runs([{"tokens": 204_800, "merrill_orders": None}], 10_240_000)
+  assert runs == [] and [b["ramp"] for b in built] == [(), ()]
+
+
+def test_ramp_study_s_large_batch_takes_the_square_root_rule_s_rate():
+  study = load("study_lm_ramp")
+  runs = {r.name: r for r in study.fixed_runs(10_240_000)}
+  assert list(runs) == ["baseline", "large", "increase_batch/sqrt", "noise"]
+  large = dict(runs["large"].overrides)
+  assert large == {"batch_tokens": 16_384, "optimizer.learning_rate": 0.005657}  # 2e-3 x 8^0.5
+  assert dict(runs["noise"].overrides)["plan.min_phase_tokens"] == 512_000
+  common = study.common_fields(10_240_000)
+  assert common["schedule.boundaries_tokens"] == (3_072_000, 6_144_000, 8_192_000)
+  assert common["schedule.warmup_tokens"] == 102_400 and common["eval_every_tokens"] == 512_000
