@@ -217,47 +217,82 @@ def parse() -> argparse.Namespace:
   return args
 
 
+def earlier(out: pathlib.Path, tokens: int) -> tuple[dict, dict | None]:
+  """What --out's results.json holds at this budget: {run name: (command, {seed: result})}
+  and the branches (None if none); an error where it was made at another budget."""
+  path = out / "results.json"
+  if not path.exists():
+    return {}, None
+  saved = json.loads(path.read_text())
+  if saved["settings"]["tokens"] != tokens:
+    sys.exit(f"--keep: {path} has tokens {saved['settings']['tokens']:,}, this run {tokens:,}")
+  runs = {
+    name: (run["command"], {int(seed): r for seed, r in run["per_seed"].items()})
+    for name, run in saved["runs"].items()
+  }
+  return runs, saved["settings"].get("cbs")
+
+
 def main() -> int:
   started = time.monotonic()
   args = parse()
-  import jax
 
   common, out = common_fields(args.tokens), pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  seeds = list(range(args.seeds))
-  study = cbs_study(args.tokens, args.quick)
-  base = fixed_runs(args.tokens)[0]
-  first = train(base, common, 0, args)  # stage 1's run: the baseline's seed 0
-  print(f"baseline seed 0: {study_lm.said(first)}", flush=True)
-  where = pathlib.Path(args.workdir) / f"t{args.tokens}_e256" / BASELINE / "seed0"
-  cbs = measure(args, study, where, first["updates"])
+  kept, cbs = earlier(out, args.tokens) if args.keep else ({}, None)
+  study, trained = cbs_study(args.tokens, args.quick), {}
+
+  def result(run: reproduce.Run, seed: int) -> dict:
+    """A kept seed (same command line), or trained now; the results written after each."""
+    command, seeds = kept.get(run.name, (None, {}))
+    if command == run.command(common) and seed in seeds:
+      value = seeds[seed]
+    else:
+      value = train(run, common, seed, args)
+      print(f"{run.name} seed {seed}: {study_lm.said(value)}", flush=True)
+    trained.setdefault(run, {})[seed] = value
+    if cbs is not None:
+      write(out, trained, settings(args, common, study, cbs, built), study, started)
+    return value
+
+  built: list[dict] = []
+  if cbs is None:  # stage 1: the baseline's seed 0 and the branches from its checkpoints
+    first = result(fixed_runs(args.tokens)[0], 0)
+    where = pathlib.Path(args.workdir) / f"t{args.tokens}_e256" / BASELINE / "seed0"
+    cbs = {**measure(args, study, where, first["updates"]), "budget": study.budget}
   extra, built = measured_runs(cbs["rows"], args.tokens)
   runs = [*fixed_runs(args.tokens), *extra]
   selected = [r for r in runs if not args.only or any(p in r.name for p in args.only)]
-  trained = reproduce.train_runs(
-    selected, seeds, lambda run, seed: train(run, common, seed, args), study_lm.said
-  )
-  results = {r.name: study_lm.aggregate(r, trained[r.name], r.command(common)) for r in selected}
-  devices = jax.devices()
-  settings = {
-    "study": "ramp", "model": "lm_mini", "base_batch_tokens": BASE_BATCH,
-    "data": "BPE tokens (bpe:2048) of the running Python's standard library",
-    "tokens": args.tokens, "seeds": seeds, "eval_examples": 256,
-    "eval_every_tokens": common["eval_every_tokens"],
-    "device": f"{devices[0].platform} x {len(devices)}", "jax": jax.__version__,
-    "common_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in common.items()},
-    "cbs": {**cbs, "batches": list(study.batches), "budget": study.budget}, "cbs_ramps": built,
-  }  # fmt: skip
-  if args.keep:
-    results = study_adaptive.kept_results(
-      out, settings, results, keys=("tokens", "seeds"), order=tuple(r.name for r in runs)
-    )
-  write(out, results, settings, study, started)
+  for seed in range(args.seeds):  # every plan's seed 0 first: a stopped study has them all
+    for run in selected:
+      result(run, seed)
+  write(out, trained, settings(args, common, study, cbs, built), study, started)
+  print((out / "results.md").read_text())
   return 0
 
 
-def write(out: pathlib.Path, results: dict, settings: dict, study, started: float) -> None:
-  """results.json, results.md (the plans' tables, then the branches'), and the figures."""
+def settings(args, common: dict, study, cbs: dict, built: list[dict]) -> dict:
+  import jax
+
+  devices = jax.devices()
+  return {
+    "study": "ramp", "model": "lm_mini", "base_batch_tokens": BASE_BATCH,
+    "data": "BPE tokens (bpe:2048) of the running Python's standard library",
+    "tokens": args.tokens, "seeds": list(range(args.seeds)), "eval_examples": 256,
+    "eval_every_tokens": common["eval_every_tokens"],
+    "device": f"{devices[0].platform} x {len(devices)}", "jax": jax.__version__,
+    "common_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in common.items()},
+    "cbs": cbs, "cbs_ramps": built,
+  }  # fmt: skip
+
+
+def write(out: pathlib.Path, trained: dict, settings: dict, study, started: float) -> None:
+  """results.json, results.md (the plans' tables, then the branches'), and the figures,
+  from the seeds `trained` ({run: {seed: result}}) holds so far."""
+  results = {
+    run.name: study_lm.aggregate(run, per_seed, run.command(common_fields(settings["tokens"])))
+    for run, per_seed in trained.items()
+  }
   target = report.with_targets(results)
   settings["target_loss"] = target
   settings["train_seconds"] = sum(
@@ -274,12 +309,11 @@ def write(out: pathlib.Path, results: dict, settings: dict, study, started: floa
      *study_cbs.table(cbs["rows"], study), "", *(f"- `{r['command']}`" for r in cbs["rows"])]
   )  # fmt: skip
   (out / "results.md").write_text(text + "\n")
-  print(text)
   report.loss_figure(results, target, out / "loss.png", title="lm_mini, AdamW, BPE tokens")
   report.noise_figure(results, out / "noise.png")
   model = {"rows": cbs["rows"], "trace": cbs["trace"]}
   study_cbs.figure(model, study, out / "cbs.png")
-  print(f"wrote {out}/results.json, results.md, loss.png, noise.png, cbs.png", file=sys.stderr)
+  print(f"wrote {out}/results.json, results.md, loss.png, noise.png, cbs.png", flush=True)
 
 
 if __name__ == "__main__":

@@ -388,3 +388,19 @@ def test_ramp_study_s_large_batch_takes_the_square_root_rule_s_rate():
   common = study.common_fields(10_240_000)
   assert common["schedule.boundaries_tokens"] == (3_072_000, 6_144_000, 8_192_000)
   assert common["schedule.warmup_tokens"] == 102_400 and common["eval_every_tokens"] == 512_000
+
+
+def test_ramp_study_keeps_what_results_json_holds_at_its_budget(tmp_path):
+  study = load("study_lm_ramp")
+  assert study.earlier(tmp_path, 409_600) == ({}, None)  # nothing yet
+  saved = {
+    "settings": {"tokens": 409_600, "cbs": {"rows": [{"tokens": 2_048}], "budget": 32_768}},
+    "runs": {"baseline": {"command": "bigbatch train ...", "per_seed": {"0": {"loss": 5.0}}}},
+  }
+  (tmp_path / "results.json").write_text(json.dumps(saved))
+  runs, cbs = study.earlier(tmp_path, 409_600)
+  assert runs == {"baseline": ("bigbatch train ...", {0: {"loss": 5.0}})}
+  assert cbs == saved["settings"]["cbs"]
+  with pytest.raises(SystemExit, match=r"^--keep: .*results.json has tokens 409,600, this run "
+                                       r"10,240,000$"):  # fmt: skip
+    study.earlier(tmp_path, 10_240_000)
