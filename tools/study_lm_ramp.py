@@ -262,7 +262,13 @@ def main() -> int:
     cbs = {**measure(args, study, where, first["updates"]), "budget": study.budget}
   extra, built = measured_runs(cbs["rows"], args.tokens)
   runs = [*fixed_runs(args.tokens), *extra]
-  selected = [r for r in runs if not args.only or any(p in r.name for p in args.only)]
+  for run in runs:  # every kept seed stays in the results, whatever --only picks
+    command, seeds = kept.get(run.name, (None, {}))
+    if command == run.command(common):
+      trained.setdefault(run, {}).update(seeds)
+  # the baseline always: it sets the target the others are measured against
+  only = args.only
+  selected = [r for r in runs if r.name == BASELINE or not only or any(p in r.name for p in only)]
   for seed in range(args.seeds):  # every plan's seed 0 first: a stopped study has them all
     for run in selected:
       result(run, seed)
@@ -289,9 +295,10 @@ def settings(args, common: dict, study, cbs: dict, built: list[dict]) -> dict:
 def write(out: pathlib.Path, trained: dict, settings: dict, study, started: float) -> None:
   """results.json, results.md (the plans' tables, then the branches'), and the figures,
   from the seeds `trained` ({run: {seed: result}}) holds so far."""
+  order = [r.name for r in fixed_runs(settings["tokens"])] + ["cbs_ramp", "law_ramp"]
   results = {
     run.name: study_lm.aggregate(run, per_seed, run.command(common_fields(settings["tokens"])))
-    for run, per_seed in trained.items()
+    for run, per_seed in sorted(trained.items(), key=lambda item: order.index(item[0].name))
   }
   target = report.with_targets(results)
   settings["target_loss"] = target

@@ -116,7 +116,7 @@ def tables(results: dict[str, dict], settings: dict, target: float | None) -> st
   tokens, base_batch = settings["tokens"], settings.get("base_batch_tokens", BASE_BATCH_TOKENS)
   rules = settings.get("study", "rules") != "optimizers"
   optimizer = "AdamW" if rules else "the baseline's plan under each optimizer"
-  data = settings.get("data", f"the Python {settings['python']} standard library")
+  data = settings.get("data") or f"the Python {settings['python']} standard library"
   every = settings.get("eval_every_tokens", tokens // 10)
   lines = [
     f"`{settings.get('model', 'lm_tiny')}` on {data}, {optimizer}, {tokens:,} "
