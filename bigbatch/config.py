@@ -31,6 +31,7 @@ from bigbatch.recipe import (  # noqa: F401  (re-exported)
   OPTIMIZER_VARIANTS,
   ConfigError,
   default_distributed_config,
+  default_elastic_config,
   default_memory_config,
   default_mesh_config,
   default_noise_config,

@@ -77,7 +77,7 @@ def _config_block(block: Any) -> ml_collections.ConfigDict:
   for name, value in block.to_dict().items():
     if value is None:
       value = ml_collections.config_dict.placeholder(
-        {"int": int, "float": float}.get(types[name], str)
+        {"int": int, "float": float, "tuple": tuple}.get(types[name], str)
       )
     values[name] = value
   return ml_collections.ConfigDict(values)
@@ -158,6 +158,14 @@ def optimizer_config(fields: dict[str, Any]) -> ml_collections.ConfigDict:
   )
 
 
+def default_elastic_config() -> ml_collections.ConfigDict:
+  """The `elastic` block (`bigbatch.plan.elastic`): off unless `slice_sizes` is set (the
+  device counts a phase may run on); `per_device_batch` (unset: the plan's
+  `max_batch_size` over this run's devices); `example_seconds` and `step_seconds`, the
+  step-time model for device-hours."""
+  return _config_block(spec.ElasticSpec())
+
+
 def default_noise_config() -> ml_collections.ConfigDict:
   """The `noise` block: the gradient noise scale measured in the train step.
 
@@ -191,7 +199,8 @@ def set_run_fields(
   compile the next phase while this one trains on a GPU or TPU, not on a CPU,
   where the compiler runs on the threads that run the step; "on"; "off"),
   `noise` (the measured gradient
-  noise scale, `default_noise_config`), `compilation_cache_dir` (JAX's
+  noise scale, `default_noise_config`), `elastic` (off: `default_elastic_config`),
+  `compilation_cache_dir` (JAX's
   persistent cache; unset) and `eval_train_examples` (0: off; K > 0: each
   evaluation also measures the loss and accuracy of the first K training
   examples, unaugmented, logged as `train_eval_loss` and
@@ -206,6 +215,7 @@ def set_run_fields(
   config.mesh = default_mesh_config()
   config.distributed = default_distributed_config()
   config.memory = default_memory_config()
+  config.elastic = default_elastic_config()
   config.eval_every_epochs = float(eval_every_epochs)
   config.eval_batch_size = int(eval_batch_size)
   config.eval_train_examples = spec.EvalSpec().train_examples

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -12,11 +13,13 @@ from bigbatch.cli import args
 
 
 def plan(argv: list[str]) -> int:
+  import jax
+
   from bigbatch.config import ConfigError, read
-  from bigbatch.plan import adaptive, report
+  from bigbatch.plan import adaptive, elastic, report
   from bigbatch.step import memory
   from bigbatch.train import build
-  from bigbatch.train.experiment import Experiment
+  from bigbatch.train.experiment import Experiment, elastic_slices
 
   def define(values):
     args.define_workdir(values)
@@ -43,12 +46,19 @@ def plan(argv: list[str]) -> int:
     )  # of the plan before any decision
     decided, plan = _decided_so_far(plan, values.workdir)
     bounds += decided
+  try:
+    parts, per = elastic_slices(spec, plan, jax.device_count())
+  except ConfigError as error:
+    return args.fail("plan", str(error))
   if values.json:
-    print(json.dumps(plan.to_dict(), indent=1))
+    extra = {} if parts is None else {"elastic": [dataclasses.asdict(p) for p in parts]}
+    print(json.dumps({**plan.to_dict(), **extra}, indent=1))
   else:
     print(report.format_plan(plan))
     if bounds:
       print(bounds)
+    if parts is not None:
+      print(elastic.format_slices(parts, spec.elastic.slice_sizes, per))
   if values.plot:
     try:
       report.plot_plan(plan, values.plot)

@@ -3,7 +3,7 @@
 `RunSpec.read(config)` turns a recipe's `ml_collections.ConfigDict` (or any
 nested mapping: a checkpoint's JSON record, a dict) into a `RunSpec` and its
 blocks: `ScheduleSpec`, `OptimizerSpec`, `PlanSpec`, `ModelSpec`, `DataSpec`,
-`MeshSpec`, `NoiseSpec`, `MemorySpec`, `DistributedSpec`, `EvalSpec` and
+`MeshSpec`, `NoiseSpec`, `MemorySpec`, `DistributedSpec`, `ElasticSpec`, `EvalSpec` and
 `CheckpointSpec`. Each field has its default here and nowhere else, and each
 spec checks its fields when it is made, from a config or in Python, so a bad
 value is a `ConfigError` that names the config field and what it accepts
@@ -20,6 +20,7 @@ from bigbatch.spec.run import RunSpec
 from bigbatch.spec.system import (
   CheckpointSpec,
   DistributedSpec,
+  ElasticSpec,
   EvalSpec,
   MemorySpec,
   MeshSpec,
@@ -42,6 +43,7 @@ __all__ = [
   "ConfigError",
   "DataSpec",
   "DistributedSpec",
+  "ElasticSpec",
   "EvalSpec",
   "MemorySpec",
   "MeshSpec",

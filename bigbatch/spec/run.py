@@ -24,6 +24,7 @@ _BLOCKS = {
   "noise": system.NoiseSpec,
   "memory": system.MemorySpec,
   "distributed": system.DistributedSpec,
+  "elastic": system.ElasticSpec,
 }
 # The built-in optimizers `plan.adam_rule` is for (`bigbatch.optim.FAMILY`).
 _ADAPTIVE = tuple(name for name, family in optim.FAMILY.items() if family == "adaptive")
@@ -59,6 +60,7 @@ class RunSpec(Block):
   noise: system.NoiseSpec = dataclasses.field(default_factory=system.NoiseSpec)
   memory: system.MemorySpec = dataclasses.field(default_factory=system.MemorySpec)
   distributed: system.DistributedSpec = dataclasses.field(default_factory=system.DistributedSpec)
+  elastic: system.ElasticSpec = dataclasses.field(default_factory=system.ElasticSpec)
   # a language model's token fields as given (`bigbatch.spec.clock`; dotted names)
   token_fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 

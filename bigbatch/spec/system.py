@@ -75,6 +75,52 @@ class NoiseSpec(Block):
   }
 
 
+def _slice_sizes(field: str, value: Any) -> tuple[int, ...] | None:
+  """Device counts a phase may run on: whole numbers >= 1, ascending, each dividing the
+  largest (a slice is a part of the largest one; 3 of 8 devices cannot be formed)."""
+  if value is None:
+    return None
+  if not isinstance(value, tuple | list) or not value:
+    raise ConfigError(f"{field}: must be a tuple of device counts, e.g. (2, 4, 8), got {value!r}")
+  sizes = tuple(integer(1)(field, size) for size in value)
+  if list(sizes) != sorted(set(sizes)):
+    raise ConfigError(f"{field}: must be ascending, each once, got {sizes}")
+  for size in sizes:
+    if sizes[-1] % size:
+      raise ConfigError(
+        f"{field}: {size} does not divide the largest slice, {sizes[-1]}: the devices "
+        "cannot form it"
+      )
+  return sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class ElasticSpec(Block):
+  """`elastic`: each phase on the devices it needs (`bigbatch.plan.elastic`). On when
+  `slice_sizes` is set: the device counts a phase may run on. A phase takes its batch /
+  `per_device_batch` devices, rounded up to one of them (unset: the plan's
+  `max_batch_size` over this run's devices). `example_seconds` and `step_seconds`
+  model a step's time on a device (`step_seconds + per-device batch x
+  example_seconds`) for the device-hours `bigbatch plan` shows."""
+
+  slice_sizes: tuple | None = None
+  per_device_batch: int | None = None
+  example_seconds: float | None = None
+  step_seconds: float = 0.0
+
+  _PREFIX = "elastic."
+  _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
+    "slice_sizes": _slice_sizes,
+    "per_device_batch": integer(1, optional=True),
+    "example_seconds": real(0.0, optional=True),
+    "step_seconds": real(0.0),
+  }
+
+  @property
+  def enabled(self) -> bool:
+    return self.slice_sizes is not None
+
+
 @dataclasses.dataclass(frozen=True)
 class MemorySpec(Block):
   """`memory`: the batch-size probe's budget per CPU device (`budget_bytes`; unset: a

@@ -22,14 +22,14 @@ from bigbatch import data, partitioning
 from bigbatch import sharding as shd
 from bigbatch import step as st
 from bigbatch.models import compute_dtype, flops, init_rngs
-from bigbatch.plan import adaptive
+from bigbatch.plan import adaptive, elastic
 from bigbatch.plan.phases import Plan
 from bigbatch.spec import ConfigError, RunSpec
 from bigbatch.spec.block import IN_MEMORY
 from bigbatch.step import memory
 from bigbatch.train import build, preflight
 
-__all__ = ["Experiment"]
+__all__ = ["Experiment", "elastic_slices"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -126,6 +126,7 @@ class Experiment:
       ConfigError, ShardingError: naming the field.
     """
     build.check_plan_on_mesh(self.spec, self.plan, self.mesh)
+    elastic_slices(self.spec, self.plan, self.mesh.devices.size)
     shd.check_batch_size(self.spec.eval.batch_size, self.mesh, field="eval_batch_size")
     self.check_train_size()
     _ = self.eval_source  # opened now: a missing split fails here, before the first step
@@ -247,3 +248,27 @@ class Experiment:
     )
     (batch,) = list(batches)
     return shd.global_batch(self.mesh, batch, size)
+
+
+def elastic_slices(
+  spec: RunSpec, plan: Plan, devices: int
+) -> tuple[tuple[elastic.PhaseSlice, ...], int] | tuple[None, None]:
+  """Each phase's slice (`bigbatch.plan.elastic`) and the per-device batch, where
+  `elastic` is on ((None, None) where off); `devices`: this run's, for a per-device batch
+  taken from `plan.max_batch_size`.
+
+  Raises:
+    ConfigError: naming the `elastic` field the plan cannot run on.
+  """
+  settings = spec.elastic
+  if not settings.enabled:
+    return None, None
+  try:
+    per = elastic.per_device_batch(settings.per_device_batch, plan.max_batch_size, devices)
+    parts = elastic.slices(
+      plan, settings.slice_sizes, per,
+      example_seconds=settings.example_seconds, step_seconds=settings.step_seconds,
+    )  # fmt: skip
+  except elastic.ElasticError as error:
+    raise ConfigError(str(error)) from None
+  return parts, per

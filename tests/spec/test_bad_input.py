@@ -163,6 +163,24 @@ def test_a_bad_value_is_refused_naming_the_field(capsys, tmp_path, data_dir, ove
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
+ELASTIC = [
+  (["(3,8)"], "elastic.slice_sizes: 3 does not divide the largest slice, 8: the devices cannot"),
+  (["(1,2,4,8)"], "elastic.per_device_batch: needed where plan.max_batch_size does not give it"),
+  (["(1,2,4,8)", "48"], "elastic.per_device_batch: 48 does not divide phase 0's batch of 32"),
+]
+
+
+@pytest.mark.parametrize("values,word", ELASTIC, ids=[" ".join(v[0]) for v in ELASTIC])
+def test_elastic_settings_the_plan_cannot_run_on_are_refused(
+  capsys, tmp_path, data_dir, values, word
+):
+  fields = ["--config.elastic.slice_sizes", "--config.elastic.per_device_batch"]
+  args = ["--config", CONFIG, "--workdir", str(tmp_path / "w"), *overrides(data_dir)]
+  args += [f"{field}={value}" for field, value in zip(fields, values)]
+  run_and_check(capsys, args, word, tmp_path)
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
   """A workdir stopped at step 35 (checkpoints 20, 30, 32 and 35 kept as 3 + the stop)."""
