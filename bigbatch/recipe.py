@@ -162,7 +162,8 @@ def default_elastic_config() -> ml_collections.ConfigDict:
   """The `elastic` block (`bigbatch.plan.elastic`): off unless `slice_sizes` is set (the
   device counts a phase may run on); `per_device_batch` (unset: the plan's
   `max_batch_size` over this run's devices); `example_seconds` and `step_seconds`, the
-  step-time model for device-hours."""
+  step-time model for device-hours; `until_phase_end`: stop where the next phase wants
+  more devices than the run has."""
   return _config_block(spec.ElasticSpec())
 
 

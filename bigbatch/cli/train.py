@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shlex
 import sys
 import threading
 
@@ -17,7 +18,7 @@ def train(argv: list[str]) -> int:
   from bigbatch import workdir as workdir_lib
   from bigbatch.config import ConfigError, read
   from bigbatch.data import progress as data_progress
-  from bigbatch.recipe import DEFAULT_RECIPE
+  from bigbatch.recipe import DEFAULT_RECIPE, default_elastic_config
   from bigbatch.workdir import checkpoint
 
   if args.config_path(argv) is None:  # MNIST-1D, increasing batch size, on CPU
@@ -31,6 +32,13 @@ def train(argv: list[str]) -> int:
       flag_values=values,
     )
     flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=values)
+    flags.DEFINE_bool(
+      "until_phase_end",
+      False,
+      "stop where the next phase wants more devices than this run has "
+      "(elastic.until_phase_end; exit status 75)",
+      flag_values=values,
+    )
 
   values = args.parse("train", argv, define)
   if not values.progress:  # tfds draws its own bars while it generates a dataset
@@ -47,6 +55,10 @@ def train(argv: list[str]) -> int:
     workdir_lib.WorkdirError,
   )
   try:
+    if values.until_phase_end:  # the config's own field, set from the flag
+      if "elastic" not in values.config:
+        values.config.elastic = default_elastic_config()
+      values.config.elastic.until_phase_end = True
     spec = read(values.config)
     path = workdir_lib.prepare(workdir)
     sharding.initialize_distributed(spec.distributed)  # before anything touches a device
@@ -56,7 +68,7 @@ def train(argv: list[str]) -> int:
 
   with _LibraryLog(path) as library:
     try:
-      train_and_evaluate(spec, workdir, progress=values.progress)
+      summary = train_and_evaluate(spec, workdir, progress=values.progress)
     except NonFiniteLossError as error:
       print(f"bigbatch train: stopped: {error}", file=sys.stderr)
       return 1
@@ -67,12 +79,29 @@ def train(argv: list[str]) -> int:
     except known as error:
       library.discard()  # a refused start leaves the workdir as it was
       return args.fail("train", str(error))
+  if summary["status"] == "needs_devices":
+    print(needs_devices_line(summary, argv), file=sys.stderr)
+    return EXIT_NEEDS_DEVICES
   return 0
 
 
 # Exit statuses of `bigbatch train`: 0 done (or preempted and saved), 1 a
-# non-finite loss, 2 bad input (nothing started), 3 a checkpoint save failed.
+# non-finite loss, 2 bad input (nothing started), 3 a checkpoint save failed, 75 stopped
+# at a phase end because the next phase wants more devices (`elastic.until_phase_end`).
 EXIT_SAVE_FAILED = 3
+EXIT_NEEDS_DEVICES = 75
+
+
+def needs_devices_line(summary: dict, argv: list[str]) -> str:
+  """The one line a run stopped by `elastic.until_phase_end` ends with: what the next
+  phase wants, and the command that resumes it."""
+  command = shlex.join(["bigbatch", "train", *argv])
+  return (
+    f"bigbatch train: phase {summary['next_phase']} (batch {summary['next_batch_size']:,}) "
+    f"wants {summary['next_devices']} devices, this run has {summary['devices']}: "
+    f"checkpointed at step {summary['step']:,}; resume on {summary['next_devices']} "
+    f"devices with: {command}"
+  )
 
 
 def _exit_now(status: int) -> None:

@@ -101,12 +101,16 @@ class ElasticSpec(Block):
   `per_device_batch` devices, rounded up to one of them (unset: the plan's
   `max_batch_size` over this run's devices). `example_seconds` and `step_seconds`
   model a step's time on a device (`step_seconds + per-device batch x
-  example_seconds`) for the device-hours `bigbatch plan` shows."""
+  example_seconds`) for the device-hours `bigbatch plan` shows. `until_phase_end`
+  (`bigbatch train --until_phase_end`): a fixed plan's run stops, checkpointed, at the
+  end of the first phase whose next wants more devices than it has (exit status 75),
+  to resume on them."""
 
   slice_sizes: tuple | None = None
   per_device_batch: int | None = None
   example_seconds: float | None = None
   step_seconds: float = 0.0
+  until_phase_end: bool = False
 
   _PREFIX = "elastic."
   _CHECKS: ClassVar[Mapping[str, fields.Check]] = {
@@ -114,7 +118,15 @@ class ElasticSpec(Block):
     "per_device_batch": integer(1, optional=True),
     "example_seconds": real(0.0, optional=True),
     "step_seconds": real(0.0),
+    "until_phase_end": boolean,
   }
+
+  def __post_init__(self) -> None:
+    super().__post_init__()
+    if self.until_phase_end and self.slice_sizes is None:
+      raise ConfigError(
+        "elastic.until_phase_end: needs elastic.slice_sizes (the devices a phase may want)"
+      )
 
   @property
   def enabled(self) -> bool:

@@ -263,6 +263,11 @@ def elastic_slices(
   settings = spec.elastic
   if not settings.enabled:
     return None, None
+  if settings.until_phase_end and plan.strategy in adaptive.STRATEGIES:
+    raise ConfigError(
+      f"elastic.until_phase_end: a fixed plan's; plan.strategy {plan.strategy} decides its "
+      "phases while training"
+    )
   try:
     per = elastic.per_device_batch(settings.per_device_batch, plan.max_batch_size, devices)
     parts = elastic.slices(

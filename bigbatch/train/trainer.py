@@ -18,6 +18,7 @@ cycle is kept apart (`bigbatch.workdir.snapshots`), before the checkpoint of its
 
 from __future__ import annotations
 
+import itertools
 import json
 import pathlib
 import signal
@@ -37,7 +38,7 @@ from bigbatch.plan.summary import format_summary
 from bigbatch.spec import RunSpec
 from bigbatch.train import build
 from bigbatch.train.clock import Clock
-from bigbatch.train.experiment import Experiment
+from bigbatch.train.experiment import Experiment, elastic_slices
 from bigbatch.train.hooks import Hook, NoiseWarning, PolicyHook, SnapshotHook, StepInfo
 from bigbatch.train.loop import Loop, NonFiniteLossError, data_position
 from bigbatch.train.setup import Run, check_workdir, set_up
@@ -210,19 +211,14 @@ def _train(
     if not (run.workdir / "summary.json").exists():  # the kill came before it was written
       _write_summary(run, summary)
     return {**summary, "status": "complete"}
-  say(format_plan(plan))
-  say(
-    format_batch_arithmetic(
-      plan,
-      devices=shd.data_parallel_size(run.mesh),
-      processes=jax.process_count(),
-      platform=jax.devices()[0].platform,
-      mesh_shape=run.mesh.shape,
-      ghost=run.experiment.train_step.batch_norm.note,
-    )
-  )
-  if run.record is not None:
-    say(f"resuming from the checkpoint at step {step:,} in {run.checkpoints.directory}")
+  _announce(run, step)
+  wait = _wait_for_devices(run, step)
+  if wait is not None and wait["step"] == step:  # resumed at that phase end, still too few
+    summary = {**_summary(run, "needs_devices", step, clock.totals(step, []), None), **wait}
+    say(format_summary(summary))
+    return summary
+  if wait is not None:
+    stop_at_step = wait["step"] if stop_at_step is None else min(stop_at_step, wait["step"])
   if run.spec.compilation_cache_dir:
     st.enable_compilation_cache(run.spec.compilation_cache_dir)
   logs = MetricsLog(run.workdir, step, enabled=jax.process_index() == 0, say=say)
@@ -250,8 +246,51 @@ def _train(
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
   step = int(jax.device_get(state.step))
+  if status == "preempted" and wait is not None and step == wait["step"] and not loop.preempted:
+    status = "needs_devices"
   summary = _summary(run, status, step, clock.totals(step, loop.compile_records), final)
+  if status == "needs_devices":
+    summary.update(wait)
   if status == "completed":
     _write_summary(run, summary)
   say(format_summary(summary))
   return summary
+
+
+def _announce(run: Run, step: int) -> None:
+  """The plan, how its batches split over the devices, and where the run resumes."""
+  run.say(format_plan(run.plan))
+  run.say(
+    format_batch_arithmetic(
+      run.plan,
+      devices=shd.data_parallel_size(run.mesh),
+      processes=jax.process_count(),
+      platform=jax.devices()[0].platform,
+      mesh_shape=run.mesh.shape,
+      ghost=run.experiment.train_step.batch_norm.note,
+    )
+  )
+  if run.record is not None:
+    run.say(f"resuming from the checkpoint at step {step:,} in {run.checkpoints.directory}")
+
+
+def _wait_for_devices(run: Run, step: int) -> dict[str, Any] | None:
+  """Where `elastic.until_phase_end` stops the run: the end of the first phase, from
+  `step` on, whose next phase wants more devices than the run has, as
+  {"step", "next_phase", "next_devices", "next_batch_size", "devices"}; None where no
+  phase does (or the setting is off)."""
+  if not run.spec.elastic.until_phase_end:
+    return None
+  parts, _ = elastic_slices(run.spec, run.plan, run.mesh.devices.size)
+  have = run.mesh.devices.size
+  for current, following in itertools.pairwise(parts):
+    end = run.plan.phases[current.phase].end_step
+    if end >= step and following.devices > have:
+      return {
+        "step": end,
+        "next_phase": following.phase,
+        "next_devices": following.devices,
+        "next_batch_size": following.batch_size,
+        "devices": have,
+      }
+  return None
