@@ -163,20 +163,28 @@ def test_a_bad_value_is_refused_naming_the_field(capsys, tmp_path, data_dir, ove
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
+SLICES = "--config.elastic.slice_sizes=(1,2,4,8)"
 ELASTIC = [
-  (["(3,8)"], "elastic.slice_sizes: 3 does not divide the largest slice, 8: the devices cannot"),
-  (["(1,2,4,8)"], "elastic.per_device_batch: needed where plan.max_batch_size does not give it"),
-  (["(1,2,4,8)", "48"], "elastic.per_device_batch: 48 does not divide phase 0's batch of 32"),
-]
+  (["--config.elastic.slice_sizes=(3,8)"], "elastic.slice_sizes: 3 does not divide the largest"),
+  ([SLICES], "elastic.per_device_batch: needed where plan.max_batch_size does not give it"),
+  (
+    [SLICES, "--config.elastic.per_device_batch=48"],
+    "elastic.per_device_batch: 48 does not divide phase 0's batch of 32",
+  ),
+  (["--until_phase_end"], "elastic.until_phase_end: needs elastic.slice_sizes"),
+  (
+    [SLICES, "--config.elastic.per_device_batch=16", "--config.plan.strategy=noise",
+     "--until_phase_end"],
+    "elastic.until_phase_end: a fixed plan's; plan.strategy noise decides its phases",
+  ),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("values,word", ELASTIC, ids=[" ".join(v[0]) for v in ELASTIC])
 def test_elastic_settings_the_plan_cannot_run_on_are_refused(
   capsys, tmp_path, data_dir, values, word
 ):
-  fields = ["--config.elastic.slice_sizes", "--config.elastic.per_device_batch"]
-  args = ["--config", CONFIG, "--workdir", str(tmp_path / "w"), *overrides(data_dir)]
-  args += [f"{field}={value}" for field, value in zip(fields, values)]
+  args = ["--config", CONFIG, "--workdir", str(tmp_path / "w"), *overrides(data_dir), *values]
   run_and_check(capsys, args, word, tmp_path)
   assert not (tmp_path / "w" / "checkpoints").exists()
 
