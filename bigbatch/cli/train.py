@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shlex
@@ -13,34 +14,34 @@ from absl import flags
 from bigbatch.cli import args
 
 
+def _define(values) -> None:
+  """`bigbatch train`'s own flags, beside --config."""
+  flags.DEFINE_string(
+    "workdir", None, "checkpoints, metrics and summary (default: workdir/CONFIG)",
+    flag_values=values,
+  )  # fmt: skip
+  flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=values)
+  flags.DEFINE_bool(
+    "until_phase_end",
+    False,
+    "stop where the next phase wants more devices than this run has "
+    "(elastic.until_phase_end; exit status 75)",
+    flag_values=values,
+  )
+
+
 def train(argv: list[str]) -> int:
   from bigbatch import data, sharding
   from bigbatch import workdir as workdir_lib
   from bigbatch.config import ConfigError, read
   from bigbatch.data import progress as data_progress
-  from bigbatch.recipe import DEFAULT_RECIPE, default_elastic_config
+  from bigbatch.recipe import DEFAULT_RECIPE
   from bigbatch.workdir import checkpoint
 
   if args.config_path(argv) is None:  # MNIST-1D, increasing batch size, on CPU
     argv = ["--config", DEFAULT_RECIPE, *argv]
 
-  def define(values):
-    flags.DEFINE_string(
-      "workdir",
-      None,
-      "checkpoints, metrics and summary (default: workdir/CONFIG)",
-      flag_values=values,
-    )
-    flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=values)
-    flags.DEFINE_bool(
-      "until_phase_end",
-      False,
-      "stop where the next phase wants more devices than this run has "
-      "(elastic.until_phase_end; exit status 75)",
-      flag_values=values,
-    )
-
-  values = args.parse("train", argv, define)
+  values = args.parse("train", argv, _define)
   if not values.progress:  # tfds draws its own bars while it generates a dataset
     import tensorflow_datasets as tfds
 
@@ -55,11 +56,9 @@ def train(argv: list[str]) -> int:
     workdir_lib.WorkdirError,
   )
   try:
-    if values.until_phase_end:  # the config's own field, set from the flag
-      if "elastic" not in values.config:
-        values.config.elastic = default_elastic_config()
-      values.config.elastic.until_phase_end = True
     spec = read(values.config)
+    if values.until_phase_end:  # the spec's own field, set from the flag (and checked)
+      spec = spec.replace(elastic=dataclasses.replace(spec.elastic, until_phase_end=True))
     path = workdir_lib.prepare(workdir)
     sharding.initialize_distributed(spec.distributed)  # before anything touches a device
   except known as error:
