@@ -193,10 +193,6 @@ def measured_runs(rows: list[dict], tokens: int) -> tuple[list[reproduce.Run], l
   return runs, built
 
 
-def train(run: reproduce.Run, common: dict, seed: int, args) -> dict:
-  return study_lm.train_one(run, common, seed, args)
-
-
 def parse() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--tokens", type=int, default=None, help="tokens per run (10,240,000)")
@@ -248,7 +244,7 @@ def main() -> int:
     if command == run.command(common) and seed in seeds:
       value = seeds[seed]
     else:
-      value = train(run, common, seed, args)
+      value = study_lm.train_one(run, common, seed, args)
       print(f"{run.name} seed {seed}: {study_lm.said(value)}", flush=True)
     trained.setdefault(run, {})[seed] = value
     if cbs is not None:
