@@ -46,8 +46,11 @@ def plan(argv: list[str]) -> int:
     )  # of the plan before any decision
     decided, plan = _decided_so_far(plan, values.workdir)
     bounds += decided
+  measured = None
+  if spec.elastic.enabled and spec.elastic.example_seconds is None:
+    measured = _measured_step_time(values.workdir)
   try:
-    parts, per = elastic_slices(spec, plan, jax.device_count())
+    parts, per = elastic_slices(spec, plan, jax.device_count(), measured)
   except ConfigError as error:
     return args.fail("plan", str(error))
   if values.json:
@@ -58,7 +61,10 @@ def plan(argv: list[str]) -> int:
     if bounds:
       print(bounds)
     if parts is not None:
-      print(elastic.format_slices(parts, spec.elastic.slice_sizes, per))
+      source = "the step-time model"
+      if measured is not None:
+        source = f"{measured.source} in {values.workdir}"
+      print(elastic.format_slices(parts, spec.elastic.slice_sizes, per, source))
   if values.plot:
     try:
       report.plot_plan(plan, values.plot)
@@ -68,25 +74,44 @@ def plan(argv: list[str]) -> int:
   return 0
 
 
-def _decided_so_far(plan, workdir: str | None):
-  """With `--workdir` of an adaptive run: the plan of the phases its checkpoint has decided."""
-  from bigbatch.plan import adaptive
+def _latest_record(workdir: str | None) -> tuple[int, dict] | None:
+  """(step, record) of the latest checkpoint in `workdir`, or None where it has none."""
   from bigbatch.workdir import checkpoint
 
   directory = pathlib.Path(workdir or "") / "checkpoints"
   if not workdir or not directory.is_dir():
-    return "", plan
+    return None
   checkpoints = checkpoint.Checkpoints(directory)
   try:
     latest = checkpoints.latest_step()
-    if latest is None:
-      return "", plan
-    state = checkpoints.record(latest).get("policy") or {}
+    return None if latest is None else (latest, checkpoints.record(latest))
   finally:
     checkpoints.close()
+
+
+def _decided_so_far(plan, workdir: str | None):
+  """With `--workdir` of an adaptive run: the plan of the phases its checkpoint has decided."""
+  from bigbatch.plan import adaptive
+
+  latest = _latest_record(workdir)
+  if latest is None:
+    return "", plan
+  step, record = latest
+  state = record.get("policy") or {}
   decisions = [adaptive.Decision.from_dict(d) for d in state.get("decisions", [])]
-  note = f"\n  decided so far in {workdir}: {len(decisions)} decision(s), up to step {latest:,}"
+  note = f"\n  decided so far in {workdir}: {len(decisions)} decision(s), up to step {step:,}"
   return note, adaptive.plan_from_decisions(plan, decisions)
+
+
+def _measured_step_time(workdir: str | None):
+  """With `--workdir` of a run: the step-time model fitted to its phases' measured step
+  times (`bigbatch.plan.elastic.measured_step_time`); None without one."""
+  from bigbatch.plan import elastic
+
+  latest = _latest_record(workdir)
+  if latest is None:
+    return None
+  return elastic.measured_step_time(latest[1].get("elapsed", {}).get("phases", []))
 
 
 # `bigbatch train` without --config: MNIST-1D, increasing batch size, on CPU.

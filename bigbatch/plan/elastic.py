@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bigbatch.plan.phases import Plan
 
 __all__ = [
   "ElasticError",
   "PhaseSlice",
+  "StepTime",
   "device_hours_line",
   "format_slices",
+  "measured_step_time",
   "per_device_batch",
   "slices",
 ]
@@ -122,7 +126,58 @@ def _seconds(
   return steps * (step_seconds + batch / devices * example_seconds) * devices
 
 
-def device_hours_line(parts: tuple[PhaseSlice, ...], largest: int) -> str:
+@dataclasses.dataclass(frozen=True)
+class StepTime:
+  """A step's time on a device, `step_seconds + b x example_seconds` for a per-device
+  batch b, and what it rests on (`source`, as the device-hours line says it)."""
+
+  example_seconds: float
+  step_seconds: float
+  source: str
+
+
+# a phase's seconds spent outside its train steps (`bigbatch.train.clock`)
+_NOT_STEPS = ("eval_seconds", "checkpoint_seconds", "compile_wait_seconds")
+
+
+def measured_step_time(phases: Sequence[Mapping[str, Any]]) -> StepTime | None:
+  """The step-time model fitted to a run's phases as its checkpoint records them (batch,
+  devices, steps, and seconds less evaluation, checkpoints and waits for compiles).
+
+  Each phase gives a per-device batch b and its mean step time; the line through them is
+  fitted by least squares, each phase weighed by its steps. One per-device batch alone
+  cannot separate the fixed part, which is then taken as 0 (and said so); a fit whose
+  fixed part comes out negative is refitted through 0. None where no phase was timed
+  on known devices (a run from before phases recorded them).
+  """
+  points = []
+  for phase in phases:
+    devices, steps = phase.get("devices"), phase.get("steps", 0)
+    seconds = phase.get("seconds", 0.0) - sum(phase.get(k, 0.0) for k in _NOT_STEPS)
+    if devices and steps > 0 and seconds > 0:
+      points.append((phase["batch_size"] / devices, seconds / steps, steps))
+  if not points:
+    return None
+  weight = sum(w for _, _, w in points)
+  mean_b = sum(b * w for b, _, w in points) / weight
+  mean_t = sum(t * w for _, t, w in points) / weight
+  spread = sum(w * (b - mean_b) ** 2 for b, _, w in points)
+  batches = ", ".join(sorted({f"{b:,g}" for b, _, _ in points}, key=float))
+  if spread > 0:
+    slope = sum(w * (b - mean_b) * (t - mean_t) for b, t, w in points) / spread
+    fixed = mean_t - slope * mean_b
+    if fixed >= 0 and slope > 0:
+      return StepTime(slope, fixed, f"the step times measured at per-device batches {batches}")
+  through_zero = sum(w * b * t for b, t, w in points) / sum(w * b * b for b, _, w in points)
+  why = "one per-device batch" if spread == 0 else "per-device batches"
+  return StepTime(
+    through_zero, 0.0, f"the step times measured at {why} {batches} (fixed part taken as 0)"
+  )
+
+
+def device_hours_line(
+  parts: tuple[PhaseSlice, ...], largest: int, source: str = "the step-time model"
+) -> str:
   """The plan's device-hours against the largest slice throughout, or why not known."""
   if not parts or parts[0].device_seconds is None:
     return (
@@ -134,12 +189,18 @@ def device_hours_line(parts: tuple[PhaseSlice, ...], largest: int) -> str:
   saved = 1 - used / whole if whole else 0.0
   return (
     f"device-hours: {used:,.4g} against {whole:,.4g} on {largest} devices throughout "
-    f"({saved:.1%} fewer), by the step-time model"
+    f"({saved:.1%} fewer), by {source}"
   )
 
 
-def format_slices(parts: tuple[PhaseSlice, ...], sizes: tuple[int, ...], per_device: int) -> str:
-  """The table `bigbatch plan` prints: each phase's devices, and the device-hours."""
+def format_slices(
+  parts: tuple[PhaseSlice, ...],
+  sizes: tuple[int, ...],
+  per_device: int,
+  source: str = "the step-time model",
+) -> str:
+  """The table `bigbatch plan` prints: each phase's devices, and the device-hours (`source`:
+  where the step times come from)."""
 
   def hours(value: float | None) -> str:
     return "—" if value is None else f"{value / 3600:,.4g}"
@@ -156,7 +217,7 @@ def format_slices(parts: tuple[PhaseSlice, ...], sizes: tuple[int, ...], per_dev
       f"{p.phase:>5}  {p.batch_size:>9,}  {p.devices:>7}  {share:>10}  {p.steps:>7,}  "
       f"{hours(p.device_seconds):>9}  {hours(p.largest_seconds):>9}"
     )
-  lines.append(device_hours_line(parts, sizes[-1]))
+  lines.append(device_hours_line(parts, sizes[-1], source))
   if any(p.micro_batches > 1 for p in parts):
     lines.append("(Nx): the device's share in N micro-batches (past the largest slice)")
   return "\n".join(lines)

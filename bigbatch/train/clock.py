@@ -32,8 +32,10 @@ class Clock:
     plan: Plan,
     elapsed: Mapping[str, Any] | None,
     timer: Callable[[], float] | None = None,
+    devices: int | None = None,
   ):
     elapsed = elapsed or {}
+    self.devices = devices  # this session's data-parallel devices, recorded with each phase
     self.now = timer or time.perf_counter  # every time the loop measures is read from it
     self.started = self.now()
     self.sessions = int(elapsed.get("sessions", 0)) + 1
@@ -44,7 +46,7 @@ class Clock:
       self._entry(phase.index, phase.batch_size)
     for saved in elapsed.get("phases", []):
       entry = self._entry(int(saved["phase"]), int(saved["batch_size"]))
-      for key in ("steps", "seconds", "compile_seconds", *_SPENT, *_NOTES):
+      for key in ("steps", "seconds", "compile_seconds", "devices", *_SPENT, *_NOTES):
         if key in saved:
           entry[key] = saved[key]
     self._session: dict[int, dict[str, float]] = {}
@@ -78,7 +80,9 @@ class Clock:
       session["seconds"] += seconds
 
   def start_phase(self, phase: int, step: int, batch_size: int) -> None:
-    self._entry(phase, batch_size)
+    entry = self._entry(phase, batch_size)
+    if self.devices is not None:  # the devices its steps ran on (an elastic run moves)
+      entry["devices"] = self.devices
     self._current = (phase, step, self.now())
 
   def end_phase(self, step: int) -> None:

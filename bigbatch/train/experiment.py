@@ -251,11 +251,11 @@ class Experiment:
 
 
 def elastic_slices(
-  spec: RunSpec, plan: Plan, devices: int
+  spec: RunSpec, plan: Plan, devices: int, measured: elastic.StepTime | None = None
 ) -> tuple[tuple[elastic.PhaseSlice, ...], int] | tuple[None, None]:
   """Each phase's slice (`bigbatch.plan.elastic`) and the per-device batch, where
   `elastic` is on ((None, None) where off); `devices`: this run's, for a per-device batch
-  taken from `plan.max_batch_size`.
+  taken from `plan.max_batch_size`; `measured`: step times in place of the config's model.
 
   Raises:
     ConfigError: naming the `elastic` field the plan cannot run on.
@@ -272,7 +272,8 @@ def elastic_slices(
     per = elastic.per_device_batch(settings.per_device_batch, plan.max_batch_size, devices)
     parts = elastic.slices(
       plan, settings.slice_sizes, per,
-      example_seconds=settings.example_seconds, step_seconds=settings.step_seconds,
+      example_seconds=measured.example_seconds if measured else settings.example_seconds,
+      step_seconds=measured.step_seconds if measured else settings.step_seconds,
     )  # fmt: skip
   except elastic.ElasticError as error:
     raise ConfigError(str(error)) from None

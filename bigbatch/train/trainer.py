@@ -201,7 +201,7 @@ def _train(
 ) -> dict[str, Any]:
   plan, say = run.plan, run.say
   step = int(jax.device_get(run.state.step))
-  clock = Clock(plan, (run.record or {}).get("elapsed"))
+  clock = Clock(plan, (run.record or {}).get("elapsed"), devices=shd.data_parallel_size(run.mesh))
   if run.complete:
     say(
       f"the run in {run.workdir} is complete (step {step:,} of {plan.total_steps:,}); nothing to do"

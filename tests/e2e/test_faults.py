@@ -200,3 +200,31 @@ def test_a_kill_after_a_random_delay_ends_bitwise_equal(data_dir, reference, tmp
   train(tmp_path, data_dir, kill_after=delay)
   resume_to_completion(tmp_path, data_dir)
   assert_same_run(tmp_path, reference)
+
+
+# the small run's first two epochs with each phase on its slice: phase 0 (batch 32) on 2
+# devices, phase 1 (batch 160, steps 32-37) on 8
+ELASTIC = ["--config.num_epochs=2", "--config.schedule.boundaries=(1.0,)",
+           "--config.elastic.slice_sizes=(1,2,4,8)", "--config.elastic.per_device_batch=16",
+           "--until_phase_end"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_kills_around_an_elastic_move_end_bitwise_equal_to_the_move_uninterrupted(
+  data_dir, tmp_path
+):
+  """Inside the phase-end save on 2 devices, and on the first step after the move to 8:
+  the run ends as the same move without kills does."""
+  reference = tmp_path / "reference"
+  assert train(reference, data_dir, *ELASTIC, devices=2)[0] == 75
+  assert train(reference, data_dir, *ELASTIC, devices=8)[0] == 0
+  trial = tmp_path / "trial"
+  for fault, devices in [("save@32", 2), ("step@33", 8)]:
+    if devices == 8:  # the phase end reached again after the kill in its save
+      code, output = train(trial, data_dir, *ELASTIC, devices=2)
+      assert code == 75 and "resuming from the checkpoint at step 30" in output, output[-2000:]
+    code, output = train(trial, data_dir, *ELASTIC, fault=fault, devices=devices)
+    assert code == -signal.SIGKILL, f"{fault}: {output[-2000:]}"
+  code, output = train(trial, data_dir, *ELASTIC, devices=8)
+  assert code == 0 and "resuming from the checkpoint at step 32" in output, output[-2000:]
+  assert_same_run(trial, reference)

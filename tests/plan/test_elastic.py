@@ -118,3 +118,45 @@ def test_bigbatch_plan_shows_devices_per_phase_and_device_hours(capsys):
   assert err == [
     "bigbatch plan: error: elastic.per_device_batch: 2,000 does not divide phase 0's batch of 128"
   ]
+
+
+def timed(batch, devices, steps, per_step, **spent):
+  """A phase as a checkpoint's `elapsed` records it: its seconds hold `spent` too."""
+  seconds = steps * per_step + sum(spent.values())
+  return {"batch_size": batch, "devices": devices, "steps": steps, "seconds": seconds, **spent}
+
+
+def test_the_step_time_is_fitted_to_the_measured_phases_by_hand():
+  # per-device batches 16 and 20 at 0.026 and 0.030 s a step (evaluation and a compile
+  # wait in the phases' seconds, not in their steps): 0.001 s an example, 0.010 fixed
+  phases = [
+    timed(32, 2, 32, 0.026, eval_seconds=1.5, compile_wait_seconds=0.7),
+    timed(160, 8, 6, 0.030, checkpoint_seconds=0.2),
+    {"batch_size": 800, "devices": 8, "steps": 0, "seconds": 0.0},  # never trained
+  ]
+  fitted = elastic.measured_step_time(phases)
+  assert fitted.example_seconds == pytest.approx(0.001) and fitted.step_seconds == pytest.approx(
+    0.010
+  )
+  assert fitted.source == "the step times measured at per-device batches 16, 20"
+  # three per-device batches off a line: least squares weighed by steps, by hand
+  points = [(4, 0.010, 10), (8, 0.013, 30), (16, 0.026, 20)]  # (b, t, steps)
+  w = sum(s for _, _, s in points)
+  mb, mt = sum(b * s for b, _, s in points) / w, sum(t * s for _, t, s in points) / w
+  slope = sum(s * (b - mb) * (t - mt) for b, t, s in points) / sum(
+    s * (b - mb) ** 2 for b, _, s in points
+  )
+  fitted = elastic.measured_step_time([timed(b * 2, 2, s, t) for b, t, s in points])
+  assert fitted.example_seconds == pytest.approx(slope)
+  assert fitted.step_seconds == pytest.approx(mt - slope * mb)
+  # one per-device batch: no fixed part to be had, taken as 0 and said so
+  fitted = elastic.measured_step_time([timed(64, 4, 10, 0.032)])
+  assert (fitted.example_seconds, fitted.step_seconds) == (pytest.approx(0.002), 0.0)
+  assert fitted.source.endswith("one per-device batch 16 (fixed part taken as 0)")
+  # a line through the points that would need a negative fixed part: through 0 instead
+  steep = [timed(16, 1, 10, 0.010), timed(40, 2, 10, 0.030)]  # b 16, 20: slope 0.005
+  fitted = elastic.measured_step_time(steep)
+  by_hand = (16 * 0.010 + 20 * 0.030) / (16**2 + 20**2)
+  assert (fitted.example_seconds, fitted.step_seconds) == (pytest.approx(by_hand), 0.0)
+  # phases recorded before their devices were: nothing to fit
+  assert elastic.measured_step_time([{"batch_size": 32, "steps": 5, "seconds": 1.0}]) is None
