@@ -424,8 +424,16 @@ def _files_by_kind(state: pathlib.Path) -> dict[str, pathlib.Path]:
   return files
 
 
+@pytest.mark.parametrize(
+  "kind",  # each a process of its own: CI keeps the optimizer state's
+  [
+    pytest.param("params", marks=pytest.mark.slow),
+    pytest.param("batch_stats", marks=pytest.mark.slow),
+    "opt_state",
+  ],
+)
 def test_a_truncated_file_of_each_kind_of_array_is_one_line_to_the_process_exit(
-  trained, data_dir, tmp_path
+  trained, data_dir, tmp_path, kind
 ):
   """Read from a process of its own: orbax's reads that it abandons after the first
   failure end later, some at exit, through Python's unraisable hook; they end quietly."""
@@ -433,13 +441,12 @@ def test_a_truncated_file_of_each_kind_of_array_is_one_line_to_the_process_exit(
   kinds = _files_by_kind(workdir / "checkpoints" / "35" / "state")
   code = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"
   env = {**os.environ, "XLA_FLAGS": xla_flags(8)}
-  for kind in ("params", "batch_stats", "opt_state"):
-    copy = _truncated_copy(workdir, kinds[kind], tmp_path / kind)
-    moved = [a if a != str(workdir) else str(copy) for a in args]
-    done = subprocess.run(
-      [sys.executable, "-c", code, "train", *moved], env=env, capture_output=True, text=True
-    )
-    lines = done.stderr.splitlines()
-    assert done.returncode == 2 and len(lines) == 1, (kind, done.stderr[-3000:])
-    assert lines[0].startswith(f"bigbatch train: error: {copy / 'checkpoints' / '35'}: its state")
-    assert "the checkpoint at step 32 is intact and finite: move" in lines[0]
+  copy = _truncated_copy(workdir, kinds[kind], tmp_path / kind)
+  moved = [a if a != str(workdir) else str(copy) for a in args]
+  done = subprocess.run(
+    [sys.executable, "-c", code, "train", *moved], env=env, capture_output=True, text=True
+  )
+  lines = done.stderr.splitlines()
+  assert done.returncode == 2 and len(lines) == 1, (kind, done.stderr[-3000:])
+  assert lines[0].startswith(f"bigbatch train: error: {copy / 'checkpoints' / '35'}: its state")
+  assert "the checkpoint at step 32 is intact and finite: move" in lines[0]
