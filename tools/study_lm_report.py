@@ -160,9 +160,10 @@ def tables(results: dict[str, dict], settings: dict, target: float | None) -> st
     lines += verdicts(results, same_updates=not rules)
   lines += [
     "",
-    "**Measured B_simple against the batch** (sequences of 128 tokens; at each evaluation, "
-    "the medians over seeds of the value and its 95% bounds; > L: in most seeds |G|² was "
-    "not resolved and B_simple had only a lower bound, whose median is L; —: nothing known)",
+    f"**Measured B_simple against the batch** (tokens: the step measures both in sequences "
+    f"of {SEQUENCE_LENGTH}; at each evaluation, the medians over seeds of the value and its "
+    "95% bounds; > L: in most seeds |G|² was not resolved and B_simple had only a lower "
+    "bound, whose median is L; —: nothing known)",
     "",
   ]
   lines += noise_table(results)
@@ -264,19 +265,21 @@ def _against_adamw(c: dict) -> str:
 
 
 def _number(value: float) -> str:
-  """A B_simple in sequences: whole above 100, else 3 significant digits."""
+  """A B_simple in tokens: whole above 100, else 3 significant digits."""
   return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def _cell(seeds: list[dict], i: int) -> str:
-  """Evaluation i over seeds: the batches, and B_simple as study_adaptive prints it."""
+  """Evaluation i over seeds: the batches and B_simple (as study_adaptive takes it), in
+  tokens."""
   present = [s["curve"] for s in seeds if i < len(s["curve"]["tokens"])]
   if not present:  # a run with fewer evaluations (a batch past several evaluation points)
     return "—"
-  batches = sorted({c["batch"][i] for c in present if c["batch"][i] is not None})
-  value = study_adaptive._typical([c["measured"][i] for c in present])
-  low = study_adaptive._typical([c["low"][i] for c in present])
-  high = study_adaptive._typical([c["high"][i] for c in present])
+  batches = sorted({c["batch"][i] * SEQUENCE_LENGTH for c in present if c["batch"][i] is not None})
+  value, low, high = (
+    study_adaptive._typical([c[key][i] for c in present]) * SEQUENCE_LENGTH
+    for key in ("measured", "low", "high")
+  )
   if value == value and high == high:
     measured = f"{_number(value)} [{_number(low)}, {_number(high)}]"
   else:

@@ -156,7 +156,8 @@ def test_lm_table_reports_targets_and_which_rule_matches_in_half_the_updates():
   assert "| not reached |" in rows["| increasing batch, paper (lr held)"]
   assert "- increasing batch, sqrt (lr / 2): matches: 2.0150 against 2.0100" in text
   assert "- increasing batch, paper (lr held): does not match (loss): 2.3050" in text
-  assert "| 3 (12,288) | 32 / 120 [90, 180] |" in text  # the B_simple table, medians
+  # the B_simple table, medians, in tokens: 32 sequences / 120 [90, 180] x 128
+  assert "| 3 (12,288) | 4,096 / 15,360 [11,520, 23,040] |" in text
 
 
 def test_lm_optimizer_study_judges_each_optimizer_against_adamw_on_loss_alone():
