@@ -358,7 +358,8 @@ def loss_figure(
   axes[1].set_xscale("log")
   axes[1].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
   handles, labels = axes[0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="outside lower center", ncol=3)
+  long = max(len(label) for label in labels) > 50  # the ramps' labels list their steps
+  fig.legend(handles, labels, loc="outside lower center", ncol=2 if long else 3)
   fig.suptitle(f"{title}: held-out loss (mean over seeds, band min to max)")
   fig.savefig(path, dpi=90)
   plt.close(fig)

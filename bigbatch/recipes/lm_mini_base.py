@@ -5,9 +5,9 @@ byte model's critical batch stays at its baseline's batch over lm_tiny's short
 budget; on BPE tokens it starts below a small batch and grows some 20-fold in
 2M tokens. So: a byte-level BPE of 2,048 tokens (`bpe:2048`, trained on the
 training split once and cached in the data dir), a model sized to train
-10,240,000 tokens in about ten minutes on a 2-core CPU (`lm_mini`: width 64,
-2 layers, 2 heads, rotary positions; docs/RESULTS_LM.md has its measured
-rates), and a baseline batch of 16 x 128 = 2,048
+10,240,000 tokens in under ten minutes on a 2-core CPU (`lm_mini`: width 64,
+2 layers, 2 heads, rotary positions; measured alone: about 38,000 training
+tokens/s, docs/RESULTS_LM.md), and a baseline batch of 16 x 128 = 2,048
 tokens: 5,000 updates. AdamW (lr 2e-3, b2 0.95, weight decay 0.1, not tuned for
 this model), warm-up over the first 1% of the tokens, the rate / 4 at 30%, 60%
 and 80% of them. Held-out: the first 256 validation sequences every 512,000
