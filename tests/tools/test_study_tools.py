@@ -405,3 +405,26 @@ def test_ramp_study_keeps_what_results_json_holds_at_its_budget(tmp_path):
   with pytest.raises(SystemExit, match=r"^--keep: .*results.json has tokens 409,600, this run "
                                        r"10,240,000$"):  # fmt: skip
     study.earlier(tmp_path, 10_240_000)
+
+
+def test_the_elastic_study_counts_device_seconds_per_phase_and_the_saving_by_hand(tmp_path):
+  study = load("study_elastic")
+  summary = {
+    "final_test_accuracy": 0.97, "updates": 10, "sessions": 2,
+    "phases": [
+      {"phase": 0, "batch_size": 128, "steps": 8, "devices": 2, "seconds": 6.0},
+      {"phase": 1, "batch_size": 640, "steps": 2, "devices": 8, "seconds": 4.0},
+      {"phase": 2, "batch_size": 3200, "steps": 0, "devices": 8, "seconds": 0.0},  # never ran
+    ],
+  }  # fmt: skip
+  (tmp_path / "summary.json").write_text(json.dumps(summary))
+  elastic = study.measured(tmp_path, wall=20.0)
+  assert elastic["device_seconds"] == 2 * 6.0 + 8 * 4.0 and elastic["seconds"] == 10.0
+  assert [p["phase"] for p in elastic["phases"]] == [0, 1]
+  eight = {**elastic, "device_seconds": 8 * 6.0 + 8 * 4.0}
+  text = study.table({0: {"elastic": elastic, "eight": eight}}, epochs=4)
+  saved = 1 - 44.0 / 80.0  # 45.0%
+  assert f"Device-seconds saved by the elastic run: {saved:.1%}" in text
+  assert "| elastic | 0 | 128 | 8 | 2 | 6.0 | 12.0 |" in text
+  # the command scales the recipe's boundaries (10, 20, 30 of 40 epochs) to the epochs run
+  assert "--config.schedule.boundaries=(2,4,6)" in study.command(tmp_path, 0, 8)
