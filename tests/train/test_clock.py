@@ -112,3 +112,21 @@ def test_time_spent_for_a_phase_after_its_clock_stopped_is_added_where_it_is_sub
   assert second["seconds"] == pytest.approx(4.25)
   assert run_summary._phase_examples_per_second(first) == pytest.approx(32.0)
   assert run_summary._phase_examples_per_second(second) == pytest.approx(64.0)
+
+
+def test_each_phase_records_the_devices_its_steps_ran_on_across_a_move(fake_time):
+  """Phase 0 on 2 devices, stopped at its end; the next start, on 8, runs phase 1."""
+  plan = two_phase_plan()
+  before = clock_lib.Clock(plan, None, devices=2)
+  before.start_phase(0, 0, 8)
+  fake_time.now += 2.0
+  before.end_phase(8)
+  saved = before.totals(8)
+  assert [p.get("devices") for p in saved["phases"]] == [2, None]  # phase 1 never ran
+  after = clock_lib.Clock(plan, saved, devices=8)
+  after.start_phase(1, 8, 32)
+  fake_time.now += 1.0
+  after.end_phase(10)
+  assert [p["devices"] for p in after.totals(10)["phases"]] == [2, 8]
+  # a run from before phases recorded their devices: none is made up
+  assert "devices" not in clock_lib.Clock(plan, None).totals(0)["phases"][0]
