@@ -46,9 +46,8 @@ def plan(argv: list[str]) -> int:
     )  # of the plan before any decision
     decided, plan = _decided_so_far(plan, values.workdir)
     bounds += decided
-  measured = None
-  if spec.elastic.enabled and spec.elastic.example_seconds is None:
-    measured = _measured_step_time(values.workdir)
+  given = not spec.elastic.enabled or spec.elastic.example_seconds is not None
+  measured = None if given else _measured_step_time(values.workdir)
   try:
     parts, per = elastic_slices(spec, plan, jax.device_count(), measured)
   except ConfigError as error:
@@ -61,9 +60,7 @@ def plan(argv: list[str]) -> int:
     if bounds:
       print(bounds)
     if parts is not None:
-      source = "the step-time model"
-      if measured is not None:
-        source = f"{measured.source} in {values.workdir}"
+      source = f"{measured.source} in {values.workdir}" if measured else "the step-time model"
       print(elastic.format_slices(parts, spec.elastic.slice_sizes, per, source))
   if values.plot:
     try:
