@@ -48,8 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
   ),
   # BPE tokens (`bpe:2048`) for the language-model study where a batch ramp can pay,
   # sized for 10M tokens in under ten minutes on a 2-core CPU (about 38,000 tokens/s at a
-  # batch of 2,048 with B_simple measured: docs/RESULTS_LM.md). 231,168 parameters (100,096 without embeddings); the vocabulary
-  # is the tokenizer's.
+  # batch of 2,048 with B_simple measured: docs/RESULTS_LM.md). 231,168 parameters
+  # (100,096 without embeddings); the vocabulary is the tokenizer's.
   "lm_mini": dict(
     vocab_size=2_048, context_length=128, num_layers=2, width=64, num_heads=2, positions="rotary"
   ),

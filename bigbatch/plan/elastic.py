@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bigbatch.plan.phases import Plan
+from bigbatch.plan.summary import train_seconds
 
 __all__ = [
   "ElasticError",
@@ -136,10 +137,6 @@ class StepTime:
   source: str
 
 
-# a phase's seconds spent outside its train steps (`bigbatch.train.clock`)
-_NOT_STEPS = ("eval_seconds", "checkpoint_seconds", "compile_wait_seconds")
-
-
 def measured_step_time(phases: Sequence[Mapping[str, Any]]) -> StepTime | None:
   """The step-time model fitted to a run's phases as its checkpoint records them (batch,
   devices, steps, and seconds less evaluation, checkpoints and waits for compiles).
@@ -153,7 +150,7 @@ def measured_step_time(phases: Sequence[Mapping[str, Any]]) -> StepTime | None:
   points = []
   for phase in phases:
     devices, steps = phase.get("devices"), phase.get("steps", 0)
-    seconds = phase.get("seconds", 0.0) - sum(phase.get(k, 0.0) for k in _NOT_STEPS)
+    seconds = train_seconds(phase)
     if devices and steps > 0 and seconds > 0:
       points.append((phase["batch_size"] / devices, seconds / steps, steps))
   if not points:

@@ -61,11 +61,17 @@ def _in_tokens(value: float | None, low: float, high: float | None, length: int)
   return f"{tokens(value)} [{tokens(low)}, {tokens(high)}] ({significant(value)} seq)"
 
 
+def train_seconds(phase: Mapping[str, Any]) -> float:
+  """A phase's seconds in its train steps: its seconds (as the clock records them) less
+  evaluations, checkpoints and the wait for its step to compile."""
+  spent = ("eval_seconds", "checkpoint_seconds", "compile_wait_seconds")
+  return phase.get("seconds", 0.0) - sum(phase.get(k, 0.0) for k in spent)
+
+
 def _phase_examples_per_second(phase: Mapping[str, Any]) -> float | None:
-  """Training examples per second: the phase's seconds less evaluations, checkpoints and
-  the wait for its compile (None where nothing is left to time)."""
-  spent = sum(phase.get(k, 0.0) for k in ("eval_seconds", "checkpoint_seconds"))
-  seconds = phase["seconds"] - spent - phase.get("compile_wait_seconds", 0.0)
+  """Training examples per second over `train_seconds` (None where nothing is left to
+  time)."""
+  seconds = train_seconds(phase)
   if phase["steps"] < 2 or seconds <= 1e-3:
     return None
   return phase["steps"] * phase["batch_size"] / seconds
