@@ -268,12 +268,12 @@ def elastic_slices(
       f"elastic.until_phase_end: a fixed plan's; plan.strategy {plan.strategy} decides its "
       "phases while training"
     )
+  model = measured or settings  # both hold example_seconds and step_seconds
   try:
     per = elastic.per_device_batch(settings.per_device_batch, plan.max_batch_size, devices)
     parts = elastic.slices(
       plan, settings.slice_sizes, per,
-      example_seconds=measured.example_seconds if measured else settings.example_seconds,
-      step_seconds=measured.step_seconds if measured else settings.step_seconds,
+      example_seconds=model.example_seconds, step_seconds=model.step_seconds,
     )  # fmt: skip
   except elastic.ElasticError as error:
     raise ConfigError(str(error)) from None
