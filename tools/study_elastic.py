@@ -30,8 +30,9 @@ import subprocess
 import sys
 import time
 
+from bigbatch.cli.train import EXIT_NEEDS_DEVICES
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-EXIT_NEEDS_DEVICES = 75  # bigbatch.cli.train's
 ELASTIC = ("--config.elastic.slice_sizes=(1,2,4,8)", "--config.elastic.per_device_batch=64")
 CODE = "import sys; from bigbatch.cli import main; sys.exit(main(sys.argv[1:]))"
 
