@@ -361,25 +361,17 @@ def plan_phases(
   validate(**locals())  # every argument, by name
   schedule = schedule or Schedule()
   n, b0 = int(dataset_size), int(batch_size)
+  # what both the batches' choice and the phases read: the dataset, the base batch, the rule
+  shape = {"n": n, "b0": b0, "exact": noise_rule == "exact"}
   chosen = _choose_batches(
-    schedule,
-    float(epochs),
-    strategy,
-    min_phase_epochs or epochs / 10,
-    n=n,
-    b0=b0,
-    exact=noise_rule == "exact",
-    max_batch_size=max_batch_size,
-    batch_multiple=batch_multiple,
-    ramp=tuple(ramp),
-  )
+    schedule, float(epochs), strategy, min_phase_epochs or epochs / 10, **shape,
+    max_batch_size=max_batch_size, batch_multiple=batch_multiple, ramp=tuple(ramp),
+  )  # fmt: skip
   result = _phases(
     chosen,
     schedule,
     float(epochs),
-    n=n,
-    b0=b0,
-    exact=noise_rule == "exact",
+    **shape,
     learning_rate=learning_rate,
     momentum=momentum,
     weight_decay=weight_decay,
